@@ -1,0 +1,27 @@
+# elmlff: ensemble learning of machine-learning force fields.
+# Stages, one file each (input functions in workflow/rules/common.smk):
+#   data      read + convert units + split        -> results/{dataset}/reference.zarr, split.json
+#   bases     train and predict each base          -> results/{dataset}/bases/{model}/{fit}/
+#   store     merge every base's predictions       -> results/{dataset}/predictions.zarr
+#   evaluate  four baselines + tidy metrics        -> results/{dataset}/metrics.csv, baselines.json
+#   figures   Fig. 2a-style chart + Markdown table -> results/{dataset}/figures/, metrics_table.md
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/bases.smk"
+include: "workflow/rules/store.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,3 @@
+from elmlff.cli import main
+
+raise SystemExit(main())

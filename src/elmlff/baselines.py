@@ -1,0 +1,101 @@
+"""The four baselines every study shows beside the meta-models. All are linear combiners of the
+bases' energies and forces, fitted on out-of-sample predictions (the ``meta`` split, or the
+out-of-fold predictions under K-fold cross-fitting):
+
+* ``best_base``: the base with the lowest validation force RMSE (one-hot weights);
+* ``mean``: plain mean;
+* ``weighted_mean``: weights ∝ 1 / force RMSE of each base on the fit frames;
+* ``linear_stacking``: least-squares per-base weights on the fit frames' forces, plus a per-atom
+  energy offset (the same weights combine energies, so the blend stays conservative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from elmlff.errors import ElmlffError
+from elmlff.metrics import force_rmse
+
+BASELINES = ("best_base", "mean", "weighted_mean", "linear_stacking")
+
+
+@dataclass
+class LinearCombiner:
+    """E = Σ_m w_m E_m + b·N, F = Σ_m w_m F_m over bases ``models``."""
+
+    name: str
+    models: list[str]
+    weights: np.ndarray
+    energy_offset_per_atom: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def apply(self, energy: np.ndarray, forces: np.ndarray, n_atoms: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Combine ``energy (M, F)`` and ``forces (M, A, 3)``."""
+        w = np.asarray(self.weights)
+        e = np.tensordot(w, energy, axes=1) + self.energy_offset_per_atom * np.asarray(n_atoms)
+        return e, np.tensordot(w, forces, axes=1)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["weights"] = dict(zip(self.models, np.asarray(self.weights).tolist(), strict=True))
+        return d
+
+
+def _check(forces: np.ndarray, ref: np.ndarray) -> None:
+    if forces.ndim != 3 or forces.shape[1:] != ref.shape:
+        raise ElmlffError(f"base forces {forces.shape} do not match reference {ref.shape}",
+                          "pass forces as (model, atom, 3) for the same frames as the reference")
+    if forces.shape[1] == 0:
+        raise ElmlffError("no frames to fit the baselines on", "give the meta split frames")
+
+
+def best_base(models: list[str], val_forces: np.ndarray, val_ref: np.ndarray) -> LinearCombiner:
+    """One-hot on the base with the lowest force RMSE on the validation frames."""
+    _check(val_forces, val_ref)
+    rmse = np.array([force_rmse(f, val_ref) for f in val_forces])
+    w = np.zeros(len(models))
+    w[int(np.argmin(rmse))] = 1.0
+    return LinearCombiner("best_base", list(models), w,
+                          info={"chosen": models[int(np.argmin(rmse))],
+                                "val_force_rmse": dict(zip(models, rmse.tolist(), strict=True))})
+
+
+def mean(models: list[str]) -> LinearCombiner:
+    return LinearCombiner("mean", list(models), np.full(len(models), 1 / len(models)))
+
+
+def weighted_mean(models: list[str], forces: np.ndarray, ref: np.ndarray) -> LinearCombiner:
+    """Weights ∝ 1 / RMSE_F of each base on the fit frames."""
+    _check(forces, ref)
+    rmse = np.array([force_rmse(f, ref) for f in forces])
+    inv = 1 / np.maximum(rmse, 1e-12)
+    return LinearCombiner("weighted_mean", list(models), inv / inv.sum(),
+                          info={"fit_force_rmse": dict(zip(models, rmse.tolist(), strict=True))})
+
+
+def linear_stacking(models: list[str], energy: np.ndarray, forces: np.ndarray,
+                    ref_energy: np.ndarray, ref_forces: np.ndarray, n_atoms: np.ndarray
+                    ) -> LinearCombiner:
+    """Least-squares weights on the force components, then the per-atom energy offset that
+    makes the mean energy residual zero."""
+    _check(forces, ref_forces)
+    x = forces.reshape(len(models), -1).T  # (3A, M)
+    w, *_ = np.linalg.lstsq(x, ref_forces.reshape(-1), rcond=None)
+    b = float(np.mean((ref_energy - np.tensordot(w, energy, axes=1)) / n_atoms))
+    return LinearCombiner("linear_stacking", list(models), w, b)
+
+
+def fit_all(models: list[str], fit: dict[str, np.ndarray], val: dict[str, np.ndarray]
+            ) -> list[LinearCombiner]:
+    """All four baselines. ``fit``/``val`` hold ``energy (M,F)``, ``forces (M,A,3)``,
+    ``ref_energy``, ``ref_forces``, ``n_atoms`` for the meta (fit) and val frames."""
+    return [
+        best_base(models, val["forces"], val["ref_forces"]),
+        mean(models),
+        weighted_mean(models, fit["forces"], fit["ref_forces"]),
+        linear_stacking(models, fit["energy"], fit["forces"], fit["ref_energy"],
+                        fit["ref_forces"], fit["n_atoms"]),
+    ]

@@ -1,0 +1,135 @@
+"""Base MLFFs behind one small Protocol, one file per family, and a registry.
+
+A *family* (schnetpack, deepmd, nequip, ...) knows how to train a base from config and load it
+back as a :class:`Potential`. A `Potential` predicts energies and forces for `Frames` and exposes
+a differentiable torch entry point ``energy(...)`` so a meta-model can take gradients (forces,
+Hessian-vector products) through the base with ``torch.autograd``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from elmlff.data.frames import Frames
+from elmlff.errors import ElmlffError
+
+#: family name -> "module:Class" (imported lazily, so a missing optional package only
+#: matters to the family that needs it)
+FAMILIES: dict[str, str] = {
+    "schnetpack": "elmlff.bases.schnetpack:SchNetPackFamily",
+}
+
+INFO_FILE = "base.json"
+
+
+@dataclass
+class BaseSpec:
+    """One base model as the config defines it."""
+
+    name: str
+    family: str
+    params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Potential(Protocol):
+    """A trained base, ready to predict."""
+
+    name: str
+    species: list[int]
+
+    def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(energy (F,) in eV, forces (A, 3) in eV/Å) for every frame."""
+        ...
+
+    def energy(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        n_atoms: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+    ) -> torch.Tensor:
+        """Differentiable total energy (F,) in eV of frames on a flat atom axis.
+
+        ``positions (A, 3)`` may require grad (or be a function of other tensors); the result
+        keeps the graph, so ``torch.autograd.grad(..., create_graph=True)`` gives forces and
+        Hessian-vector products through the base.
+        """
+        ...
+
+
+class Family(Protocol):
+    """Trains and loads the bases of one model family."""
+
+    name: str
+    #: conda env file (under envs/) that the family's rules run in on a cluster
+    conda_env: str
+
+    def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
+        """Train on ``train``, early-stop and pick the checkpoint on ``val`` only; write the
+        model under ``outdir`` and return facts for ``base.json`` (epochs, best val loss...)."""
+        ...
+
+    def load(self, outdir: Path, device: str = "cpu") -> Potential:
+        """Load a base trained by :meth:`train`."""
+        ...
+
+
+def get_family(name: str) -> Family:
+    """The family registered under ``name``."""
+    if name not in FAMILIES:
+        raise ElmlffError(f"unknown base family {name!r}", f"use one of {sorted(FAMILIES)}")
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def write_info(outdir: Path, info: dict[str, Any]) -> None:
+    from elmlff.io import atomic_write_text
+
+    atomic_write_text(Path(outdir) / INFO_FILE, json.dumps(info, indent=1, default=str) + "\n")
+
+
+def read_info(outdir: Path) -> dict[str, Any]:
+    p = Path(outdir) / INFO_FILE
+    if not p.exists():
+        raise ElmlffError(f"no trained base at {outdir} ({INFO_FILE} missing)",
+                          "train the base first (snakemake runs the train rule)")
+    return json.loads(p.read_text())
+
+
+def load(outdir: Path, device: str = "cpu") -> Potential:
+    """Load any trained base from its directory (the family is read from ``base.json``)."""
+    info = read_info(outdir)
+    return get_family(info["family"]).load(Path(outdir), device=device)
+
+
+def check_species(name: str, species: list[int], frames: Frames) -> None:
+    """Error if ``frames`` hold elements the base never saw in training."""
+    unseen = sorted(set(frames.species) - set(species))
+    if unseen:
+        raise ElmlffError(
+            f"base '{name}' was trained on elements Z={species} but the frames contain Z={unseen}",
+            "predict only data with the training elements, or retrain the base on data with them",
+        )
+
+
+def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.Tensor:
+    """−dE/dx through :meth:`Potential.energy` (A, 3), for tests and conservative metas."""
+    pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
+    e = pot.energy(pos, *_frame_tensors(frames))
+    (g,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
+    return -g
+
+
+def _frame_tensors(frames: Frames) -> tuple[torch.Tensor, ...]:
+    return (torch.as_tensor(frames.numbers), torch.as_tensor(frames.n_atoms),
+            torch.as_tensor(frames.cell), torch.as_tensor(frames.pbc))

@@ -1,0 +1,136 @@
+"""``elmlff`` command line: one sub-command per workflow stage (rules stay thin).
+
+Errors in input come out as one line, ``elmlff: error: <what>; fix: <how>``, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from elmlff.errors import ElmlffError
+
+
+def _pairs(items: list[str]) -> dict[str, dict[str, Path]]:
+    """``model/fit=path`` items -> {model: {fit: path}}."""
+    out: dict[str, dict[str, Path]] = {}
+    for item in items:
+        key, _, path = item.partition("=")
+        model, _, fit = key.partition("/")
+        if not path or not fit:
+            raise ElmlffError(f"bad argument {item!r}", "write MODEL/FIT=PATH")
+        out.setdefault(model, {})[fit] = Path(path)
+    return out
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    p = argparse.ArgumentParser(prog="elmlff", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("check-config", help="validate a config file against the schema")
+    s.add_argument("config", type=Path)
+
+    s = sub.add_parser("prepare", help="read a data set, split it, write the reference store")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help="the data set's config as JSON")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+
+    s = sub.add_parser("train", help="train one base fit")
+    s.add_argument("--spec", required=True, help="BaseSpec as JSON")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--fit", default="full")
+    s.add_argument("--dataset", default="")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("predict", help="predict a base fit's frames")
+    s.add_argument("--base", required=True, type=Path)
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--fit", default="full")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("merge", help="merge base predictions into predictions.zarr")
+    s.add_argument("--reference", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--predictions", nargs="+", required=True, help="MODEL/FIT=predictions.npz")
+    s.add_argument("--bases", nargs="+", required=True, help="MODEL/FIT=base directory")
+    s.add_argument("--config-hash-of", default="{}", help="JSON whose hash goes in provenance")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("evaluate", help="baselines and tidy metrics")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--bootstrap", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--metrics", required=True, type=Path)
+    s.add_argument("--baselines", required=True, type=Path)
+
+    s = sub.add_parser("plot-rmse", help="Fig. 2a-style force RMSE bars from metrics.csv files")
+    s.add_argument("metrics", nargs="+", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("table", help="Markdown table of test metrics from metrics.csv files")
+    s.add_argument("metrics", nargs="+", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
+    a = p.parse_args(argv)
+    try:
+        return _run(a)
+    except ElmlffError as err:
+        print(f"elmlff: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
+    from elmlff import pipeline
+
+    if a.cmd == "check-config":
+        from elmlff.config import load_config
+
+        cfg = load_config(a.config)
+        print(f"{a.config}: valid; data sets {cfg['run']}, ensemble {cfg['ensemble']}")
+    elif a.cmd == "prepare":
+        pipeline.prepare(a.name, json.loads(a.spec), a.store, a.split)
+    elif a.cmd == "train":
+        from elmlff.bases import BaseSpec
+
+        pipeline.train_base(BaseSpec(**json.loads(a.spec)), a.store, a.split, a.fit, a.out,
+                            a.dataset)
+    elif a.cmd == "predict":
+        pipeline.predict_base(a.base, a.store, a.split, a.fit, a.out, _device(a.device),
+                              a.batch_size)
+    elif a.cmd == "merge":
+        pipeline.merge(a.reference, a.split, _pairs(a.predictions), _pairs(a.bases), a.out,
+                       json.loads(a.config_hash_of))
+    elif a.cmd == "evaluate":
+        pipeline.evaluate(a.store, a.split, a.metrics, a.baselines, a.dataset, a.bootstrap, a.seed)
+    elif a.cmd == "plot-rmse":
+        from elmlff.plots import force_rmse_bars
+
+        force_rmse_bars(a.metrics, a.out)
+    elif a.cmd == "table":
+        from elmlff.plots import metrics_table
+
+        print(metrics_table(a.metrics, a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Readers for the data formats the campaign ingests. Units are converted here, once.
+
+Every reader returns :class:`Frames` in Å / eV / eV/Å from files whose units the config
+declares (``units: {energy: ..., length: ...}``); nothing is guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from elmlff.data.frames import Frames
+from elmlff.errors import ElmlffError
+from elmlff.units import factors
+
+Reader = Callable[..., Frames]
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ElmlffError(
+            f"{what} not found: {path}",
+            "check the data set's `path` and `parts` in the config (paths are relative to "
+            "the directory snakemake runs in)",
+        )
+    return path
+
+
+def _pbc_flags(pbc: bool | str, default: bool, nf: int) -> np.ndarray:
+    flag = default if pbc == "auto" else bool(pbc)
+    return np.full((nf, 3), flag)
+
+
+def read_deepmd(
+    path: Path, *, energy_unit: str, length_unit: str, pbc: bool | str = "auto", part: str = ""
+) -> Frames:
+    """A DeePMD npy system: ``type.raw``, ``type_map.raw``, ``set.*/{coord,energy,force,box}.npy``.
+
+    Periodic unless the system holds a ``nopbc`` file (DeePMD's own convention), or the config
+    says otherwise.
+    """
+    from ase.data import atomic_numbers
+
+    path = _need(Path(path), "DeePMD system")
+    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    types = np.loadtxt(_need(path / "type.raw", "DeePMD type.raw"), dtype=np.int64, ndmin=1)
+    tmap = (path / "type_map.raw").read_text().split() if (path / "type_map.raw").exists() else []
+    if not tmap:
+        raise ElmlffError(
+            f"{path}: type_map.raw missing or empty",
+            "write the element symbols, one per type, into type_map.raw",
+        )
+    try:
+        z_of_type = np.array([atomic_numbers[s] for s in tmap])
+    except KeyError as exc:
+        raise ElmlffError(
+            f"{path}/type_map.raw: {exc.args[0]!r} is not an element symbol",
+            "list element symbols such as C, H, O",
+        ) from exc
+    if types.max() >= len(tmap):
+        raise ElmlffError(
+            f"{path}: type.raw uses type {types.max()} but type_map.raw lists {len(tmap)} types",
+            "make type_map.raw name every type",
+        )
+    sets = sorted(p for p in path.glob("set.*") if p.is_dir())
+    if not sets:
+        raise ElmlffError(f"{path}: no set.* folders", "point `path`/`parts` at a DeePMD system")
+    nat = len(types)
+    coords, energies, forces, boxes = [], [], [], []
+    for s in sets:
+        c = np.load(_need(s / "coord.npy", "coord.npy")).reshape(-1, nat, 3)
+        e = np.load(_need(s / "energy.npy", "energy.npy")).reshape(-1)
+        f = np.load(_need(s / "force.npy", "force.npy")).reshape(-1, nat, 3)
+        b = np.load(s / "box.npy").reshape(-1, 3, 3) if (s / "box.npy").exists() else None
+        if not (len(c) == len(e) == len(f)) or (b is not None and len(b) != len(c)):
+            raise ElmlffError(
+                f"{s}: coord/energy/force/box hold different frame counts "
+                f"({len(c)}, {len(e)}, {len(f)}, {None if b is None else len(b)})",
+                "repair the set so every array has one row per frame",
+            )
+        coords.append(c)
+        energies.append(e)
+        forces.append(f)
+        boxes.append(b if b is not None else np.zeros((len(c), 3, 3)))
+    c, e, f, b = (np.concatenate(x) for x in (coords, energies, forces, boxes))
+    nf = len(c)
+    default_pbc = not (path / "nopbc").exists() and bool(np.abs(b).sum() > 0)
+    return Frames(
+        numbers=np.tile(z_of_type[types], nf),
+        positions=c.reshape(-1, 3) * fl,
+        n_atoms=np.full(nf, nat),
+        cell=b * fl,
+        pbc=_pbc_flags(pbc, default_pbc, nf),
+        energy=e * fe,
+        forces=f.reshape(-1, 3) * ff,
+        source_part=np.full(nf, part),
+        name=str(path),
+    )
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(_need(Path(path), "npz file")) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _require_keys(d: dict, keys: tuple[str, ...], path: Path, fmt: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ElmlffError(
+            f"{path}: keys {missing} missing for format '{fmt}' (has {sorted(d)})",
+            f"give a file with keys {list(keys)} or choose another `format`",
+        )
+
+
+def read_rmd17(
+    path: Path, *, energy_unit: str, length_unit: str, pbc: bool | str = "auto", part: str = ""
+) -> Frames:
+    """rMD17 npz: ``nuclear_charges (N,)``, ``coords (F,N,3)``, ``energies (F,)``, ``forces (F,N,3)``.
+
+    The ``old_*`` arrays (original MD17 labels at another level of theory) are never read.
+    Molecules in vacuum: no cell, no periodicity.
+    """
+    path = Path(path)
+    d = _npz(path)
+    _require_keys(d, ("nuclear_charges", "coords", "energies", "forces"), path, "rmd17")
+    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    z, r, e, f = d["nuclear_charges"], d["coords"], d["energies"], d["forces"]
+    nf, nat = r.shape[0], len(z)
+    if r.shape != (nf, nat, 3) or f.shape != (nf, nat, 3) or e.reshape(-1).shape != (nf,):
+        raise ElmlffError(
+            f"{path}: shapes do not agree (nuclear_charges {z.shape}, coords {r.shape}, "
+            f"energies {e.shape}, forces {f.shape})",
+            "give coords/forces as (frames, atoms, 3) and energies as (frames,)",
+        )
+    return Frames(
+        numbers=np.tile(z, nf),
+        positions=r.reshape(-1, 3) * fl,
+        n_atoms=np.full(nf, nat),
+        cell=np.zeros((nf, 3, 3)),
+        pbc=_pbc_flags(pbc, False, nf),
+        energy=e.reshape(-1) * fe,
+        forces=f.reshape(-1, 3) * ff,
+        source_part=np.full(nf, part),
+        name=str(path),
+    )
+
+
+def read_npz(
+    path: Path, *, energy_unit: str, length_unit: str, pbc: bool | str = "auto", part: str = ""
+) -> Frames:
+    """Generic npz: ``R (F,N,3)``, ``z (N,)`` or ``(F,N)``, ``E (F,)``, ``F (F,N,3)``, optional
+    ``cell (3,3)`` or ``(F,3,3)``. Periodic when a non-zero cell is given (unless config says)."""
+    path = Path(path)
+    d = _npz(path)
+    _require_keys(d, ("R", "z", "E", "F"), path, "npz")
+    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    r, z, e, f = d["R"], d["z"], d["E"], d["F"]
+    if r.ndim != 3 or f.shape != r.shape:
+        raise ElmlffError(
+            f"{path}: R {r.shape} and F {f.shape} must both be (frames, atoms, 3)",
+            "reshape the arrays",
+        )
+    nf, nat = r.shape[:2]
+    z = np.broadcast_to(z, (nf, nat)) if z.ndim == 1 else z
+    e = e.reshape(-1)
+    if z.shape != (nf, nat) or e.shape != (nf,):
+        raise ElmlffError(
+            f"{path}: z {z.shape} / E {e.shape} do not match R {r.shape}",
+            "give z as (atoms,) or (frames, atoms) and E as (frames,)",
+        )
+    cell = d.get("cell")
+    cell = np.zeros((nf, 3, 3)) if cell is None else np.broadcast_to(cell.reshape(-1, 3, 3), (nf, 3, 3))
+    has_cell = bool(np.abs(cell).sum() > 0)
+    return Frames(
+        numbers=z.reshape(-1),
+        positions=r.reshape(-1, 3) * fl,
+        n_atoms=np.full(nf, nat),
+        cell=cell * fl,
+        pbc=_pbc_flags(pbc, has_cell, nf),
+        energy=e * fe,
+        forces=f.reshape(-1, 3) * ff,
+        source_part=np.full(nf, part),
+        name=str(path),
+    )
+
+
+def read_ase(
+    path: Path, *, energy_unit: str, length_unit: str, pbc: bool | str = "auto", part: str = ""
+) -> Frames:
+    """Anything ``ase.io.read`` reads with energies and forces (extxyz, traj, ...).
+
+    ASE files are taken as eV/Å; declaring other units converts them all the same.
+    """
+    import ase.io
+
+    path = _need(Path(path), "structure file")
+    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    frames = Frames.from_atoms(ase.io.read(path, index=":"), name=str(path), part=part)
+    frames.positions *= fl
+    frames.cell *= fl
+    frames.energy *= fe
+    frames.forces *= ff
+    if pbc != "auto":
+        frames.pbc[:] = bool(pbc)
+    return frames
+
+
+READERS: dict[str, Reader] = {
+    "deepmd": read_deepmd,
+    "rmd17": read_rmd17,
+    "npz": read_npz,
+    "ase": read_ase,
+}
+
+
+def read(fmt: str, path: Path, **kw) -> Frames:
+    """Read one source part with the named reader."""
+    if fmt not in READERS:
+        raise ElmlffError(f"unknown data format {fmt!r}", f"use one of {sorted(READERS)}")
+    return READERS[fmt](path, **kw)

@@ -1,0 +1,63 @@
+"""Names, shapes and units of every array the project passes between stages.
+
+In the style of nequip's ``AtomicDataDict`` keys: one place that documents what each name holds.
+Atoms of all frames lie on one flat ``atom`` axis; frame ``f`` owns atoms
+``offsets[f]:offsets[f] + n_atoms[f]`` (``offsets`` is the exclusive cumsum of ``n_atoms``), so
+frames with different atom counts share one array.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+
+class Var(NamedTuple):
+    dims: tuple[str, ...]
+    unit: str
+    doc: str
+
+
+# Reference data (written by the data stage, copied into the prediction store).
+NUMBERS: Final = "numbers"
+POSITIONS: Final = "positions"
+CELL: Final = "cell"
+PBC: Final = "pbc"
+N_ATOMS: Final = "n_atoms"
+OFFSETS: Final = "atom_offset"
+FRAME_OF_ATOM: Final = "frame_of_atom"
+ENERGY: Final = "energy"
+FORCES: Final = "forces"
+SOURCE_INDEX: Final = "source_index"
+SOURCE_PART: Final = "source_part"
+SPLIT: Final = "split"
+# Per base (written by the store stage).
+BASE_ENERGY: Final = "base_energy"
+BASE_FORCES: Final = "base_forces"
+BASE_IN_SAMPLE: Final = "base_in_sample"
+
+VARIABLES: Final[dict[str, Var]] = {
+    NUMBERS: Var(("atom",), "1", "atomic number Z of each atom"),
+    POSITIONS: Var(("atom", "xyz"), "Å", "Cartesian positions"),
+    CELL: Var(("frame", "cell_vector", "xyz"), "Å", "cell vectors as rows (zeros when none)"),
+    PBC: Var(("frame", "xyz"), "1", "periodic along each cell vector"),
+    N_ATOMS: Var(("frame",), "1", "atoms in the frame"),
+    OFFSETS: Var(("frame",), "1", "index of the frame's first atom on the atom axis"),
+    FRAME_OF_ATOM: Var(("atom",), "1", "frame index of each atom"),
+    ENERGY: Var(("frame",), "eV", "reference total energy"),
+    FORCES: Var(("atom", "xyz"), "eV/Å", "reference forces"),
+    SOURCE_INDEX: Var(("frame",), "1", "frame index within its source part, as read"),
+    SOURCE_PART: Var(("frame",), "1", "source part (file or folder) the frame came from"),
+    SPLIT: Var(("frame",), "1", "role: train | meta | val | test (or cv<k> under K-fold)"),
+    BASE_ENERGY: Var(("model", "frame"), "eV", "each base's predicted total energy"),
+    BASE_FORCES: Var(("model", "atom", "xyz"), "eV/Å", "each base's predicted forces"),
+    BASE_IN_SAMPLE: Var(
+        ("model", "frame"), "1", "True where the predicting base was trained on the frame"
+    ),
+}
+
+
+def variables_markdown() -> str:
+    """The table of :data:`VARIABLES` as Markdown, for READMEs and store docs."""
+    rows = ["| variable | dims | unit | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{k}` | ({', '.join(v.dims)}) | {v.unit} | {v.doc} |" for k, v in VARIABLES.items()]
+    return "\n".join(rows)

@@ -1,0 +1,89 @@
+"""Error metrics on a flat atom axis, with bootstrap intervals over frames.
+
+Force MAE and RMSE come two ways, and the metric name says which:
+
+* ``force_mae_framemean`` / ``force_rmse_framemean``: the EL-MLFFs paper's Eq. 8-9 - for each
+  frame the MAE (RMSE) over its 3N force components, then the mean over frames;
+* ``force_mae`` / ``force_rmse``: pooled over every force component of every frame.
+
+Energies: ``energy_mae_per_atom`` and ``energy_rmse_per_atom`` of |E_pred - E_ref| / N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FORCE_UNIT, ENERGY_UNIT = "eV/Å", "eV/atom"
+
+
+@dataclass
+class PerFrame:
+    """Per-frame sufficient statistics of the errors."""
+
+    abs_sum: np.ndarray  # (F,) sum of |ΔF| over the frame's 3N components
+    sq_sum: np.ndarray  # (F,) sum of ΔF²
+    n_comp: np.ndarray  # (F,) 3N
+    e_err_per_atom: np.ndarray  # (F,) (E_pred - E_ref) / N
+
+    def __len__(self) -> int:
+        return len(self.n_comp)
+
+
+def per_frame(
+    pred_energy: np.ndarray, pred_forces: np.ndarray, ref_energy: np.ndarray,
+    ref_forces: np.ndarray, n_atoms: np.ndarray,
+) -> PerFrame:
+    """Per-frame error sums for frames on a flat atom axis."""
+    frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    d = np.asarray(pred_forces) - np.asarray(ref_forces)
+    nf = len(n_atoms)
+    return PerFrame(
+        abs_sum=np.bincount(frame, np.abs(d).sum(axis=1), minlength=nf),
+        sq_sum=np.bincount(frame, (d**2).sum(axis=1), minlength=nf),
+        n_comp=3 * np.asarray(n_atoms, dtype=float),
+        e_err_per_atom=(np.asarray(pred_energy) - np.asarray(ref_energy)) / np.asarray(n_atoms),
+    )
+
+
+def _stats(p: PerFrame, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics for frame weights ``w`` (F,) or (B, F) (bootstrap counts)."""
+    wsum = w.sum(axis=-1)
+    return {
+        "force_mae_framemean": (w @ (p.abs_sum / p.n_comp)) / wsum,
+        "force_rmse_framemean": (w @ np.sqrt(p.sq_sum / p.n_comp)) / wsum,
+        "force_mae": (w @ p.abs_sum) / (w @ p.n_comp),
+        "force_rmse": np.sqrt((w @ p.sq_sum) / (w @ p.n_comp)),
+        "energy_mae_per_atom": (w @ np.abs(p.e_err_per_atom)) / wsum,
+        "energy_rmse_per_atom": np.sqrt((w @ p.e_err_per_atom**2) / wsum),
+    }
+
+
+UNITS = {
+    "force_mae_framemean": FORCE_UNIT, "force_rmse_framemean": FORCE_UNIT,
+    "force_mae": FORCE_UNIT, "force_rmse": FORCE_UNIT,
+    "energy_mae_per_atom": ENERGY_UNIT, "energy_rmse_per_atom": ENERGY_UNIT,
+}
+
+
+def metrics(
+    p: PerFrame, bootstrap: int = 0, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float, float]]:
+    """``{metric: (value, ci_low, ci_high)}``; intervals are percentile bootstraps over frames
+    (NaN when ``bootstrap`` is 0)."""
+    value = _stats(p, np.ones(len(p)))
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        counts = rng.multinomial(len(p), np.full(len(p), 1 / len(p)), size=bootstrap).astype(float)
+        boot = _stats(p, counts)
+        a = (1 - level) / 2
+        ci = {k: np.quantile(v, [a, 1 - a]) for k, v in boot.items()}
+    else:
+        ci = {k: (np.nan, np.nan) for k in value}
+    return {k: (float(value[k]), float(ci[k][0]), float(ci[k][1])) for k in value}
+
+
+def force_rmse(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Pooled RMSE over every force component."""
+    return float(np.sqrt(np.mean((np.asarray(pred) - np.asarray(ref)) ** 2)))

@@ -1,0 +1,90 @@
+# Config validation and input functions shared by every stage.
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from elmlff.config import base_spec, ensemble, validate_config
+from elmlff.errors import ElmlffError
+from elmlff.smk import rule_environment
+
+# Schema validation with defaults filled in; a bad config stops here with one line.
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+DATASETS = config["run"]
+
+# Rules run `python -m elmlff ...` (see elmlff.smk.rule_environment).
+rule_environment(workflow.basedir)
+
+
+def env_file(name):
+    """Path of envs/{name}.yaml relative to the rule files."""
+    return f"../../envs/{name}.yaml"
+
+
+for _d in DATASETS:
+    if not Path(config["datasets"][_d]["path"]).exists():
+        raise ElmlffError(
+            f"data set '{_d}': path {config['datasets'][_d]['path']} not found "
+            f"(working directory {Path.cwd()})",
+            f"fix `datasets.{_d}.path` in the config or run snakemake from the project root",
+        )
+
+
+def fits(dataset):
+    """Base fits of a data set: ['full'], or ['cv0', ...] under K-fold cross-fitting."""
+    k = config["datasets"][dataset]["split"]["kfold"]
+    return [f"cv{i}" for i in range(k)] if k >= 2 else ["full"]
+
+
+def models_of_family(family):
+    """Every base of a family that some data set of this run trains."""
+    names = {m for d in DATASETS for m in ensemble(config, d)}
+    return sorted(m for m in names if config["bases"][m]["family"] == family)
+
+
+def families():
+    return sorted({config["bases"][m]["family"] for d in DATASETS for m in ensemble(config, d)})
+
+
+def dataset_json(wildcards):
+    return json.dumps(config["datasets"][wildcards.dataset])
+
+
+def base_json(wildcards):
+    return json.dumps(asdict(base_spec(config, wildcards.model)))
+
+
+def data_input(wildcards):
+    return config["datasets"][wildcards.dataset]["path"]
+
+
+def _per_base(dataset, pattern):
+    return {
+        f"{m}/{fit}": pattern.format(dataset=dataset, model=m, fit=fit)
+        for m in ensemble(config, dataset)
+        for fit in fits(dataset)
+    }
+
+
+def base_predictions(wildcards):
+    return _per_base(wildcards.dataset, "results/{dataset}/bases/{model}/{fit}/predictions.npz")
+
+
+def base_models(wildcards):
+    return _per_base(wildcards.dataset, "results/{dataset}/bases/{model}/{fit}/model")
+
+
+def keyed(paths):
+    """{key: path} -> 'key=path ...' for the CLI."""
+    return " ".join(f"{k}={v}" for k, v in paths.items())
+
+
+def final_outputs():
+    out = []
+    for d in DATASETS:
+        out += [
+            f"results/{d}/metrics.csv",
+            f"results/{d}/metrics_table.md",
+            f"results/{d}/figures/force_rmse.png",
+        ]
+    return out
