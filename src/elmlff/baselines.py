@@ -31,8 +31,9 @@ class LinearCombiner:
     energy_offset_per_atom: float = 0.0
     info: dict = field(default_factory=dict)
 
-    def apply(self, energy: np.ndarray, forces: np.ndarray, n_atoms: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def apply(
+        self, energy: np.ndarray, forces: np.ndarray, n_atoms: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Combine ``energy (M, F)`` and ``forces (M, A, 3)``."""
         w = np.asarray(self.weights)
         e = np.tensordot(w, energy, axes=1) + self.energy_offset_per_atom * np.asarray(n_atoms)
@@ -46,8 +47,10 @@ class LinearCombiner:
 
 def _check(forces: np.ndarray, ref: np.ndarray) -> None:
     if forces.ndim != 3 or forces.shape[1:] != ref.shape:
-        raise ElmlffError(f"base forces {forces.shape} do not match reference {ref.shape}",
-                          "pass forces as (model, atom, 3) for the same frames as the reference")
+        raise ElmlffError(
+            f"base forces {forces.shape} do not match reference {ref.shape}",
+            "pass forces as (model, atom, 3) for the same frames as the reference",
+        )
     if forces.shape[1] == 0:
         raise ElmlffError("no frames to fit the baselines on", "give the meta split frames")
 
@@ -58,9 +61,15 @@ def best_base(models: list[str], val_forces: np.ndarray, val_ref: np.ndarray) ->
     rmse = np.array([force_rmse(f, val_ref) for f in val_forces])
     w = np.zeros(len(models))
     w[int(np.argmin(rmse))] = 1.0
-    return LinearCombiner("best_base", list(models), w,
-                          info={"chosen": models[int(np.argmin(rmse))],
-                                "val_force_rmse": dict(zip(models, rmse.tolist(), strict=True))})
+    return LinearCombiner(
+        "best_base",
+        list(models),
+        w,
+        info={
+            "chosen": models[int(np.argmin(rmse))],
+            "val_force_rmse": dict(zip(models, rmse.tolist(), strict=True)),
+        },
+    )
 
 
 def mean(models: list[str]) -> LinearCombiner:
@@ -72,13 +81,22 @@ def weighted_mean(models: list[str], forces: np.ndarray, ref: np.ndarray) -> Lin
     _check(forces, ref)
     rmse = np.array([force_rmse(f, ref) for f in forces])
     inv = 1 / np.maximum(rmse, 1e-12)
-    return LinearCombiner("weighted_mean", list(models), inv / inv.sum(),
-                          info={"fit_force_rmse": dict(zip(models, rmse.tolist(), strict=True))})
+    return LinearCombiner(
+        "weighted_mean",
+        list(models),
+        inv / inv.sum(),
+        info={"fit_force_rmse": dict(zip(models, rmse.tolist(), strict=True))},
+    )
 
 
-def linear_stacking(models: list[str], energy: np.ndarray, forces: np.ndarray,
-                    ref_energy: np.ndarray, ref_forces: np.ndarray, n_atoms: np.ndarray
-                    ) -> LinearCombiner:
+def linear_stacking(
+    models: list[str],
+    energy: np.ndarray,
+    forces: np.ndarray,
+    ref_energy: np.ndarray,
+    ref_forces: np.ndarray,
+    n_atoms: np.ndarray,
+) -> LinearCombiner:
     """Least-squares weights on the force components, then the per-atom energy offset that
     makes the mean energy residual zero."""
     _check(forces, ref_forces)
@@ -88,14 +106,21 @@ def linear_stacking(models: list[str], energy: np.ndarray, forces: np.ndarray,
     return LinearCombiner("linear_stacking", list(models), w, b)
 
 
-def fit_all(models: list[str], fit: dict[str, np.ndarray], val: dict[str, np.ndarray]
-            ) -> list[LinearCombiner]:
+def fit_all(
+    models: list[str], fit: dict[str, np.ndarray], val: dict[str, np.ndarray]
+) -> list[LinearCombiner]:
     """All four baselines. ``fit``/``val`` hold ``energy (M,F)``, ``forces (M,A,3)``,
     ``ref_energy``, ``ref_forces``, ``n_atoms`` for the meta (fit) and val frames."""
     return [
         best_base(models, val["forces"], val["ref_forces"]),
         mean(models),
         weighted_mean(models, fit["forces"], fit["ref_forces"]),
-        linear_stacking(models, fit["energy"], fit["forces"], fit["ref_energy"],
-                        fit["ref_forces"], fit["n_atoms"]),
+        linear_stacking(
+            models,
+            fit["energy"],
+            fit["forces"],
+            fit["ref_energy"],
+            fit["ref_forces"],
+            fit["n_atoms"],
+        ),
     ]

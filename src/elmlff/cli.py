@@ -111,14 +111,22 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "train":
         from elmlff.bases import BaseSpec
 
-        pipeline.train_base(BaseSpec(**json.loads(a.spec)), a.store, a.split, a.fit, a.out,
-                            a.dataset)
+        pipeline.train_base(
+            BaseSpec(**json.loads(a.spec)), a.store, a.split, a.fit, a.out, a.dataset
+        )
     elif a.cmd == "predict":
-        pipeline.predict_base(a.base, a.store, a.split, a.fit, a.out, _device(a.device),
-                              a.batch_size)
+        pipeline.predict_base(
+            a.base, a.store, a.split, a.fit, a.out, _device(a.device), a.batch_size
+        )
     elif a.cmd == "merge":
-        pipeline.merge(a.reference, a.split, _pairs(a.predictions), _pairs(a.bases), a.out,
-                       json.loads(a.config_hash_of))
+        pipeline.merge(
+            a.reference,
+            a.split,
+            _pairs(a.predictions),
+            _pairs(a.bases),
+            a.out,
+            json.loads(a.config_hash_of),
+        )
     elif a.cmd == "evaluate":
         pipeline.evaluate(a.store, a.split, a.metrics, a.baselines, a.dataset, a.bootstrap, a.seed)
     elif a.cmd == "plot-rmse":

@@ -47,8 +47,9 @@ def _where(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 
 
-def validate_config(config: MutableMapping[str, Any], schema: Path | str = SCHEMA,
-                    source: str = "config") -> MutableMapping[str, Any]:
+def validate_config(
+    config: MutableMapping[str, Any], schema: Path | str = SCHEMA, source: str = "config"
+) -> MutableMapping[str, Any]:
     """Validate ``config`` in place (defaults filled in); raise :class:`ElmlffError` on the
     first problem."""
     schema_d = yaml.safe_load(Path(schema).read_text())
@@ -57,9 +58,10 @@ def validate_config(config: MutableMapping[str, Any], schema: Path | str = SCHEM
     if errors:
         err = errors[0]
         best = jsonschema.exceptions.best_match([err]) or err
-        raise ElmlffError(f"{source}: {_where(best)}: {best.message}",
-                          "correct that key (workflow/schemas/config.schema.yaml documents "
-                          "every key)")
+        raise ElmlffError(
+            f"{source}: {_where(best)}: {best.message}",
+            "correct that key (workflow/schemas/config.schema.yaml documents every key)",
+        )
     _cross_check(config, source)
     return config
 
@@ -70,21 +72,28 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
     bases = config["bases"]
     for name, base in bases.items():
         if base["family"] not in FAMILIES:
-            raise ElmlffError(f"{source}: bases.{name}.family: unknown family {base['family']!r}",
-                              f"use one of {sorted(FAMILIES)}")
+            raise ElmlffError(
+                f"{source}: bases.{name}.family: unknown family {base['family']!r}",
+                f"use one of {sorted(FAMILIES)}",
+            )
     for where, names in [("ensemble", config["ensemble"])] + [
         (f"datasets.{d}.ensemble", spec["ensemble"])
-        for d, spec in config["datasets"].items() if "ensemble" in spec
+        for d, spec in config["datasets"].items()
+        if "ensemble" in spec
     ]:
         unknown = [n for n in names if n not in bases]
         if unknown:
-            raise ElmlffError(f"{source}: {where}: unknown base name(s) {unknown}",
-                              f"define them under `bases` or use one of {sorted(bases)}")
+            raise ElmlffError(
+                f"{source}: {where}: unknown base name(s) {unknown}",
+                f"define them under `bases` or use one of {sorted(bases)}",
+            )
     run = config.get("run") or list(config["datasets"])
     unknown = [d for d in run if d not in config["datasets"]]
     if unknown:
-        raise ElmlffError(f"{source}: run: unknown data set(s) {unknown}",
-                          f"define them under `datasets` or use one of {sorted(config['datasets'])}")
+        raise ElmlffError(
+            f"{source}: run: unknown data set(s) {unknown}",
+            f"define them under `datasets` or use one of {sorted(config['datasets'])}",
+        )
     config["run"] = run
 
 
@@ -106,5 +115,9 @@ def base_spec(config: MutableMapping[str, Any], name: str):
     from elmlff.bases import BaseSpec
 
     b = config["bases"][name]
-    return BaseSpec(name, b["family"], dict(b.get("params", {})),
-                    {**config.get("training", {}), **b.get("training", {})})
+    return BaseSpec(
+        name,
+        b["family"],
+        dict(b.get("params", {})),
+        {**config.get("training", {}), **b.get("training", {})},
+    )

@@ -59,5 +59,7 @@ VARIABLES: Final[dict[str, Var]] = {
 def variables_markdown() -> str:
     """The table of :data:`VARIABLES` as Markdown, for READMEs and store docs."""
     rows = ["| variable | dims | unit | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{k}` | ({', '.join(v.dims)}) | {v.unit} | {v.doc} |" for k, v in VARIABLES.items()]
+    rows += [
+        f"| `{k}` | ({', '.join(v.dims)}) | {v.unit} | {v.doc} |" for k, v in VARIABLES.items()
+    ]
     return "\n".join(rows)

@@ -32,8 +32,11 @@ class PerFrame:
 
 
 def per_frame(
-    pred_energy: np.ndarray, pred_forces: np.ndarray, ref_energy: np.ndarray,
-    ref_forces: np.ndarray, n_atoms: np.ndarray,
+    pred_energy: np.ndarray,
+    pred_forces: np.ndarray,
+    ref_energy: np.ndarray,
+    ref_forces: np.ndarray,
+    n_atoms: np.ndarray,
 ) -> PerFrame:
     """Per-frame error sums for frames on a flat atom axis."""
     frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
@@ -61,9 +64,12 @@ def _stats(p: PerFrame, w: np.ndarray) -> dict[str, np.ndarray]:
 
 
 UNITS = {
-    "force_mae_framemean": FORCE_UNIT, "force_rmse_framemean": FORCE_UNIT,
-    "force_mae": FORCE_UNIT, "force_rmse": FORCE_UNIT,
-    "energy_mae_per_atom": ENERGY_UNIT, "energy_rmse_per_atom": ENERGY_UNIT,
+    "force_mae_framemean": FORCE_UNIT,
+    "force_rmse_framemean": FORCE_UNIT,
+    "force_mae": FORCE_UNIT,
+    "force_rmse": FORCE_UNIT,
+    "energy_mae_per_atom": ENERGY_UNIT,
+    "energy_rmse_per_atom": ENERGY_UNIT,
 }
 
 

@@ -30,25 +30,40 @@ def load_dataset(name: str, spec: Mapping[str, Any]) -> tuple[Frames, np.ndarray
     """All frames of a data set's parts, and each frame's part role (pool or a fixed role)."""
     root = Path(spec["path"])
     if not root.exists():
-        raise ElmlffError(f"data set '{name}': path {root} not found",
-                          f"fix `datasets.{name}.path` in the config (relative to the "
-                          "directory snakemake runs in)")
+        raise ElmlffError(
+            f"data set '{name}': path {root} not found",
+            f"fix `datasets.{name}.path` in the config (relative to the "
+            "directory snakemake runs in)",
+        )
     parts, roles = [], []
     for part, role in spec["parts"].items():
         path = root if part == "." else root / part
         if not path.exists():
-            raise ElmlffError(f"data set '{name}': part {path} not found",
-                              f"fix `datasets.{name}.parts` (sub-folders or files under {root})")
-        f = read(spec["format"], path, energy_unit=spec["units"]["energy"],
-                 length_unit=spec["units"]["length"], pbc=spec.get("pbc", "auto"), part=part)
+            raise ElmlffError(
+                f"data set '{name}': part {path} not found",
+                f"fix `datasets.{name}.parts` (sub-folders or files under {root})",
+            )
+        f = read(
+            spec["format"],
+            path,
+            energy_unit=spec["units"]["energy"],
+            length_unit=spec["units"]["length"],
+            pbc=spec.get("pbc", "auto"),
+            part=part,
+        )
         log(f"read {len(f)} frames from {path} ({spec['format']}, role {role})")
         parts.append(f)
         roles += [role] * len(f)
     return Frames.concatenate(parts, name=name), np.array(roles)
 
 
-def prepare(name: str, spec: Mapping[str, Any], store_out: Path, split_out: Path,
-            cfg_for_hash: Mapping[str, Any] | None = None) -> None:
+def prepare(
+    name: str,
+    spec: Mapping[str, Any],
+    store_out: Path,
+    split_out: Path,
+    cfg_for_hash: Mapping[str, Any] | None = None,
+) -> None:
     """Read a data set, draw the split, and write the reference store and split manifest
     (only the frames that have a role are kept; indices refer to the store's frame axis)."""
     frames, part_roles = load_dataset(name, spec)
@@ -56,44 +71,78 @@ def prepare(name: str, spec: Mapping[str, Any], store_out: Path, split_out: Path
     keep = full.all_frames()
     new = {int(old): i for i, old in enumerate(keep)}
     remap = lambda idx: [new[int(i)] for i in idx]  # noqa: E731
-    split = Split({r: remap(v) for r, v in full.roles.items()}, [remap(f) for f in full.folds],
-                  full.seed, full.method,
-                  extra={"dataset": name, "n_frames_read": len(frames),
-                         "source": [[str(p), int(i)] for p, i in
-                                    zip(frames.source_part[keep], frames.source_index[keep],
-                                        strict=True)]})
+    split = Split(
+        {r: remap(v) for r, v in full.roles.items()},
+        [remap(f) for f in full.folds],
+        full.seed,
+        full.method,
+        extra={
+            "dataset": name,
+            "n_frames_read": len(frames),
+            "source": [
+                [str(p), int(i)]
+                for p, i in zip(frames.source_part[keep], frames.source_index[keep], strict=True)
+            ],
+        },
+    )
     ref = frames.subset(keep)
-    attrs = {"dataset": name, "source_path": str(spec["path"]), "source_format": spec["format"],
-             "source_units": json.dumps(spec["units"]), **store.provenance(cfg_for_hash or spec)}
+    attrs = {
+        "dataset": name,
+        "source_path": str(spec["path"]),
+        "source_format": spec["format"],
+        "source_units": json.dumps(spec["units"]),
+        **store.provenance(cfg_for_hash or spec),
+    }
     ds = store.reference_dataset(ref, split, attrs)
     store.write(ds, store_out)
     split.save(split_out)
     sizes = ", ".join(f"{r} {len(v)}" for r, v in split.roles.items())
-    log(f"{name}: kept {len(ref)} of {len(frames)} frames ({sizes}; K-fold {split.kfold}); "
-        f"elements Z={ref.species}, pbc={bool(ref.pbc.any())}")
+    log(
+        f"{name}: kept {len(ref)} of {len(frames)} frames ({sizes}; K-fold {split.kfold}); "
+        f"elements Z={ref.species}, pbc={bool(ref.pbc.any())}"
+    )
 
 
 # -- bases --------------------------------------------------------------------------------
-def train_base(spec: B.BaseSpec, store_path: Path, split_path: Path, fit: str, outdir: Path,
-               dataset: str = "") -> None:
+def train_base(
+    spec: B.BaseSpec, store_path: Path, split_path: Path, fit: str, outdir: Path, dataset: str = ""
+) -> None:
     """Train one base fit on its training frames; validation frames only for early stopping."""
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     frames = store.frames_from_dataset(ds)
     tr, va = split.fit_train(fit), split.roles["val"]
-    log(f"training base '{spec.name}' ({spec.family}) fit {fit}: {len(tr)} train frames, "
-        f"{len(va)} val frames")
+    log(
+        f"training base '{spec.name}' ({spec.family}) fit {fit}: {len(tr)} train frames, "
+        f"{len(va)} val frames"
+    )
     family = B.get_family(spec.family)
     with atomic_path(outdir) as tmp:
         info = family.train(spec, frames.subset(tr), frames.subset(va), tmp)
-        B.write_info(tmp, {"name": spec.name, "family": spec.family, "fit": fit,
-                           "dataset": dataset, "trained_on": tr.tolist(),
-                           "validated_on": va.tolist(), **info})
+        B.write_info(
+            tmp,
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "fit": fit,
+                "dataset": dataset,
+                "trained_on": tr.tolist(),
+                "validated_on": va.tolist(),
+                **info,
+            },
+        )
     log(f"base '{spec.name}' fit {fit} done in {info.get('train_seconds', 0):.0f} s")
 
 
-def predict_base(basedir: Path, store_path: Path, split_path: Path, fit: str, out: Path,
-                 device: str = "cpu", batch_size: int = 128) -> None:
+def predict_base(
+    basedir: Path,
+    store_path: Path,
+    split_path: Path,
+    fit: str,
+    out: Path,
+    device: str = "cpu",
+    batch_size: int = 128,
+) -> None:
     """Predict every frame this fit must cover (all frames; or held-out fold + val + test)."""
     pot = B.load(basedir, device=device)
     ds = store.open_store(store_path)
@@ -104,18 +153,27 @@ def predict_base(basedir: Path, store_path: Path, split_path: Path, fit: str, ou
     e, f = pot.predict(frames, batch_size=batch_size)
     sec = time.perf_counter() - t0
     if e.shape != (len(frames),) or f.shape != frames.forces.shape:
-        raise ElmlffError(f"base '{pot.name}' returned energy {e.shape} / forces {f.shape} for "
-                          f"{len(frames)} frames with {len(frames.forces)} atoms",
-                          "fix the family's predict()")
+        raise ElmlffError(
+            f"base '{pot.name}' returned energy {e.shape} / forces {f.shape} for "
+            f"{len(frames)} frames with {len(frames.forces)} atoms",
+            "fix the family's predict()",
+        )
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, frames=idx, energy=e, forces=f, seconds=sec)
-    log(f"base '{pot.name}' fit {fit}: predicted {len(frames)} frames in {sec:.2f} s "
-        f"({1e3 * sec / len(frames):.2f} ms/structure)")
+    log(
+        f"base '{pot.name}' fit {fit}: predicted {len(frames)} frames in {sec:.2f} s "
+        f"({1e3 * sec / len(frames):.2f} ms/structure)"
+    )
 
 
-def merge(ref_path: Path, split_path: Path, predictions: Mapping[str, Mapping[str, Path]],
-          basedirs: Mapping[str, Mapping[str, Path]], out: Path,
-          cfg_for_hash: Mapping[str, Any] | None = None) -> None:
+def merge(
+    ref_path: Path,
+    split_path: Path,
+    predictions: Mapping[str, Mapping[str, Path]],
+    basedirs: Mapping[str, Mapping[str, Path]],
+    out: Path,
+    cfg_for_hash: Mapping[str, Any] | None = None,
+) -> None:
     """Build ``predictions.zarr``: the reference plus every base's energies and forces.
 
     Without K-fold, one fit per base predicts every frame. With K-fold, each frame of train +
@@ -149,8 +207,10 @@ def merge(ref_path: Path, split_path: Path, predictions: Mapping[str, Mapping[st
                 continue
             own = split.folds[int(fit[2:])]
             if trained[own].any():
-                raise ElmlffError(f"base '{model}' fit {fit} trained on frames of its own fold",
-                                  "rebuild the split and retrain")
+                raise ElmlffError(
+                    f"base '{model}' fit {fit} trained on frames of its own fold",
+                    "rebuild the split and retrain",
+                )
             E[m, own], F[m, frames.atom_index(own)] = e_fit[own], f_fit[frames.atom_index(own)]
             sum_e += e_fit[shared]
             sum_f += f_fit[shared_atoms]
@@ -158,15 +218,21 @@ def merge(ref_path: Path, split_path: Path, predictions: Mapping[str, Mapping[st
             E[m, shared], F[m, shared_atoms] = sum_e / split.kfold, sum_f / split.kfold
         missing = np.flatnonzero(np.isnan(E[m]))
         if len(missing):
-            raise ElmlffError(f"base '{model}' has no prediction for {len(missing)} frames "
-                              f"(first {missing[:5].tolist()})",
-                              "rerun its predict rule(s) so every fit's frames are covered")
+            raise ElmlffError(
+                f"base '{model}' has no prediction for {len(missing)} frames "
+                f"(first {missing[:5].tolist()})",
+                "rerun its predict rule(s) so every fit's frames are covered",
+            )
         first = B.read_info(next(iter(basedirs[model].values())))
-        info[model] = {"family": first["family"], "params": first.get("params", {}),
-                       "train_seconds": sum(B.read_info(d).get("train_seconds", 0.0)
-                                            for d in basedirs[model].values()),
-                       "predict_seconds_per_structure": float(np.mean(list(per_fit.values()))),
-                       "fits": list(predictions[model])}
+        info[model] = {
+            "family": first["family"],
+            "params": first.get("params", {}),
+            "train_seconds": sum(
+                B.read_info(d).get("train_seconds", 0.0) for d in basedirs[model].values()
+            ),
+            "predict_seconds_per_structure": float(np.mean(list(per_fit.values()))),
+            "fits": list(predictions[model]),
+        }
     ds = store.with_bases(ref, models, E, F, S, info)
     ds.attrs.update(store.provenance(cfg_for_hash))
     store.write(ds, out)
@@ -176,26 +242,41 @@ def merge(ref_path: Path, split_path: Path, predictions: Mapping[str, Mapping[st
 # -- evaluation ---------------------------------------------------------------------------
 def _block(ds, frames: Frames, idx: np.ndarray) -> dict[str, np.ndarray]:
     a = frames.atom_index(idx)
-    return {"energy": ds[keys.BASE_ENERGY].values[:, idx],
-            "forces": ds[keys.BASE_FORCES].values[:, a],
-            "ref_energy": frames.energy[idx], "ref_forces": frames.forces[a],
-            "n_atoms": frames.n_atoms[idx]}
+    return {
+        "energy": ds[keys.BASE_ENERGY].values[:, idx],
+        "forces": ds[keys.BASE_FORCES].values[:, a],
+        "ref_energy": frames.energy[idx],
+        "ref_forces": frames.forces[a],
+        "n_atoms": frames.n_atoms[idx],
+    }
 
 
 def check_no_leak(ds, split: Split) -> None:
     """No base trained on a frame that meta-models or baselines fit on, or on a test frame."""
     ins = ds[keys.BASE_IN_SAMPLE].values
-    for what, idx in (("meta-fit", split.meta_fit()), ("val", split.roles["val"]),
-                      ("test", split.roles["test"])):
+    for what, idx in (
+        ("meta-fit", split.meta_fit()),
+        ("val", split.roles["val"]),
+        ("test", split.roles["test"]),
+    ):
         bad = ins[:, idx].any(axis=1)
         if bad.any():
             models = ds["model"].values[bad].tolist()
-            raise ElmlffError(f"bases {models} were trained on {what} frames",
-                              "retrain the bases on the split's train frames only")
+            raise ElmlffError(
+                f"bases {models} were trained on {what} frames",
+                "retrain the bases on the split's train frames only",
+            )
 
 
-def evaluate(store_path: Path, split_path: Path, metrics_out: Path, baselines_out: Path,
-             dataset: str, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+def evaluate(
+    store_path: Path,
+    split_path: Path,
+    metrics_out: Path,
+    baselines_out: Path,
+    dataset: str,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Fit the four baselines on out-of-sample (meta) predictions and write tidy metrics for
     every base and baseline on every split (test holds the final numbers)."""
     ds = store.open_store(store_path)
@@ -212,32 +293,62 @@ def evaluate(store_path: Path, split_path: Path, metrics_out: Path, baselines_ou
             continue
         blk = _block(ds, frames, idx)
         preds: list[tuple[str, str, np.ndarray, np.ndarray]] = [
-            (m, "base", blk["energy"][i], blk["forces"][i]) for i, m in enumerate(models)]
-        preds += [(c.name, "baseline", *c.apply(blk["energy"], blk["forces"], blk["n_atoms"]))
-                  for c in combiners]
+            (m, "base", blk["energy"][i], blk["forces"][i]) for i, m in enumerate(models)
+        ]
+        preds += [
+            (c.name, "baseline", *c.apply(blk["energy"], blk["forces"], blk["n_atoms"]))
+            for c in combiners
+        ]
         for model, kind, e, f in preds:
             p = per_frame(e, f, blk["ref_energy"], blk["ref_forces"], blk["n_atoms"])
-            for metric, (v, lo, hi) in metrics(p, bootstrap if role == "test" else 0,
-                                               seed).items():
-                rows.append({"dataset": dataset, "model": model, "split": role,
-                             "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
-                             "unit": UNITS[metric], "kind": kind, "n_frames": len(idx)})
+            for metric, (v, lo, hi) in metrics(p, bootstrap if role == "test" else 0, seed).items():
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "split": role,
+                        "metric": metric,
+                        "value": v,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "unit": UNITS[metric],
+                        "kind": kind,
+                        "n_frames": len(idx),
+                    }
+                )
     df = pd.DataFrame(rows)
     with atomic_path(metrics_out) as tmp:
         df.to_csv(tmp, index=False)
-    atomic_write_text(baselines_out, json.dumps(
-        {"dataset": dataset, "fit_on": "out-of-fold (K-fold)" if split.kfold else "meta",
-         "n_fit_frames": len(fit_idx), "n_val_frames": len(val_idx),
-         "baselines": {c.name: c.to_json() for c in combiners}}, indent=1) + "\n")
+    atomic_write_text(
+        baselines_out,
+        json.dumps(
+            {
+                "dataset": dataset,
+                "fit_on": "out-of-fold (K-fold)" if split.kfold else "meta",
+                "n_fit_frames": len(fit_idx),
+                "n_val_frames": len(val_idx),
+                "baselines": {c.name: c.to_json() for c in combiners},
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     test = df[(df.split == "test") & (df.metric == "force_rmse_framemean")]
     for _, r in test.sort_values("value").iterrows():
-        log(f"{dataset} test force RMSE (frame mean) {r.model:>16s}: {1e3 * r.value:7.2f} meV/Å "
-            f"[{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]")
+        log(
+            f"{dataset} test force RMSE (frame mean) {r.model:>16s}: {1e3 * r.value:7.2f} meV/Å "
+            f"[{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]"
+        )
     return df
 
 
 def combiner_from_json(d: Mapping[str, Any]) -> LinearCombiner:
     """Rebuild a baseline from ``baselines.json``."""
     models = list(d["weights"])
-    return LinearCombiner(d["name"], models, np.array([d["weights"][m] for m in models]),
-                          d.get("energy_offset_per_atom", 0.0), d.get("info", {}))
+    return LinearCombiner(
+        d["name"],
+        models,
+        np.array([d["weights"][m] for m in models]),
+        d.get("energy_offset_per_atom", 0.0),
+        d.get("info", {}),
+    )

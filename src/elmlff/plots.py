@@ -13,8 +13,12 @@ from elmlff.io import atomic_path, atomic_write_text
 
 KIND_ORDER = {"base": 0, "baseline": 1, "meta": 2}
 KIND_COLOR = {"base": "#4C72B0", "baseline": "#8C8C8C", "meta": "#C44E52"}
-LABELS = {"best_base": "best base", "mean": "mean", "weighted_mean": "weighted mean",
-          "linear_stacking": "linear stacking"}
+LABELS = {
+    "best_base": "best base",
+    "mean": "mean",
+    "weighted_mean": "weighted mean",
+    "linear_stacking": "linear stacking",
+}
 
 
 def read_metrics(paths: Sequence[Path | str]) -> pd.DataFrame:
@@ -29,14 +33,19 @@ def read_metrics(paths: Sequence[Path | str]) -> pd.DataFrame:
 def _select(df: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
     sel = df[(df.metric == metric) & (df.split == split)].copy()
     if sel.empty:
-        raise ElmlffError(f"no '{metric}' rows for split '{split}' in the metrics",
-                          "rerun the evaluate rule")
+        raise ElmlffError(
+            f"no '{metric}' rows for split '{split}' in the metrics", "rerun the evaluate rule"
+        )
     sel["order"] = sel.kind.map(KIND_ORDER)
     return sel.sort_values(["order", "model"])
 
 
-def force_rmse_bars(metrics_csv: Sequence[Path | str], out: Path | str,
-                    metric: str = "force_rmse_framemean", split: str = "test") -> None:
+def force_rmse_bars(
+    metrics_csv: Sequence[Path | str],
+    out: Path | str,
+    metric: str = "force_rmse_framemean",
+    split: str = "test",
+) -> None:
     """Fig. 2a-style bars: force RMSE per model (bases, baselines, metas), one panel per data set,
     with 95 % bootstrap intervals."""
     import matplotlib
@@ -46,8 +55,12 @@ def force_rmse_bars(metrics_csv: Sequence[Path | str], out: Path | str,
 
     df = read_metrics(metrics_csv)
     datasets = list(dict.fromkeys(df.dataset))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.5, 1.0 + 0.75 * df.model.nunique())
-                                                        * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(datasets),
+        figsize=(max(5.5, 1.0 + 0.75 * df.model.nunique()) * len(datasets), 4.2),
+        squeeze=False,
+    )
     for ax, name in zip(axes[0], datasets, strict=True):
         sel = _select(df[df.dataset == name], metric, split)
         x = np.arange(len(sel))
@@ -55,21 +68,41 @@ def force_rmse_bars(metrics_csv: Sequence[Path | str], out: Path | str,
         err = None
         if sel.ci_low.notna().all():
             err = np.vstack([v - 1e3 * sel.ci_low.to_numpy(), 1e3 * sel.ci_high.to_numpy() - v])
-        ax.bar(x, v, yerr=err, capsize=3, color=[KIND_COLOR[k] for k in sel.kind],
-               edgecolor="black", linewidth=0.5)
+        ax.bar(
+            x,
+            v,
+            yerr=err,
+            capsize=3,
+            color=[KIND_COLOR[k] for k in sel.kind],
+            edgecolor="black",
+            linewidth=0.5,
+        )
         for xi, vi in zip(x, v, strict=True):
-            ax.annotate(f"{vi:.1f}", (xi, vi), xytext=(0, 9), textcoords="offset points",
-                        ha="center", fontsize=8)
+            ax.annotate(
+                f"{vi:.1f}",
+                (xi, vi),
+                xytext=(0, 9),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
         ax.set_xticks(x, [LABELS.get(m, m) for m in sel.model], rotation=30, ha="right")
-        ax.set_ylabel(f"force RMSE, {split} ({'frame mean' if 'framemean' in metric else 'pooled'})"
-                      " [meV/Å]")
+        ax.set_ylabel(
+            f"force RMSE, {split} ({'frame mean' if 'framemean' in metric else 'pooled'}) [meV/Å]"
+        )
         ax.set_title(f"{name}: {int(sel.n_frames.iloc[0])} {split} frames")
         ax.set_ylim(0, 1.18 * np.nanmax(v if err is None else v + err[1]))
         ax.grid(axis="y", alpha=0.3)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLOR.items()
-               if k in set(df.kind)]
-    axes[0][0].legend(handles, [k for k in KIND_COLOR if k in set(df.kind)], loc="lower left",
-                      fontsize=8, framealpha=0.9)
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLOR.items() if k in set(df.kind)
+    ]
+    axes[0][0].legend(
+        handles,
+        [k for k in KIND_COLOR if k in set(df.kind)],
+        loc="lower left",
+        fontsize=8,
+        framealpha=0.9,
+    )
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=150, format=Path(out).suffix.lstrip(".") or "png")
@@ -80,24 +113,33 @@ def metrics_table(metrics_csv: Sequence[Path | str], out: Path | str, split: str
     """Markdown table of the split's headline metrics per data set and model (meV units)."""
     df = read_metrics(metrics_csv)
     df = df[df.split == split]
-    cols = [("force_rmse_framemean", "F RMSE (frame mean) [meV/Å]"),
-            ("force_mae_framemean", "F MAE (frame mean) [meV/Å]"),
-            ("force_rmse", "F RMSE (pooled) [meV/Å]"),
-            ("energy_mae_per_atom", "E MAE [meV/atom]")]
+    cols = [
+        ("force_rmse_framemean", "F RMSE (frame mean) [meV/Å]"),
+        ("force_mae_framemean", "F MAE (frame mean) [meV/Å]"),
+        ("force_rmse", "F RMSE (pooled) [meV/Å]"),
+        ("energy_mae_per_atom", "E MAE [meV/atom]"),
+    ]
     lines = []
     for name, sub in df.groupby("dataset", sort=False):
         n = int(sub.n_frames.iloc[0])
-        lines += [f"### {name} ({split} split, {n} frames; 95 % bootstrap interval in brackets)",
-                  "", "| model | kind | " + " | ".join(c[1] for c in cols) + " |",
-                  "|---|---|" + "---:|" * len(cols)]
+        lines += [
+            f"### {name} ({split} split, {n} frames; 95 % bootstrap interval in brackets)",
+            "",
+            "| model | kind | " + " | ".join(c[1] for c in cols) + " |",
+            "|---|---|" + "---:|" * len(cols),
+        ]
         sub = sub.assign(order=sub.kind.map(KIND_ORDER))
         for (model, kind), g in sub.sort_values(["order", "model"]).groupby(
-                ["model", "kind"], sort=False):
+            ["model", "kind"], sort=False
+        ):
             cells = []
             for metric, _ in cols:
                 r = g[g.metric == metric].iloc[0]
-                ci = (f" [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]"
-                      if np.isfinite(r.ci_low) else "")
+                ci = (
+                    f" [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]"
+                    if np.isfinite(r.ci_low)
+                    else ""
+                )
                 cells.append(f"{1e3 * r.value:.2f}{ci}")
             lines.append(f"| {LABELS.get(model, model)} | {kind} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -15,6 +15,8 @@ def rule_environment(basedir: str | Path) -> None:
     on PYTHONPATH so the conda envs need not install the package itself.
     """
     env = os.environ
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+    env["PATH"] = os.pathsep.join(
+        p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p
+    )
     src = str(Path(basedir) / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)

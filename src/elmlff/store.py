@@ -26,8 +26,19 @@ from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_path
 
-PACKAGES = ("torch", "schnetpack", "deepmd-kit", "nequip", "torch-geometric", "e3nn", "ase",
-            "xarray", "zarr", "numpy", "snakemake")
+PACKAGES = (
+    "torch",
+    "schnetpack",
+    "deepmd-kit",
+    "nequip",
+    "torch-geometric",
+    "e3nn",
+    "ase",
+    "xarray",
+    "zarr",
+    "numpy",
+    "snakemake",
+)
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -39,10 +50,21 @@ def git_commit(cwd: Path | None = None) -> str:
     """The project's git commit (with ``-dirty``), or ``unknown`` outside a checkout."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -90,8 +112,14 @@ def reference_dataset(
         keys.SPLIT: split.labels(nf),
     }
     ds = xr.Dataset({k: _var(k, v) for k, v in data.items()})
-    ds["fold"] = xr.Variable(("frame",), split.fold_of(nf), attrs={
-        "units": "1", "description": "K-fold cross-fitting fold (-1 outside folds or no K-fold)"})
+    ds["fold"] = xr.Variable(
+        ("frame",),
+        split.fold_of(nf),
+        attrs={
+            "units": "1",
+            "description": "K-fold cross-fitting fold (-1 outside folds or no K-fold)",
+        },
+    )
     ds.attrs.update(attrs or {})
     ds.attrs["split_seed"] = split.seed
     ds.attrs["split_method"] = split.method
@@ -127,16 +155,26 @@ def with_bases(
     """The full store: the reference plus each base's ``energy (model, frame)`` and
     ``forces (model, atom, xyz)``; ``in_sample`` marks frames the predicting base trained on."""
     nm, nf, na = len(models), ref.sizes["frame"], ref.sizes["atom"]
-    for name, arr, shape in (("energy", energy, (nm, nf)), ("forces", forces, (nm, na, 3)),
-                             ("in_sample", in_sample, (nm, nf))):
+    for name, arr, shape in (
+        ("energy", energy, (nm, nf)),
+        ("forces", forces, (nm, na, 3)),
+        ("in_sample", in_sample, (nm, nf)),
+    ):
         if arr.shape != shape:
-            raise ElmlffError(f"base {name} have shape {arr.shape}, expected {shape}",
-                              "predict every frame of the reference store with every base")
+            raise ElmlffError(
+                f"base {name} have shape {arr.shape}, expected {shape}",
+                "predict every frame of the reference store with every base",
+            )
     if not np.isfinite(energy).all() or not np.isfinite(forces).all():
-        bad = [m for i, m in enumerate(models)
-               if not (np.isfinite(energy[i]).all() and np.isfinite(forces[i]).all())]
-        raise ElmlffError(f"non-finite base predictions from {bad}",
-                          "retrain those bases (training diverged) or lower their learning rate")
+        bad = [
+            m
+            for i, m in enumerate(models)
+            if not (np.isfinite(energy[i]).all() and np.isfinite(forces[i]).all())
+        ]
+        raise ElmlffError(
+            f"non-finite base predictions from {bad}",
+            "retrain those bases (training diverged) or lower their learning rate",
+        )
     ds = ref.copy()
     ds = ds.assign_coords(model=("model", np.asarray(models, dtype=str)))
     ds[keys.BASE_ENERGY] = _var(keys.BASE_ENERGY, energy)
@@ -161,7 +199,9 @@ def open_store(path: Path | str) -> xr.Dataset:
         return ds.load()
 
 
-def base_frames(ds: xr.Dataset, model: str, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def base_frames(
+    ds: xr.Dataset, model: str, frames: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(energy (F,), forces (A, 3)) of one base, optionally for some frames only."""
     e = ds[keys.BASE_ENERGY].sel(model=model).values
     f = ds[keys.BASE_FORCES].sel(model=model).values

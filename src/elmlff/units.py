@@ -24,7 +24,7 @@ def factors(energy: str | None, length: str | None, where: str) -> tuple[float, 
     if energy is None or length is None:
         raise ElmlffError(
             f"{where}: source units not declared (energy={energy!r}, length={length!r})",
-            "add `units: {energy: eV, length: angstrom}` (or the data's real units) to the data set",
+            "add `units: {energy: eV, length: angstrom}` (the data's real units) to the data set",
         )
     if energy not in ENERGY_TO_EV:
         raise ElmlffError(

@@ -101,8 +101,10 @@ def write_info(outdir: Path, info: dict[str, Any]) -> None:
 def read_info(outdir: Path) -> dict[str, Any]:
     p = Path(outdir) / INFO_FILE
     if not p.exists():
-        raise ElmlffError(f"no trained base at {outdir} ({INFO_FILE} missing)",
-                          "train the base first (snakemake runs the train rule)")
+        raise ElmlffError(
+            f"no trained base at {outdir} ({INFO_FILE} missing)",
+            "train the base first (snakemake runs the train rule)",
+        )
     return json.loads(p.read_text())
 
 
@@ -131,5 +133,9 @@ def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.
 
 
 def _frame_tensors(frames: Frames) -> tuple[torch.Tensor, ...]:
-    return (torch.as_tensor(frames.numbers), torch.as_tensor(frames.n_atoms),
-            torch.as_tensor(frames.cell), torch.as_tensor(frames.pbc))
+    return (
+        torch.as_tensor(frames.numbers),
+        torch.as_tensor(frames.n_atoms),
+        torch.as_tensor(frames.cell),
+        torch.as_tensor(frames.pbc),
+    )

@@ -31,11 +31,21 @@ from elmlff.errors import ElmlffError
 MODEL_FILE = "best_model"
 ARCHITECTURES = ("schnet", "painn")
 DEFAULT_PARAMS: dict[str, Any] = {
-    "architecture": "schnet", "cutoff": 5.0, "n_rbf": 20, "n_atom_basis": 32, "n_interactions": 3,
+    "architecture": "schnet",
+    "cutoff": 5.0,
+    "n_rbf": 20,
+    "n_atom_basis": 32,
+    "n_interactions": 3,
 }
 DEFAULT_TRAINING: dict[str, Any] = {
-    "max_epochs": 30, "batch_size": 32, "lr": 5e-4, "energy_weight": 0.05, "force_weight": 0.95,
-    "patience": 20, "seed": 0, "dtype": "float32",
+    "max_epochs": 30,
+    "batch_size": 32,
+    "lr": 5e-4,
+    "energy_weight": 0.05,
+    "force_weight": 0.95,
+    "patience": 20,
+    "seed": 0,
+    "dtype": "float32",
 }
 
 
@@ -49,18 +59,25 @@ def build_model(params: dict[str, Any], dtype: str = "float32"):
     p = {**DEFAULT_PARAMS, **params}
     arch = p["architecture"]
     if arch not in ARCHITECTURES:
-        raise ElmlffError(f"unknown schnetpack architecture {arch!r}",
-                          f"use one of {list(ARCHITECTURES)}")
+        raise ElmlffError(
+            f"unknown schnetpack architecture {arch!r}", f"use one of {list(ARCHITECTURES)}"
+        )
     cutoff = float(p["cutoff"])
     rbf = spk.nn.GaussianRBF(n_rbf=int(p["n_rbf"]), cutoff=cutoff)
     cls = spk.representation.SchNet if arch == "schnet" else spk.representation.PaiNN
-    rep = cls(n_atom_basis=int(p["n_atom_basis"]), n_interactions=int(p["n_interactions"]),
-              radial_basis=rbf, cutoff_fn=spk.nn.CosineCutoff(cutoff))
+    rep = cls(
+        n_atom_basis=int(p["n_atom_basis"]),
+        n_interactions=int(p["n_interactions"]),
+        radial_basis=rbf,
+        cutoff_fn=spk.nn.CosineCutoff(cutoff),
+    )
     model = spk.model.NeuralNetworkPotential(
         representation=rep,
         input_modules=[spk.atomistic.PairwiseDistances()],
-        output_modules=[spk.atomistic.Atomwise(n_in=int(p["n_atom_basis"]), output_key="energy"),
-                        spk.atomistic.Forces(energy_key="energy", force_key="forces")],
+        output_modules=[
+            spk.atomistic.Atomwise(n_in=int(p["n_atom_basis"]), output_key="energy"),
+            spk.atomistic.Forces(energy_key="energy", force_key="forces"),
+        ],
         postprocessors=[trn.CastTo64(), trn.AddOffsets("energy", add_mean=True)],
         input_dtype_str=dtype,
     )
@@ -78,10 +95,13 @@ class EpochPrinter(pl.Callback):
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         nan = float("nan")
-        print(f"[{self.name}] epoch {trainer.current_epoch + 1}/{self.max_epochs} "
-              f"train_loss={m.get('train_loss', nan):.5f} val_loss={m.get('val_loss', nan):.5f} "
-              f"val_forces_MAE={m.get('val_forces_MAE', nan):.4f} eV/Å "
-              f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
+        print(
+            f"[{self.name}] epoch {trainer.current_epoch + 1}/{self.max_epochs} "
+            f"train_loss={m.get('train_loss', nan):.5f} val_loss={m.get('val_loss', nan):.5f} "
+            f"val_forces_MAE={m.get('val_forces_MAE', nan):.4f} eV/Å "
+            f"({time.perf_counter() - self.t0:.0f} s)",
+            flush=True,
+        )
 
 
 class SchNetPackFamily:
@@ -101,23 +121,39 @@ class SchNetPackFamily:
         try:
             db = work / "data.db"
             data = spk.data.ASEAtomsData.create(
-                str(db), distance_unit="Ang",
-                property_unit_dict={"energy": "eV", "forces": "eV/Ang"})
+                str(db),
+                distance_unit="Ang",
+                property_unit_dict={"energy": "eV", "forces": "eV/Ang"},
+            )
             both = Frames.concatenate([train, val])
-            props = [{"energy": np.array([e]), "forces": both.forces[o:o + n]}
-                     for e, o, n in zip(both.energy, both.offsets, both.n_atoms, strict=True)]
+            props = [
+                {"energy": np.array([e]), "forces": both.forces[o : o + n]}
+                for e, o, n in zip(both.energy, both.offsets, both.n_atoms, strict=True)
+            ]
             data.add_systems(props, both.to_atoms())
             split = work / "split.npz"
-            np.savez(split, train_idx=np.arange(len(train)),
-                     val_idx=np.arange(len(train), len(both)), test_idx=np.zeros(0, dtype=int))
+            np.savez(
+                split,
+                train_idx=np.arange(len(train)),
+                val_idx=np.arange(len(train), len(both)),
+                test_idx=np.zeros(0, dtype=int),
+            )
             cutoff = float(params["cutoff"])
             dm = spk.data.AtomsDataModule(
-                str(db), batch_size=int(tr["batch_size"]), split_file=str(split),
-                transforms=[trn.MatScipyNeighborList(cutoff=cutoff),
-                            trn.RemoveOffsets("energy", remove_mean=True, remove_atomrefs=False),
-                            trn.CastTo64() if tr["dtype"] == "float64" else trn.CastTo32()],
-                num_workers=0, pin_memory=False, property_units={"energy": "eV", "forces": "eV/Ang"},
-                distance_unit="Ang", cleanup_workdir_stage=None)
+                str(db),
+                batch_size=int(tr["batch_size"]),
+                split_file=str(split),
+                transforms=[
+                    trn.MatScipyNeighborList(cutoff=cutoff),
+                    trn.RemoveOffsets("energy", remove_mean=True, remove_atomrefs=False),
+                    trn.CastTo64() if tr["dtype"] == "float64" else trn.CastTo32(),
+                ],
+                num_workers=0,
+                pin_memory=False,
+                property_units={"energy": "eV", "forces": "eV/Ang"},
+                distance_unit="Ang",
+                cleanup_workdir_stage=None,
+            )
             dm.prepare_data()
             dm.setup()
             model = build_model(params, tr["dtype"])
@@ -125,37 +161,59 @@ class SchNetPackFamily:
             task = spk.task.AtomisticTask(
                 model=model,
                 outputs=[
-                    spk.task.ModelOutput(name="energy", loss_fn=torch.nn.MSELoss(),
-                                         loss_weight=float(tr["energy_weight"]), metrics=dict(mae)),
-                    spk.task.ModelOutput(name="forces", loss_fn=torch.nn.MSELoss(),
-                                         loss_weight=float(tr["force_weight"]),
-                                         metrics={"MAE": torchmetrics.MeanAbsoluteError()}),
+                    spk.task.ModelOutput(
+                        name="energy",
+                        loss_fn=torch.nn.MSELoss(),
+                        loss_weight=float(tr["energy_weight"]),
+                        metrics=dict(mae),
+                    ),
+                    spk.task.ModelOutput(
+                        name="forces",
+                        loss_fn=torch.nn.MSELoss(),
+                        loss_weight=float(tr["force_weight"]),
+                        metrics={"MAE": torchmetrics.MeanAbsoluteError()},
+                    ),
                 ],
-                optimizer_cls=torch.optim.AdamW, optimizer_args={"lr": float(tr["lr"])},
+                optimizer_cls=torch.optim.AdamW,
+                optimizer_args={"lr": float(tr["lr"])},
                 scheduler_cls=spk.train.ReduceLROnPlateau,
                 scheduler_args={"factor": 0.5, "patience": max(2, int(tr["patience"]) // 3)},
                 scheduler_monitor="val_loss",
             )
             best = work / MODEL_FILE
-            ckpt = spk.train.ModelCheckpoint(model_path=str(best), monitor="val_loss",
-                                             save_top_k=1, dirpath=str(work / "ckpt"))
+            ckpt = spk.train.ModelCheckpoint(
+                model_path=str(best), monitor="val_loss", save_top_k=1, dirpath=str(work / "ckpt")
+            )
             trainer = pl.Trainer(
-                max_epochs=int(tr["max_epochs"]), accelerator="auto", devices=1,
-                default_root_dir=str(work), logger=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0,
-                callbacks=[ckpt, EarlyStopping("val_loss", patience=int(tr["patience"])),
-                           EpochPrinter(spec.name, int(tr["max_epochs"]))],
+                max_epochs=int(tr["max_epochs"]),
+                accelerator="auto",
+                devices=1,
+                default_root_dir=str(work),
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                callbacks=[
+                    ckpt,
+                    EarlyStopping("val_loss", patience=int(tr["patience"])),
+                    EpochPrinter(spec.name, int(tr["max_epochs"])),
+                ],
             )
             t0 = time.perf_counter()
             trainer.fit(task, datamodule=dm)
             seconds = time.perf_counter() - t0
             if not best.exists():
-                raise ElmlffError(f"base '{spec.name}': training wrote no checkpoint",
-                                  "check the training log; raise max_epochs above 0")
+                raise ElmlffError(
+                    f"base '{spec.name}': training wrote no checkpoint",
+                    "check the training log; raise max_epochs above 0",
+                )
             shutil.move(str(best), outdir / MODEL_FILE)
             return {
-                "params": params, "training": tr, "epochs": int(trainer.current_epoch),
-                "best_val_loss": float(ckpt.best_model_score), "train_seconds": seconds,
+                "params": params,
+                "training": tr,
+                "epochs": int(trainer.current_epoch),
+                "best_val_loss": float(ckpt.best_model_score),
+                "train_seconds": seconds,
                 "species": sorted({int(z) for z in train.numbers}),
             }
         finally:
@@ -165,8 +223,10 @@ class SchNetPackFamily:
         info = read_info(outdir)
         path = Path(outdir) / MODEL_FILE
         if not path.exists():
-            raise ElmlffError(f"base '{info.get('name')}': checkpoint {path} missing",
-                              "retrain the base (delete its folder and rerun snakemake)")
+            raise ElmlffError(
+                f"base '{info.get('name')}': checkpoint {path} missing",
+                "retrain the base (delete its folder and rerun snakemake)",
+            )
         model = torch.load(path, map_location=device, weights_only=False)
         return SchNetPackPotential(info["name"], model, info, device)
 
@@ -184,8 +244,10 @@ class SchNetPackPotential:
         self.dtype = _dtype(info["training"].get("dtype", "float32"))
         self.device = device
         self.converter = AtomsConverter(
-            neighbor_list=trn.MatScipyNeighborList(cutoff=self.cutoff), device=device,
-            dtype=self.dtype)
+            neighbor_list=trn.MatScipyNeighborList(cutoff=self.cutoff),
+            device=device,
+            dtype=self.dtype,
+        )
 
     def to(self, dtype: torch.dtype) -> SchNetPackPotential:
         """Run the model in another precision (float64 for finite-difference checks)."""
@@ -201,18 +263,23 @@ class SchNetPackPotential:
         atoms = frames.to_atoms()
         energies, forces = [], []
         for s in range(0, len(atoms), batch_size):
-            inputs = self.converter(atoms[s:s + batch_size])
+            inputs = self.converter(atoms[s : s + batch_size])
             out = self.model(inputs)
             energies.append(out["energy"].detach().cpu().double().numpy())
             forces.append(out["forces"].detach().cpu().double().numpy())
         return np.concatenate(energies), np.concatenate(forces)
 
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
-        frames = Frames(numbers=numbers.detach().cpu().numpy(),
-                        positions=positions.detach().cpu().numpy(),
-                        n_atoms=n_atoms.cpu().numpy(), cell=cell.detach().cpu().numpy(),
-                        pbc=pbc.cpu().numpy(), energy=np.zeros(len(n_atoms)),
-                        forces=np.zeros((len(numbers), 3)), name=self.name)
+        frames = Frames(
+            numbers=numbers.detach().cpu().numpy(),
+            positions=positions.detach().cpu().numpy(),
+            n_atoms=n_atoms.cpu().numpy(),
+            cell=cell.detach().cpu().numpy(),
+            pbc=pbc.cpu().numpy(),
+            energy=np.zeros(len(n_atoms)),
+            forces=np.zeros((len(numbers), 3)),
+            name=self.name,
+        )
         check_species(self.name, self.species, frames)
         inputs = self.converter(frames.to_atoms())  # neighbour list from the current geometry
         inputs["_positions"] = positions.to(self.device, self.dtype)

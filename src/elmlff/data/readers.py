@@ -117,7 +117,8 @@ def _require_keys(d: dict, keys: tuple[str, ...], path: Path, fmt: str) -> None:
 def read_rmd17(
     path: Path, *, energy_unit: str, length_unit: str, pbc: bool | str = "auto", part: str = ""
 ) -> Frames:
-    """rMD17 npz: ``nuclear_charges (N,)``, ``coords (F,N,3)``, ``energies (F,)``, ``forces (F,N,3)``.
+    """rMD17 npz: ``nuclear_charges (N,)``, ``coords (F,N,3)``, ``energies (F,)``,
+    ``forces (F,N,3)``.
 
     The ``old_*`` arrays (original MD17 labels at another level of theory) are never read.
     Molecules in vacuum: no cell, no periodicity.
@@ -171,7 +172,11 @@ def read_npz(
             "give z as (atoms,) or (frames, atoms) and E as (frames,)",
         )
     cell = d.get("cell")
-    cell = np.zeros((nf, 3, 3)) if cell is None else np.broadcast_to(cell.reshape(-1, 3, 3), (nf, 3, 3))
+    cell = (
+        np.zeros((nf, 3, 3))
+        if cell is None
+        else np.broadcast_to(cell.reshape(-1, 3, 3), (nf, 3, 3))
+    )
     has_cell = bool(np.abs(cell).sum() > 0)
     return Frames(
         numbers=z.reshape(-1),

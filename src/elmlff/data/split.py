@@ -127,7 +127,10 @@ class Split:
         }
 
     def save(self, path: Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=1) + "\n")
+        d = self.to_json()
+        roles = ",\n".join(f'  "{r}": {json.dumps(v)}' for r, v in d.pop("roles").items())
+        body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items())
+        atomic_write_text(Path(path), f'{{\n{body},\n "roles": {{\n{roles}\n }}\n}}\n')
 
     @staticmethod
     def load(path: Path) -> Split:
@@ -135,7 +138,9 @@ class Split:
         if not path.exists():
             raise ElmlffError(f"split manifest not found: {path}", "run the data stage first")
         d = json.loads(path.read_text())
-        extra = {k: v for k, v in d.items() if k not in ("seed", "method", "kfold", "roles", "folds")}
+        extra = {
+            k: v for k, v in d.items() if k not in ("seed", "method", "kfold", "roles", "folds")
+        }
         return Split(d["roles"], d.get("folds", []), d["seed"], d["method"], extra)
 
 
@@ -150,7 +155,7 @@ def _take(size: int | float | str | None, available: int, role: str) -> int:
     if size is None or size == "rest":
         return available
     if isinstance(size, float) and 0 < size < 1:
-        return int(round(size * available))
+        return round(size * available)
     n = int(size)
     if n > available:
         raise ElmlffError(

@@ -1,0 +1,80 @@
+"""Reusable physics checks for any :class:`~elmlff.bases.Potential` (nequip-style mixins).
+
+A test class inherits :class:`PotentialPhysicsTests` and provides two fixtures: ``potential``
+(a loaded, trained base in float64) and ``frames`` (a few `Frames` it can predict).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from elmlff.bases import _frame_tensors, forces
+
+
+def energy_np(pot, frames, positions=None) -> np.ndarray:
+    pos = torch.as_tensor(frames.positions if positions is None else positions, dtype=torch.float64)
+    return pot.energy(pos, *_frame_tensors(frames)).detach().numpy()
+
+
+class PotentialPhysicsTests:
+    """Energy/force physics every base must satisfy."""
+
+    fd_step = 1e-4  # Å
+    fd_atol = 1e-5  # eV/Å, float64 central differences
+
+    def test_predict_forces_equal_autograd_forces(self, potential, frames):
+        e, f = potential.predict(frames)
+        np.testing.assert_allclose(f, forces(potential, frames).detach().numpy(), atol=1e-8)
+        np.testing.assert_allclose(e, energy_np(potential, frames), atol=1e-8)
+
+    def test_forces_are_minus_energy_gradient_by_finite_differences(self, potential, frames):
+        one = frames.subset([0])
+        _, f = potential.predict(one)
+        fd = np.zeros_like(one.positions)
+        for a in range(len(one.positions)):
+            for k in range(3):
+                pos = one.positions.copy()
+                pos[a, k] += self.fd_step
+                ep = energy_np(potential, one, pos)[0]
+                pos[a, k] -= 2 * self.fd_step
+                em = energy_np(potential, one, pos)[0]
+                fd[a, k] = -(ep - em) / (2 * self.fd_step)
+        assert np.abs(f).max() > 1e-3, "forces are trivially zero: the check would be empty"
+        np.testing.assert_allclose(f, fd, atol=self.fd_atol)
+
+    def test_energy_invariant_and_forces_equivariant_under_rotation(self, potential, frames):
+        one = frames.subset([0])
+        if one.pbc.any() and np.abs(one.cell).sum() > 0:
+            one.cell = one.cell.copy()
+        e0, f0 = potential.predict(one)
+        rot = Rotation.random(random_state=3).as_matrix()
+        centre = one.positions.mean(axis=0)
+        rotated = frames.subset([0])
+        rotated.positions = (one.positions - centre) @ rot.T + centre
+        rotated.cell = one.cell @ rot.T
+        e1, f1 = potential.predict(rotated)
+        np.testing.assert_allclose(e1, e0, atol=1e-7)
+        np.testing.assert_allclose(f1, f0 @ rot.T, atol=1e-7)
+
+    def test_energy_invariant_under_translation(self, potential, frames):
+        one = frames.subset([0])
+        e0, f0 = potential.predict(one)
+        moved = frames.subset([0])
+        moved.positions = one.positions + np.array([0.37, -0.21, 0.55])
+        e1, f1 = potential.predict(moved)
+        np.testing.assert_allclose(e1, e0, atol=1e-7)
+        np.testing.assert_allclose(f1, f0, atol=1e-7)
+
+    def test_periodic_image_shift_changes_nothing(self, potential, frames):
+        one = frames.subset([0])
+        if not one.pbc.all():
+            return
+        e0, f0 = potential.predict(one)
+        shifted = frames.subset([0])
+        shifted.positions = one.positions.copy()
+        shifted.positions[0] += one.cell[0][0] - one.cell[0][2]  # one atom to another image
+        e1, f1 = potential.predict(shifted)
+        np.testing.assert_allclose(e1, e0, atol=1e-7)
+        np.testing.assert_allclose(f1, f0, atol=1e-7)

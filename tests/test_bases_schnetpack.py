@@ -1,0 +1,98 @@
+"""schnetpack bases: physics (shared mixin), the Protocol, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from elmlff import bases as B
+from elmlff.errors import ElmlffError
+
+from physics import PotentialPhysicsTests
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def potential(tiny_schnet):
+    return B.load(tiny_schnet)
+
+
+@pytest.fixture(scope="module")
+def frames(methane):
+    return methane.subset([100, 101, 102])
+
+
+class TestSchNetPhysics(PotentialPhysicsTests):
+    pass
+
+
+def test_potential_satisfies_protocol(potential):
+    assert isinstance(potential, B.Potential)
+    assert potential.species == [1, 6]
+
+
+class TestPaiNNPhysics(PotentialPhysicsTests):
+    """PaiNN with random weights: the physics must hold for any weights."""
+
+    @pytest.fixture(scope="class")
+    def potential(self):
+        from elmlff.bases.schnetpack import SchNetPackPotential, build_model
+
+        torch.manual_seed(0)
+        params = {
+            "architecture": "painn",
+            "n_rbf": 6,
+            "n_atom_basis": 8,
+            "n_interactions": 2,
+            "cutoff": 4.0,
+        }
+        model = build_model(params, "float64")
+        return SchNetPackPotential(
+            "painn", model, {"species": [1, 6], "params": params, "training": {"dtype": "float64"}}
+        )
+
+
+def test_hessian_vector_product_through_energy_matches_force_differences(potential, frames):
+    one = frames.subset([0])
+    pos = torch.tensor(one.positions, requires_grad=True)
+    e = potential.energy(pos, *B._frame_tensors(one))
+    (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+    v = torch.randn_like(pos, generator=torch.Generator().manual_seed(0))
+    (hv,) = torch.autograd.grad((g * v).sum(), pos)
+    h = 1e-4
+    plus, minus = one.subset([0]), one.subset([0])
+    plus.positions = one.positions + h * v.numpy()
+    minus.positions = one.positions - h * v.numpy()
+    fd = -(potential.predict(plus)[1] - potential.predict(minus)[1]) / (2 * h)
+    np.testing.assert_allclose(hv.numpy(), fd, atol=1e-5)
+
+
+def test_unseen_element_is_a_clear_error(potential, frames):
+    other = frames.subset([0])
+    other.numbers = other.numbers.copy()
+    other.numbers[0] = 8
+    with pytest.raises(ElmlffError, match=r"trained on elements Z=\[1, 6\].*Z=\[8\]"):
+        potential.predict(other)
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_schnet, tmp_path):
+    broken = tmp_path / "base"
+    shutil.copytree(tiny_schnet, broken)
+    (broken / "best_model").unlink()
+    with pytest.raises(ElmlffError, match=r"checkpoint .* missing"):
+        B.load(broken)
+    with pytest.raises(ElmlffError, match="no trained base"):
+        B.load(tmp_path / "nothing")
+
+
+def test_unknown_architecture_and_family():
+    from elmlff.bases.schnetpack import build_model
+
+    with pytest.raises(ElmlffError, match="unknown schnetpack architecture 'dimenet'"):
+        build_model({"architecture": "dimenet"})
+    with pytest.raises(ElmlffError, match="unknown base family 'mace'"):
+        B.get_family("mace")

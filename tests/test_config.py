@@ -1,0 +1,81 @@
+"""Config schema: the shipped configs validate; bad ones fail with one clear line."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from elmlff.config import load_config, validate_config
+from elmlff.errors import ElmlffError
+
+from conftest import ROOT
+
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_shipped_configs_are_valid_and_get_defaults():
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    assert cfg["run"] == ["methane"]
+    assert cfg["datasets"]["methane"]["pbc"] == "auto"  # default filled in
+    assert cfg["datasets"]["methane"]["split"]["kfold"] == 0
+    assert cfg["evaluation"]["predict_batch_size"] == 128
+    paper = load_config(ROOT / "config" / "campaigns" / "paper.yaml")
+    assert paper["training"]["max_epochs"] > cfg["training"]["max_epochs"]
+
+
+def bad(mutate):
+    cfg = copy.deepcopy(DEFAULT)
+    mutate(cfg)
+    with pytest.raises(ElmlffError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and "fix:" in msg
+    return msg
+
+
+def test_unknown_key():
+    msg = bad(lambda c: c["datasets"]["methane"].update(unit="eV"))
+    assert "datasets.methane" in msg and "'unit' was unexpected" in msg
+
+
+def test_wrong_type():
+    msg = bad(lambda c: c["datasets"]["methane"]["split"].update(seed="zero"))
+    assert "datasets.methane.split.seed" in msg and "'zero' is not of type 'integer'" in msg
+
+
+def test_units_not_declared():
+    msg = bad(lambda c: c["datasets"]["methane"]["units"].pop("energy"))
+    assert "datasets.methane.units" in msg and "'energy' is a required property" in msg
+
+
+def test_unknown_unit():
+    msg = bad(lambda c: c["datasets"]["methane"]["units"].update(energy="kcal"))
+    assert "datasets.methane.units.energy" in msg
+
+
+def test_unknown_base_name_in_ensemble():
+    msg = bad(lambda c: c.update(ensemble=["schnet_rbf10", "mace_mp"]))
+    assert "unknown base name(s) ['mace_mp']" in msg and "schnet_rbf20" in msg
+
+
+def test_unknown_family():
+    msg = bad(lambda c: c["bases"]["painn"].update(family="mace"))
+    assert "bases.painn.family: unknown family 'mace'" in msg
+
+
+def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"]["methane"]["split"]["method"] = "shuffle"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [sys.executable, "-m", "elmlff", "check-config", str(path)], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("elmlff: error:")
+    assert "datasets.methane.split.method" in lines[0]

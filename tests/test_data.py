@@ -1,0 +1,159 @@
+"""Readers and unit conversion on the embedded set and the real files in ../shared/data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from elmlff.data import Frames, read
+from elmlff.errors import ElmlffError
+from elmlff.units import ENERGY_TO_EV
+
+from conftest import METHANE, SHARED, random_frames
+
+KCAL_MOL_EV = 0.0433641  # the shared data README's factor
+
+
+def test_embedded_methane_reads_with_declared_units(methane):
+    assert len(methane) == 5009  # set.000 (5000) + set.001 (9)
+    assert set(methane.n_atoms) == {5}
+    assert methane.species == [1, 6]
+    assert methane.pbc.all()  # DeePMD convention: periodic unless a `nopbc` file
+    np.testing.assert_allclose(methane.cell[0], np.eye(3) * 15.0)
+    raw = np.load(METHANE / "training_data" / "set.000" / "force.npy")
+    np.testing.assert_array_equal(methane.forces[:5], raw[0].reshape(5, 3))
+    # C first (type.raw 0 1 1 1 1, type_map C H)
+    assert methane.numbers[:5].tolist() == [6, 1, 1, 1, 1]
+
+
+def test_deepmd_unit_conversion_is_applied_once():
+    ev = read("deepmd", METHANE / "validation_data", energy_unit="eV", length_unit="angstrom")
+    kcal = read("deepmd", METHANE / "validation_data", energy_unit="kcal/mol", length_unit="bohr")
+    bohr = 0.529177210903
+    np.testing.assert_allclose(kcal.energy, ev.energy * KCAL_MOL_EV, rtol=1e-5)
+    np.testing.assert_allclose(kcal.positions, ev.positions * bohr, rtol=1e-8)
+    np.testing.assert_allclose(kcal.forces, ev.forces * KCAL_MOL_EV / bohr, rtol=1e-5)
+    assert ENERGY_TO_EV["kcal/mol"] == pytest.approx(KCAL_MOL_EV, rel=1e-5)
+
+
+def test_units_must_be_declared_and_known():
+    with pytest.raises(ElmlffError, match="source units not declared"):
+        read("deepmd", METHANE / "validation_data", energy_unit=None, length_unit="angstrom")
+    with pytest.raises(ElmlffError, match="unknown energy unit 'kcal'"):
+        read("deepmd", METHANE / "validation_data", energy_unit="kcal", length_unit="angstrom")
+
+
+def test_missing_path_and_unknown_format_are_clear_errors(tmp_path):
+    with pytest.raises(ElmlffError, match=r"DeePMD system not found: .*nowhere"):
+        read("deepmd", tmp_path / "nowhere", energy_unit="eV", length_unit="angstrom")
+    with pytest.raises(ElmlffError, match="unknown data format 'xyzzy'"):
+        read("xyzzy", tmp_path, energy_unit="eV", length_unit="angstrom")
+
+
+def test_nan_forces_and_mismatched_shapes_are_clear_errors():
+    f = random_frames()
+    forces = f.forces.copy()
+    forces[7, 1] = np.nan
+    with pytest.raises(ElmlffError, match=r"non-finite values .* in 'forces', first in frame 1"):
+        Frames(f.numbers, f.positions, f.n_atoms, f.cell, f.pbc, f.energy, forces)
+    with pytest.raises(ElmlffError, match=r"'forces' has shape \(13, 3\), expected \(14, 3\)"):
+        Frames(f.numbers, f.positions, f.n_atoms, f.cell, f.pbc, f.energy, f.forces[:-1])
+
+
+def test_deepmd_set_with_mismatched_frame_counts(tmp_path):
+    sys_ = tmp_path / "sys"
+    (sys_ / "set.000").mkdir(parents=True)
+    (sys_ / "type.raw").write_text("0\n1\n")
+    (sys_ / "type_map.raw").write_text("O\nH\n")
+    np.save(sys_ / "set.000" / "coord.npy", np.zeros((3, 6)))
+    np.save(sys_ / "set.000" / "energy.npy", np.zeros(2))
+    np.save(sys_ / "set.000" / "force.npy", np.zeros((3, 6)))
+    with pytest.raises(ElmlffError, match="different frame counts"):
+        read("deepmd", sys_, energy_unit="eV", length_unit="angstrom")
+
+
+def test_subset_and_atom_index_with_varying_atom_counts():
+    f = random_frames(n_frames=4, sizes=(3, 5, 2, 4))
+    sub = f.subset([2, 0])
+    assert sub.n_atoms.tolist() == [2, 3]
+    np.testing.assert_array_equal(sub.positions[:2], f.positions[8:10])
+    np.testing.assert_array_equal(sub.positions[2:], f.positions[0:3])
+    back = Frames.from_atoms(f.to_atoms())
+    np.testing.assert_allclose(back.forces, f.forces)
+    np.testing.assert_allclose(back.energy, f.energy)
+
+
+def test_ase_reader_round_trips_extxyz(tmp_path):
+    import ase.io
+
+    f = random_frames(n_frames=3, pbc=True)
+    path = tmp_path / "frames.extxyz"
+    ase.io.write(path, f.to_atoms())
+    back = read("ase", path, energy_unit="eV", length_unit="angstrom")
+    np.testing.assert_allclose(back.positions, f.positions, atol=1e-7)  # extxyz is text
+    np.testing.assert_allclose(back.forces, f.forces, atol=1e-7)
+    np.testing.assert_array_equal(back.n_atoms, f.n_atoms)
+    assert back.pbc.all()
+
+
+@pytest.mark.shared_data
+def test_rmd17_kcal_per_mol_converted_to_ev():
+    path = SHARED / "rmd17" / "rmd17_ethanol_train_01.npz"
+    f = read("rmd17", path, energy_unit="kcal/mol", length_unit="angstrom")
+    raw = np.load(path)
+    assert len(f) == 1000 and set(f.n_atoms) == {9}
+    np.testing.assert_allclose(f.energy, raw["energies"] * KCAL_MOL_EV, rtol=1e-5)
+    np.testing.assert_allclose(f.forces[:9], raw["forces"][0] * KCAL_MOL_EV, rtol=1e-5)
+    assert not f.pbc.any()
+    assert -1e5 < f.energy.mean() < -1e3  # ethanol total energy in eV, not kcal/mol
+
+
+@pytest.mark.shared_data
+def test_generic_npz_lips_is_periodic():
+    f = read(
+        "npz", SHARED / "lips" / "lips_devset200.npz", energy_unit="eV", length_unit="angstrom"
+    )
+    assert len(f) == 200 and set(f.n_atoms) == {83}
+    assert f.pbc.all() and np.abs(f.cell).sum() > 0
+
+
+@pytest.mark.shared_data
+def test_methanol_on_copper_slab():
+    f = read(
+        "deepmd",
+        SHARED / "el-mlffs" / "methanol_cu" / "test",
+        energy_unit="eV",
+        length_unit="angstrom",
+    )
+    assert len(f) == 500 and set(f.n_atoms) == {54}
+    assert f.species == [1, 6, 8, 29] and f.pbc.all()
+    np.testing.assert_allclose(np.diag(f.cell[0])[:2], [10.21, 10.21], atol=0.01)
+
+
+@pytest.mark.shared_data
+def test_frames_with_different_atom_counts_from_mlearn(tmp_path):
+    """mlearn's pymatgen dicts, converted to extxyz, give frames of varying size."""
+    import json
+
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    docs = json.loads((SHARED / "mlearn" / "Si" / "test.json").read_text())[:12]
+    images = []
+    for d in docs:
+        s = d["structure"]
+        at = Atoms(
+            [site["label"] for site in s["sites"]],
+            positions=[site["xyz"] for site in s["sites"]],
+            cell=s["lattice"]["matrix"],
+            pbc=True,
+        )
+        at.calc = SinglePointCalculator(
+            at, energy=d["outputs"]["energy"], forces=d["outputs"]["forces"]
+        )
+        images.append(at)
+    ase.io.write(tmp_path / "si.extxyz", images)
+    f = read("ase", tmp_path / "si.extxyz", energy_unit="eV", length_unit="angstrom")
+    assert len(set(f.n_atoms.tolist())) > 1
+    assert f.offsets[-1] + f.n_atoms[-1] == len(f.positions)

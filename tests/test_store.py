@@ -1,0 +1,122 @@
+"""The prediction store: round trip with varying atom counts, atomic writes, merge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from elmlff import keys, store
+from elmlff.data import Split
+from elmlff.errors import ElmlffError
+from elmlff.io import atomic_path
+
+from conftest import random_frames
+
+
+def small_split():
+    return Split({"train": [0, 1], "meta": [2], "val": [3], "test": [4]})
+
+
+def test_store_round_trips_with_varying_atom_counts(tmp_path):
+    f = random_frames(n_frames=5, sizes=(3, 5, 2, 4, 1), pbc=True)
+    split = small_split()
+    ref = store.reference_dataset(f, split, {"dataset": "toy"})
+    rng = np.random.default_rng(1)
+    e, fo = rng.normal(size=(2, 5)), rng.normal(size=(2, len(f.forces), 3))
+    ins = np.zeros((2, 5), bool)
+    ins[:, :2] = True
+    ds = store.with_bases(ref, ["a", "b"], e, fo, ins)
+    ds.attrs.update(store.provenance({"x": 1}))
+    store.write(ds, tmp_path / "predictions.zarr")
+    back = store.open_store(tmp_path / "predictions.zarr")
+    g = store.frames_from_dataset(back)
+    for k in ("numbers", "positions", "forces", "energy", "n_atoms", "cell", "pbc"):
+        np.testing.assert_array_equal(getattr(g, k), getattr(f, k))
+    assert back[keys.SPLIT].values.tolist() == ["train", "train", "meta", "val", "test"]
+    np.testing.assert_array_equal(back[keys.BASE_FORCES].sel(model="b").values, fo[1])
+    np.testing.assert_array_equal(back[keys.BASE_IN_SAMPLE].values, ins)
+    assert back[keys.BASE_FORCES].attrs["units"] == "eV/Å"
+    assert back.attrs["config_hash"] == store.config_hash({"x": 1})
+    assert "torch" in back.attrs["package_versions"]
+    e3, f3 = store.base_frames(back, "a", np.array([3]))
+    assert e3.tolist() == [e[0, 3]] and f3.shape == (4, 3)
+
+
+def test_every_variable_is_documented():
+    f = random_frames(n_frames=5, sizes=(2,))
+    ds = store.with_bases(
+        store.reference_dataset(f, small_split()),
+        ["a"],
+        np.zeros((1, 5)),
+        np.zeros((1, 10, 3)),
+        np.zeros((1, 5), bool),
+    )
+    for name, var in ds.data_vars.items():
+        assert "units" in var.attrs, name
+        if name in keys.VARIABLES:
+            assert var.dims == keys.VARIABLES[name].dims
+    assert "`base_forces`" in keys.variables_markdown()
+
+
+def test_bad_base_predictions_are_rejected():
+    f = random_frames(n_frames=5, sizes=(2,))
+    ref = store.reference_dataset(f, small_split())
+    with pytest.raises(ElmlffError, match=r"base forces have shape \(1, 9, 3\)"):
+        store.with_bases(ref, ["a"], np.zeros((1, 5)), np.zeros((1, 9, 3)), np.zeros((1, 5)))
+    bad = np.zeros((1, 10, 3))
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ElmlffError, match=r"non-finite base predictions from \['a'\]"):
+        store.with_bases(ref, ["a"], np.zeros((1, 5)), bad, np.zeros((1, 5), bool))
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    dest = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
+        tmp.mkdir()
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
+    # and an existing output survives a failed rewrite
+    dest.mkdir()
+    (dest / "old").write_text("kept")
+    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
+        raise RuntimeError("killed")
+    assert (dest / "old").read_text() == "kept"
+
+
+def test_merge_takes_out_of_fold_predictions_under_kfold(tmp_path):
+    """Each pool frame comes from the fit that held it out; val/test are the mean of the fits."""
+    import json
+
+    from elmlff import pipeline
+
+    f = random_frames(n_frames=8, sizes=(2, 3))
+    split = Split(
+        {"train": [0, 1, 2, 3], "meta": [4, 5], "val": [6], "test": [7]},
+        folds=[[0, 2, 4], [1, 3, 5]],
+    )
+    store.write(store.reference_dataset(f, split), tmp_path / "ref.zarr")
+    split.save(tmp_path / "split.json")
+    preds, dirs = {"m": {}}, {"m": {}}
+    for k, fit in enumerate(split.fits()):
+        idx = split.fit_predict(fit)
+        d = tmp_path / fit
+        d.mkdir()
+        (d / "base.json").write_text(
+            json.dumps(
+                {"name": "m", "family": "schnetpack", "trained_on": split.fit_train(fit).tolist()}
+            )
+        )
+        e = np.full(len(idx), 10.0 * (k + 1))
+        fo = np.full((len(f.atom_index(idx)), 3), float(k + 1))
+        np.savez(d / "p.npz", frames=idx, energy=e, forces=fo, seconds=1.0)
+        preds["m"][fit], dirs["m"][fit] = d / "p.npz", d
+    pipeline.merge(
+        tmp_path / "ref.zarr", tmp_path / "split.json", preds, dirs, tmp_path / "out.zarr"
+    )
+    ds = store.open_store(tmp_path / "out.zarr")
+    e = ds[keys.BASE_ENERGY].values[0]
+    assert e[[0, 2, 4]].tolist() == [10.0] * 3  # held out by cv0
+    assert e[[1, 3, 5]].tolist() == [20.0] * 3  # held out by cv1
+    assert e[[6, 7]].tolist() == [15.0, 15.0]  # mean of both fits
+    assert not ds[keys.BASE_IN_SAMPLE].values.any()

@@ -1,0 +1,173 @@
+"""The workflow through the snakemake CLI: dry run, lint, envs, a tiny end-to-end campaign."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import METHANE, ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def smk(*args: str, cwd: Path = ROOT, check: bool = True, timeout: int = 900):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    r = subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+        )
+    return r
+
+
+def tiny_config(tmp: Path, **over) -> Path:
+    """Methane with 2 tiny bases for 2 epochs each."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    ds = cfg["datasets"]["methane"]
+    ds["path"] = str(METHANE)
+    ds["split"]["sizes"] = {"train": 48, "meta": 24, "val": 16, "test": 24}
+    tiny = {"n_atom_basis": 8, "n_interactions": 1, "cutoff": 4.0}
+    cfg["bases"] = {
+        "schnet_tiny": {
+            "family": "schnetpack",
+            "params": {"architecture": "schnet", "n_rbf": 6, **tiny},
+        },
+        "painn_tiny": {
+            "family": "schnetpack",
+            "params": {"architecture": "painn", "n_rbf": 6, **tiny},
+        },
+    }
+    cfg["ensemble"] = ["schnet_tiny", "painn_tiny"]
+    cfg["training"].update(max_epochs=2, batch_size=16)
+    cfg["evaluation"]["bootstrap"] = 50
+    for k, v in over.items():
+        cfg[k] = v
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_dry_run_lists_the_default_campaign():
+    r = smk("-n", "--forceall", "--quiet", "rules")  # every job, whatever results/ holds
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    assert counts == {
+        "all": "1",
+        "prepare_dataset": "1",
+        "train_schnetpack": "4",
+        "predict_schnetpack": "4",
+        "merge_store": "1",
+        "evaluate": "1",
+        "force_rmse_figure": "1",
+        "metrics_table": "1",
+        "total": "14",
+    }
+
+
+def test_lint_is_clean():
+    r = smk("--lint", check=False)
+    assert "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
+
+
+def test_every_model_rule_names_an_existing_conda_env():
+    r = smk("--list-rules")
+    rules = r.stdout.split()
+    model_rules = [x for x in rules if x.startswith(("train_", "predict_"))]
+    assert model_rules
+    text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    assert "env_file(_family)" in text  # per-family rules name envs/{family}.yaml
+    envs = set(re.findall(r'env_file\("(\w+)"\)', text))
+    assert envs == {"elmlff"}
+    from elmlff.bases import FAMILIES
+
+    for family in FAMILIES:
+        env = ROOT / "envs" / f"{family}.yaml"
+        assert env.exists(), env
+        deps = yaml.safe_load(env.read_text())["dependencies"]
+        pins = [d for d in deps[-1]["pip"] if d.startswith("torch==")]
+        assert pins == ["torch==2.13.0"]
+    for env in envs:
+        assert (ROOT / "envs" / f"{env}.yaml").exists()
+
+
+def test_bad_config_stops_the_workflow_with_one_line(tmp_path):
+    cfg = tiny_config(tmp_path, ensemble=["schnet_tiny", "nope"])
+    r = smk("-n", "--configfile", str(cfg), "--directory", str(tmp_path), check=False)
+    assert r.returncode != 0
+    assert "unknown base name(s) ['nope']; fix:" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_tiny_campaign_end_to_end(tmp_path):
+    cfg = tiny_config(tmp_path)
+    smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2")
+    res = tmp_path / "results" / "methane"
+    split = json.loads((res / "split.json").read_text())
+    assert {r: len(v) for r, v in split["roles"].items()} == {
+        "train": 48,
+        "meta": 24,
+        "val": 16,
+        "test": 24,
+    }
+    from elmlff import keys, store
+
+    ds = store.open_store(res / "predictions.zarr")
+    assert ds["model"].values.tolist() == ["schnet_tiny", "painn_tiny"]
+    assert ds[keys.BASE_FORCES].shape == (2, 112 * 5, 3)
+    assert np.isfinite(ds[keys.BASE_FORCES].values).all()
+    # no meta, val or test frame was in a base's training data; train frames were
+    ins = ds[keys.BASE_IN_SAMPLE].values
+    lab = ds[keys.SPLIT].values
+    assert ins[:, lab == "train"].all() and not ins[:, lab != "train"].any()
+    for m in ("schnet_tiny", "painn_tiny"):
+        info = json.loads((res / "bases" / m / "full" / "model" / "base.json").read_text())
+        assert set(info["trained_on"]) == set(split["roles"]["train"])
+        assert set(info["validated_on"]) == set(split["roles"]["val"])
+    df = pd.read_csv(res / "metrics.csv")
+    test = df[(df.split == "test") & (df.metric == "force_rmse_framemean")]
+    assert set(test.model) == {
+        "schnet_tiny",
+        "painn_tiny",
+        "best_base",
+        "mean",
+        "weighted_mean",
+        "linear_stacking",
+    }
+    assert (test.value > 0).all() and (test.ci_low <= test.value).all()
+    # the baselines were fitted on the meta split only
+    bl = json.loads((res / "baselines.json").read_text())
+    assert bl["fit_on"] == "meta" and bl["n_fit_frames"] == 24
+    png = res / "figures" / "force_rmse.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "linear stacking" in (res / "metrics_table.md").read_text()
+    assert (res / "benchmarks" / "train_painn_tiny_full.tsv").exists()
+    assert "epoch 2/2" in (tmp_path / "logs" / "methane" / "train_painn_tiny_full.log").read_text()
+    # figures are redrawn from results/ alone: deleting them reruns only the figure rules
+    png.unlink()
+    r = smk(
+        "--configfile",
+        str(cfg),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "-n",
+        "--quiet",
+        "rules",
+    )
+    assert "force_rmse_figure" in r.stdout and "train_" not in r.stdout
