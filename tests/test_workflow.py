@@ -75,7 +75,8 @@ def test_dry_run_lists_the_default_campaign():
         "evaluate": "1",
         "force_rmse_figure": "1",
         "metrics_table": "1",
-        "total": "14",
+        "campaign_summary": "1",
+        "total": "15",
     }
 
 
@@ -110,6 +111,29 @@ def test_bad_config_stops_the_workflow_with_one_line(tmp_path):
     r = smk("-n", "--configfile", str(cfg), "--directory", str(tmp_path), check=False)
     assert r.returncode != 0
     assert "unknown base name(s) ['nope']; fix:" in r.stdout + r.stderr
+
+
+def test_missing_data_path_stops_the_workflow_with_one_line(tmp_path):
+    cfg = tiny_config(tmp_path)
+    d = yaml.safe_load(cfg.read_text())
+    d["datasets"]["methane"]["path"] = str(tmp_path / "no_such_data")
+    cfg.write_text(yaml.safe_dump(d))
+    r = smk("-n", "--configfile", str(cfg), "--directory", str(tmp_path), check=False)
+    assert r.returncode != 0
+    assert re.search(
+        r"data set 'methane': path \S+no_such_data not found .*; fix: ", r.stdout + r.stderr
+    )
+
+
+def test_kfold_cross_fitting_fans_out_one_base_per_fold(tmp_path):
+    cfg = tiny_config(tmp_path)
+    d = yaml.safe_load(cfg.read_text())
+    d["datasets"]["methane"]["split"]["kfold"] = 3
+    cfg.write_text(yaml.safe_dump(d))
+    r = smk("-n", "--quiet", "rules", "--configfile", str(cfg), "--directory", str(tmp_path))
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    assert counts["train_schnetpack"] == "6" and counts["predict_schnetpack"] == "6"
+    assert counts["merge_store"] == "1"
 
 
 @pytest.mark.slow
@@ -155,6 +179,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
     png = res / "figures" / "force_rmse.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "linear stacking" in (res / "metrics_table.md").read_text()
+    assert "| schnet_tiny | base | schnetpack | 2 |" in (res / "summary.md").read_text()
     assert (res / "benchmarks" / "train_painn_tiny_full.tsv").exists()
     assert "epoch 2/2" in (tmp_path / "logs" / "methane" / "train_painn_tiny_full.log").read_text()
     # figures are redrawn from results/ alone: deleting them reruns only the figure rules

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("metrics", nargs="+", type=Path)
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("summary", help="costs and test errors per model, from results/ only")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
     a = p.parse_args(argv)
     try:
         return _run(a)
@@ -137,6 +141,10 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.plots import metrics_table
 
         print(metrics_table(a.metrics, a.out))
+    elif a.cmd == "summary":
+        from elmlff.summary import campaign_summary
+
+        print(campaign_summary(a.dataset_dir, a.out))
     return 0
 
 

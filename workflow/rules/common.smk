@@ -86,5 +86,6 @@ def final_outputs():
             f"results/{d}/metrics.csv",
             f"results/{d}/metrics_table.md",
             f"results/{d}/figures/force_rmse.png",
+            f"results/{d}/summary.md",
         ]
     return out

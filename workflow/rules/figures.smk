@@ -32,3 +32,18 @@ rule metrics_table:
         env_file("elmlff")
     shell:
         "python -m elmlff table {input} --out {output} > {log} 2>&1"
+
+
+rule campaign_summary:
+    """Costs (from benchmark files) and test errors per model, for the README."""
+    input:
+        metrics="results/{dataset}/metrics.csv",
+        store="results/{dataset}/predictions.zarr",
+    output:
+        "results/{dataset}/summary.md",
+    log:
+        "logs/{dataset}/campaign_summary.log",
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff summary results/{wildcards.dataset} --out {output} > {log} 2>&1"

@@ -1,0 +1,73 @@
+"""A campaign summary (costs and test errors per base) made from files under results/ only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from elmlff.errors import ElmlffError
+from elmlff.io import atomic_write_text
+
+
+def benchmark_seconds(bench_dir: Path) -> dict[str, float]:
+    """Wall seconds per job from Snakemake ``benchmark:`` files (``{job}.tsv``)."""
+    out = {}
+    for tsv in sorted(Path(bench_dir).glob("*.tsv")):
+        out[tsv.stem] = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+    return out
+
+
+def campaign_summary(dataset_dir: Path, out: Path) -> str:
+    """Markdown: per base its family, training and prediction cost, epochs and test force RMSE;
+    per baseline its test force RMSE; and the summed wall time of every benchmarked job."""
+    d = Path(dataset_dir)
+    metrics = d / "metrics.csv"
+    if not metrics.exists():
+        raise ElmlffError(f"{metrics} not found", "run the evaluate rule first")
+    df = pd.read_csv(metrics)
+    test = df[(df.split == "test") & (df.metric == "force_rmse_framemean")].set_index("model")
+    bench = benchmark_seconds(d / "benchmarks")
+    rows = [
+        "| model | kind | family | epochs | train [s] | predict [ms/structure] "
+        "| test force RMSE [meV/Å] |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for model, r in test[test.kind == "base"].iterrows():
+        infos = [
+            json.loads(p.read_text()) for p in sorted(d.glob(f"bases/{model}/*/model/base.json"))
+        ]
+        train = sum(v for k, v in bench.items() if k.startswith(f"train_{model}_"))
+        preds = [np.load(p) for p in sorted(d.glob(f"bases/{model}/*/predictions.npz"))]
+        ms = (
+            1e3
+            * sum(float(p["seconds"]) for p in preds)
+            / max(sum(len(p["frames"]) for p in preds), 1)
+        )
+        fam = infos[0]["family"] if infos else "?"
+        epochs = "/".join(str(i.get("epochs", "?")) for i in infos)
+        rows.append(
+            f"| {model} | base | {fam} | {epochs} | {train:.0f} | {ms:.2f} | "
+            f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
+        )
+    for model, r in test[test.kind != "base"].iterrows():
+        rows.append(
+            f"| {model} | {r.kind} | | | | | "
+            f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
+        )
+    total = sum(bench.values())
+    n = int(test.n_frames.iloc[0])
+    text = "\n".join(
+        [
+            f"Data set `{d.name}`: {n} test frames; 95 % bootstrap intervals in brackets.",
+            "",
+            *rows,
+            "",
+            f"Summed wall time of the {len(bench)} benchmarked jobs: {total / 60:.1f} min.",
+            "",
+        ]
+    )
+    atomic_write_text(out, text)
+    return text
