@@ -37,7 +37,8 @@ def _select(df: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
             f"no '{metric}' rows for split '{split}' in the metrics", "rerun the evaluate rule"
         )
     sel["order"] = sel.kind.map(KIND_ORDER)
-    return sel.sort_values(["order", "model"])
+    # bases in the store's (config's) order, then baselines, then metas: as written in the CSV
+    return sel.sort_values("order", kind="stable")
 
 
 def force_rmse_bars(
@@ -77,13 +78,15 @@ def force_rmse_bars(
             edgecolor="black",
             linewidth=0.5,
         )
-        for xi, vi in zip(x, v, strict=True):
+        top = v if err is None else v + err[1]
+        for xi, vi, ti in zip(x, v, top, strict=True):
             ax.annotate(
                 f"{vi:.1f}",
-                (xi, vi),
-                xytext=(0, 9),
+                (xi, ti),
+                xytext=(0, 3),
                 textcoords="offset points",
                 ha="center",
+                va="bottom",
                 fontsize=8,
             )
         ax.set_xticks(x, [LABELS.get(m, m) for m in sel.model], rotation=30, ha="right")
@@ -91,7 +94,7 @@ def force_rmse_bars(
             f"force RMSE, {split} ({'frame mean' if 'framemean' in metric else 'pooled'}) [meV/Å]"
         )
         ax.set_title(f"{name}: {int(sel.n_frames.iloc[0])} {split} frames")
-        ax.set_ylim(0, 1.18 * np.nanmax(v if err is None else v + err[1]))
+        ax.set_ylim(0, 1.12 * np.nanmax(v if err is None else v + err[1]))
         ax.grid(axis="y", alpha=0.3)
     handles = [
         plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLOR.items() if k in set(df.kind)
@@ -99,7 +102,8 @@ def force_rmse_bars(
     axes[0][0].legend(
         handles,
         [k for k in KIND_COLOR if k in set(df.kind)],
-        loc="lower left",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
         fontsize=8,
         framealpha=0.9,
     )
@@ -129,7 +133,7 @@ def metrics_table(metrics_csv: Sequence[Path | str], out: Path | str, split: str
             "|---|---|" + "---:|" * len(cols),
         ]
         sub = sub.assign(order=sub.kind.map(KIND_ORDER))
-        for (model, kind), g in sub.sort_values(["order", "model"]).groupby(
+        for (model, kind), g in sub.sort_values("order", kind="stable").groupby(
             ["model", "kind"], sort=False
         ):
             cells = []

@@ -33,6 +33,34 @@ def _pbc_flags(pbc: bool | str, default: bool, nf: int) -> np.ndarray:
     return np.full((nf, 3), flag)
 
 
+def _fixed_size(
+    path: Path,
+    units: tuple[float, float, float],
+    z: np.ndarray,
+    r: np.ndarray,
+    e: np.ndarray,
+    f: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    part: str,
+) -> Frames:
+    """Frames of equal size from ``z (F,N)``, ``r (F,N,3)``, ``e (F,)``, ``f (F,N,3)``,
+    ``cell (F,3,3)`` in source units; ``units`` = (energy, length, force) factors."""
+    fe, fl, ff = units
+    nf, nat = r.shape[:2]
+    return Frames(
+        numbers=np.broadcast_to(z, (nf, nat)).reshape(-1),
+        positions=r.reshape(-1, 3) * fl,
+        n_atoms=np.full(nf, nat),
+        cell=cell * fl,
+        pbc=pbc,
+        energy=e.reshape(-1) * fe,
+        forces=f.reshape(-1, 3) * ff,
+        source_part=np.full(nf, part),
+        name=str(path),
+    )
+
+
 def read_deepmd(
     path: Path, *, energy_unit: str, length_unit: str, pbc: bool | str = "auto", part: str = ""
 ) -> Frames:
@@ -44,7 +72,7 @@ def read_deepmd(
     from ase.data import atomic_numbers
 
     path = _need(Path(path), "DeePMD system")
-    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    units = factors(energy_unit, length_unit, str(path))
     types = np.loadtxt(_need(path / "type.raw", "DeePMD type.raw"), dtype=np.int64, ndmin=1)
     tmap = (path / "type_map.raw").read_text().split() if (path / "type_map.raw").exists() else []
     if not tmap:
@@ -85,18 +113,9 @@ def read_deepmd(
         forces.append(f)
         boxes.append(b if b is not None else np.zeros((len(c), 3, 3)))
     c, e, f, b = (np.concatenate(x) for x in (coords, energies, forces, boxes))
-    nf = len(c)
     default_pbc = not (path / "nopbc").exists() and bool(np.abs(b).sum() > 0)
-    return Frames(
-        numbers=np.tile(z_of_type[types], nf),
-        positions=c.reshape(-1, 3) * fl,
-        n_atoms=np.full(nf, nat),
-        cell=b * fl,
-        pbc=_pbc_flags(pbc, default_pbc, nf),
-        energy=e * fe,
-        forces=f.reshape(-1, 3) * ff,
-        source_part=np.full(nf, part),
-        name=str(path),
+    return _fixed_size(
+        path, units, z_of_type[types], c, e, f, b, _pbc_flags(pbc, default_pbc, len(c)), part
     )
 
 
@@ -126,7 +145,7 @@ def read_rmd17(
     path = Path(path)
     d = _npz(path)
     _require_keys(d, ("nuclear_charges", "coords", "energies", "forces"), path, "rmd17")
-    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    units = factors(energy_unit, length_unit, str(path))
     z, r, e, f = d["nuclear_charges"], d["coords"], d["energies"], d["forces"]
     nf, nat = r.shape[0], len(z)
     if r.shape != (nf, nat, 3) or f.shape != (nf, nat, 3) or e.reshape(-1).shape != (nf,):
@@ -135,16 +154,8 @@ def read_rmd17(
             f"energies {e.shape}, forces {f.shape})",
             "give coords/forces as (frames, atoms, 3) and energies as (frames,)",
         )
-    return Frames(
-        numbers=np.tile(z, nf),
-        positions=r.reshape(-1, 3) * fl,
-        n_atoms=np.full(nf, nat),
-        cell=np.zeros((nf, 3, 3)),
-        pbc=_pbc_flags(pbc, False, nf),
-        energy=e.reshape(-1) * fe,
-        forces=f.reshape(-1, 3) * ff,
-        source_part=np.full(nf, part),
-        name=str(path),
+    return _fixed_size(
+        path, units, z, r, e, f, np.zeros((nf, 3, 3)), _pbc_flags(pbc, False, nf), part
     )
 
 
@@ -156,7 +167,7 @@ def read_npz(
     path = Path(path)
     d = _npz(path)
     _require_keys(d, ("R", "z", "E", "F"), path, "npz")
-    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    units = factors(energy_unit, length_unit, str(path))
     r, z, e, f = d["R"], d["z"], d["E"], d["F"]
     if r.ndim != 3 or f.shape != r.shape:
         raise ElmlffError(
@@ -178,17 +189,7 @@ def read_npz(
         else np.broadcast_to(cell.reshape(-1, 3, 3), (nf, 3, 3))
     )
     has_cell = bool(np.abs(cell).sum() > 0)
-    return Frames(
-        numbers=z.reshape(-1),
-        positions=r.reshape(-1, 3) * fl,
-        n_atoms=np.full(nf, nat),
-        cell=cell * fl,
-        pbc=_pbc_flags(pbc, has_cell, nf),
-        energy=e * fe,
-        forces=f.reshape(-1, 3) * ff,
-        source_part=np.full(nf, part),
-        name=str(path),
-    )
+    return _fixed_size(path, units, z, r, e, f, cell, _pbc_flags(pbc, has_cell, nf), part)
 
 
 def read_ase(
