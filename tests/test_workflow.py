@@ -196,3 +196,28 @@ def test_tiny_campaign_end_to_end(tmp_path):
         "rules",
     )
     assert "force_rmse_figure" in r.stdout and "train_" not in r.stdout
+
+
+@pytest.mark.slow
+def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
+    cfg = tiny_config(tmp_path, ensemble=["schnet_tiny"])
+    d = yaml.safe_load(cfg.read_text())
+    d["datasets"]["methane"]["split"]["kfold"] = 2
+    d["training"]["max_epochs"] = 1
+    cfg.write_text(yaml.safe_dump(d))
+    smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2")
+    res = tmp_path / "results" / "methane"
+    split = json.loads((res / "split.json").read_text())
+    assert len(split["folds"]) == 2
+    from elmlff import keys, store
+
+    ds = store.open_store(res / "predictions.zarr")
+    assert not ds[keys.BASE_IN_SAMPLE].values.any()  # every prediction is out-of-sample
+    for k in (0, 1):
+        info = json.loads(
+            (res / "bases" / "schnet_tiny" / f"cv{k}" / "model" / "base.json").read_text()
+        )
+        assert not set(info["trained_on"]) & set(split["folds"][k])
+        assert set(info["trained_on"]) == set(split["folds"][1 - k])
+    bl = json.loads((res / "baselines.json").read_text())
+    assert bl["fit_on"] == "out-of-fold (K-fold)" and bl["n_fit_frames"] == 48 + 24

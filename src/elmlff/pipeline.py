@@ -68,12 +68,10 @@ def prepare(
     (only the frames that have a role are kept; indices refer to the store's frame axis)."""
     frames, part_roles = load_dataset(name, spec)
     full = make_split(part_roles, spec.get("split", {}))
-    keep = full.all_frames()
-    new = {int(old): i for i, old in enumerate(keep)}
-    remap = lambda idx: [new[int(i)] for i in idx]  # noqa: E731
+    keep = full.all_frames()  # sorted: a frame's new index is its rank among the kept ones
     split = Split(
-        {r: remap(v) for r, v in full.roles.items()},
-        [remap(f) for f in full.folds],
+        {r: np.searchsorted(keep, v) for r, v in full.roles.items()},
+        [np.searchsorted(keep, f) for f in full.folds],
         full.seed,
         full.method,
         extra={
