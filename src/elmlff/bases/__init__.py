@@ -24,6 +24,8 @@ from elmlff.errors import ElmlffError
 #: matters to the family that needs it)
 FAMILIES: dict[str, str] = {
     "schnetpack": "elmlff.bases.schnetpack:SchNetPackFamily",
+    "deepmd": "elmlff.bases.deepmd:DeePMDFamily",
+    "nequip": "elmlff.bases.nequip:NequIPFamily",
 }
 
 INFO_FILE = "base.json"

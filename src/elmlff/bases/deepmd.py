@@ -1,0 +1,287 @@
+"""DeePMD bases with deepmd-kit's PyTorch backend: ``dp --pt train`` on DeePMD npy systems,
+``DeepPot`` for prediction, and its TorchScript model for differentiable energies.
+
+Config ``params``: ``descriptor`` (``se_e2_a`` | ``se_e2_r`` | ``se_e3``), ``rcut``,
+``rcut_smth``, ``neuron`` (embedding net), ``axis_neuron`` (se_e2_a), ``fitting_neuron``.
+``training``: ``max_epochs``, ``batch_size``, ``lr`` (start of deepmd's exponential decay),
+``seed``, ``checkpoints`` (how many saved along training; the one with the lowest validation
+force RMSE is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from elmlff.bases import BaseSpec, check_species, read_info
+from elmlff.data.frames import Frames
+from elmlff.data.writers import composition_groups, write_deepmd
+from elmlff.errors import ElmlffError
+from elmlff.metrics import force_rmse
+
+MODEL_FILE = "model.ckpt.pt"
+DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3")
+DEFAULT_PARAMS: dict[str, Any] = {
+    "descriptor": "se_e2_a",
+    "rcut": 5.0,
+    "rcut_smth": 0.5,
+    "neuron": [16, 32],
+    "axis_neuron": 8,
+    "fitting_neuron": [64, 64],
+}
+DEFAULT_TRAINING: dict[str, Any] = {
+    "max_epochs": 30,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "seed": 0,
+    "checkpoints": 10,
+}
+
+
+def input_json(
+    params: dict[str, Any],
+    training: dict[str, Any],
+    type_map: list[str],
+    train_systems: list[Path],
+    val_systems: list[Path],
+    n_train: int,
+) -> dict:
+    """deepmd-kit's training input for one base."""
+    p = {**DEFAULT_PARAMS, **params}
+    tr = {**DEFAULT_TRAINING, **training}
+    kind = p["descriptor"]
+    if kind not in DESCRIPTORS:
+        raise ElmlffError(f"unknown DeePMD descriptor {kind!r}", f"use one of {list(DESCRIPTORS)}")
+    seed = int(tr["seed"])
+    desc: dict[str, Any] = {
+        "type": kind,
+        "sel": "auto",
+        "rcut": float(p["rcut"]),
+        "rcut_smth": float(p["rcut_smth"]),
+        "neuron": list(p["neuron"]),
+        "seed": seed,
+    }
+    if kind == "se_e2_a":
+        desc["axis_neuron"] = int(p["axis_neuron"])
+    batch = int(tr["batch_size"])
+    steps_per_epoch = max(1, math.ceil(n_train / batch))
+    steps = max(1, int(tr["max_epochs"]) * steps_per_epoch)
+    save = max(1, steps // max(1, int(tr["checkpoints"])))
+    start_lr = float(tr["lr"])
+    return {
+        "model": {
+            "type_map": type_map,
+            "descriptor": desc,
+            "fitting_net": {"neuron": list(p["fitting_neuron"]), "resnet_dt": True, "seed": seed},
+        },
+        "learning_rate": {
+            "type": "exp",
+            "start_lr": start_lr,
+            "stop_lr": start_lr * 1e-3,
+            "decay_steps": max(1, steps // 20),
+        },
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.02,
+            "limit_pref_e": 1.0,
+            "start_pref_f": 1000.0,
+            "limit_pref_f": 1.0,
+        },
+        "training": {
+            "training_data": {"systems": [str(s) for s in train_systems], "batch_size": batch},
+            "validation_data": {
+                "systems": [str(s) for s in val_systems],
+                "batch_size": batch,
+                "numb_btch": 1,
+            },
+            "numb_steps": steps,
+            "seed": seed,
+            "disp_file": "lcurve.out",
+            "disp_freq": steps_per_epoch,
+            "save_freq": save,
+            "save_ckpt": "model.ckpt",
+            "max_ckpt_keep": int(tr["checkpoints"]) + 1,
+        },
+    }
+
+
+def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], prefix: str = "") -> str | None:
+    """Run a command, echoing its output line by line (progress in the rule's log); return
+    None on success, else its last three lines joined on one line."""
+    from collections import deque
+
+    last: deque[str] = deque(maxlen=3)
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                print(prefix + line, flush=True)
+                last.append(line)
+    return None if proc.returncode == 0 else " | ".join(last)
+
+
+class DeePMDFamily:
+    """deepmd-kit (PyTorch backend): se_e2_a, se_e2_r, se_e3 descriptors."""
+
+    name = "deepmd"
+    conda_env = "deepmd"
+
+    def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        species = sorted({int(z) for z in train.numbers})
+        type_map = [chemical_symbols[z] for z in species]
+        work = Path(tempfile.mkdtemp(prefix=f"dp-{spec.name}-", dir=outdir))
+        try:
+            tr_sys = write_deepmd(train, work / "train", type_map)
+            va_sys = write_deepmd(val, work / "val", type_map)
+            inp = input_json(spec.params, spec.training, type_map, tr_sys, va_sys, len(train))
+            (work / "input.json").write_text(json.dumps(inp, indent=1))
+            env = {
+                **os.environ,
+                "DP_INTRA_OP_PARALLELISM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+                "DP_INTER_OP_PARALLELISM_THREADS": "1",
+            }
+            t0 = time.perf_counter()
+            steps = inp["training"]["numb_steps"]
+            print(
+                f"[{spec.name}] dp --pt train: {steps} steps "
+                f"({inp['training']['disp_freq']} per epoch)",
+                flush=True,
+            )
+            tail = run_streaming(
+                [sys.executable, "-m", "deepmd", "--pt", "train", "input.json"],
+                work,
+                env,
+                prefix=f"[{spec.name}] ",
+            )
+            if tail is not None:
+                raise ElmlffError(
+                    f"base '{spec.name}': dp --pt train failed: {tail}",
+                    "read the full log above and fix the base's params",
+                )
+            seconds = time.perf_counter() - t0
+            best, scores = self._select(work, spec.name, val)
+            shutil.copy(best, outdir / MODEL_FILE)
+            return {
+                "params": {**DEFAULT_PARAMS, **spec.params},
+                "training": {**DEFAULT_TRAINING, **spec.training},
+                "epochs": int(spec.training.get("max_epochs", DEFAULT_TRAINING["max_epochs"])),
+                "steps": steps,
+                "best_checkpoint": best.name,
+                "val_force_rmse_per_checkpoint": scores,
+                "train_seconds": seconds,
+                "species": species,
+                "type_map": type_map,
+            }
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    @staticmethod
+    def _select(work: Path, name: str, val: Frames) -> tuple[Path, dict[str, float]]:
+        """The saved checkpoint with the lowest force RMSE on the validation frames."""
+        ckpts = sorted(
+            work.glob("model.ckpt-*.pt"), key=lambda p: int(re.findall(r"-(\d+)\.pt$", p.name)[0])
+        )
+        if not ckpts:
+            raise ElmlffError(
+                f"base '{name}': deepmd wrote no checkpoint",
+                "raise max_epochs so training saves at least once",
+            )
+        scores = {}
+        for c in ckpts:
+            pot = DeePMDPotential(name, c, {"species": sorted({int(z) for z in val.numbers})})
+            scores[c.name] = force_rmse(pot.predict(val)[1], val.forces)
+        best = min(scores, key=scores.get)
+        print(
+            f"[{name}] checkpoint chosen on validation: {best} "
+            f"(force RMSE {1e3 * scores[best]:.2f} meV/Å)",
+            flush=True,
+        )
+        return work / best, scores
+
+    def load(self, outdir: Path, device: str = "cpu") -> DeePMDPotential:
+        info = read_info(outdir)
+        path = Path(outdir) / MODEL_FILE
+        if not path.exists():
+            raise ElmlffError(
+                f"base '{info.get('name')}': checkpoint {path} missing",
+                "retrain the base (delete its folder and rerun snakemake)",
+            )
+        return DeePMDPotential(info["name"], path, info)
+
+
+class DeePMDPotential:
+    """A trained deepmd-kit model behind the :class:`~elmlff.bases.Potential` Protocol."""
+
+    def __init__(self, name: str, path: Path, info: dict[str, Any]) -> None:
+        from deepmd.infer import DeepPot
+
+        self.name = name
+        self.info = info
+        self.dp = DeepPot(str(path))
+        self.type_map = self.dp.get_type_map()
+        self.species = [int(z) for z in info.get("species", [])] or [
+            chemical_symbols.index(s) for s in self.type_map
+        ]
+        self._type_of = {chemical_symbols.index(s): i for i, s in enumerate(self.type_map)}
+        self.module = self.dp.deep_eval.dp.model["Default"]
+
+    def _types(self, numbers) -> np.ndarray:
+        return np.array([self._type_of[int(z)] for z in numbers])
+
+    def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        check_species(self.name, self.species, frames)
+        energy = np.zeros(len(frames))
+        forces = np.zeros_like(frames.forces)
+        for (numbers, periodic), idx in composition_groups(frames).items():
+            sub = frames.subset(idx)
+            nat = len(numbers)
+            for s in range(0, len(idx), batch_size):
+                b = sub.subset(range(s, min(s + batch_size, len(idx))))
+                e, f, _ = self.dp.eval(
+                    b.positions.reshape(len(b), nat * 3),
+                    b.cell.reshape(len(b), 9) if periodic else None,
+                    self._types(numbers),
+                )
+                energy[idx[s : s + len(b)]] = e.reshape(-1)
+                forces[frames.atom_index(idx[s : s + len(b)])] = f.reshape(-1, 3)
+        return energy, forces
+
+    def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
+        out = []
+        start = 0
+        for f, n in enumerate(n_atoms.tolist()):
+            z = numbers[start : start + n].cpu().numpy()
+            frames_z = Frames(
+                z,
+                np.zeros((n, 3)),
+                [n],
+                np.zeros((1, 3, 3)),
+                [[False] * 3],
+                [0.0],
+                np.zeros((n, 3)),
+            )
+            check_species(self.name, self.species, frames_z)
+            coord = positions[start : start + n].to(torch.float64).reshape(1, n, 3)
+            atype = torch.as_tensor(self._types(z), dtype=torch.long).reshape(1, n)
+            box = cell[f].to(torch.float64).reshape(1, 3, 3) if bool(pbc[f].any()) else None
+            out.append(self.module(coord, atype, box=box)["energy"].reshape(()))
+            start += n
+        return torch.stack(out)

@@ -1,0 +1,313 @@
+"""NequIP bases with nequip 0.19: ``nequip-train`` with its Hydra config and ``ASEDataModule``,
+checkpoint chosen on validation by lightning's ``ModelCheckpoint``, loaded eagerly (never
+compiled) for prediction and differentiable energies.
+
+Config ``params``: ``cutoff`` (Å), ``num_layers``, ``num_features``, ``l_max``,
+``radial_mlp_depth``, ``radial_mlp_width``, ``model_dtype``. ``training``: ``max_epochs``,
+``batch_size``, ``lr``, ``energy_weight``, ``force_weight``, ``patience``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ase.io
+import lightning.pytorch as lp
+import numpy as np
+import torch
+import yaml
+from ase.data import chemical_symbols
+
+from elmlff.bases import BaseSpec, check_species, read_info
+from elmlff.bases.deepmd import run_streaming
+from elmlff.data.frames import Frames
+from elmlff.errors import ElmlffError
+
+MODEL_FILE = "best.ckpt"
+MONITOR = "val0_epoch/weighted_sum"
+IDENTITY_MAP = "${list_to_identity_dict:${chemical_species}}"  # element symbol = model type
+DEFAULT_PARAMS: dict[str, Any] = {
+    "cutoff": 5.0,
+    "num_layers": 3,
+    "num_features": 16,
+    "l_max": 1,
+    "radial_mlp_depth": 1,
+    "radial_mlp_width": 16,
+    "model_dtype": "float64",
+}
+DEFAULT_TRAINING: dict[str, Any] = {
+    "max_epochs": 30,
+    "batch_size": 16,
+    "lr": 5e-3,
+    "energy_weight": 0.05,
+    "force_weight": 0.95,
+    "patience": 20,
+    "seed": 0,
+}
+
+
+class EpochPrinter(lp.Callback):
+    """One line per validation epoch in the log (runs inside ``nequip-train``)."""
+
+    def __init__(self, name: str, max_epochs: int) -> None:
+        self.name, self.max_epochs, self.t0 = name, max_epochs, time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: lp.Trainer, pl_module: lp.LightningModule) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        f = m.get("val0_epoch/forces_mae", float("nan"))
+        print(
+            f"[{self.name}] epoch {trainer.current_epoch + 1}/{self.max_epochs} "
+            f"val_weighted_sum={m.get(MONITOR, float('nan')):.5f} val_forces_MAE={f:.4f} eV/Å "
+            f"({time.perf_counter() - self.t0:.0f} s)",
+            flush=True,
+        )
+
+
+def hydra_config(
+    name: str,
+    params: dict[str, Any],
+    training: dict[str, Any],
+    type_names: list[str],
+    train_file: Path,
+    val_file: Path,
+) -> dict[str, Any]:
+    """The ``nequip-train`` config for one base."""
+    p = {**DEFAULT_PARAMS, **params}
+    tr = {**DEFAULT_TRAINING, **training}
+    loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": int(tr["batch_size"])}
+    ew, fw = float(tr["energy_weight"]), float(tr["force_weight"])
+    return {
+        "run": ["train"],
+        "seed": int(tr["seed"]),
+        "cutoff_radius": float(p["cutoff"]),
+        "model_type_names": type_names,
+        "chemical_species": "${model_type_names}",
+        "data": {
+            "_target_": "nequip.data.datamodule.ASEDataModule",
+            "seed": "${seed}",
+            "train_file_path": str(train_file),
+            "val_file_path": str(val_file),
+            "ase_args": {"format": "extxyz"},
+            "transforms": [
+                {
+                    "_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper",
+                    "model_type_names": "${model_type_names}",
+                    "chemical_species_to_atom_type_map": IDENTITY_MAP,
+                },
+                {
+                    "_target_": "nequip.data.transforms.NeighborListTransform",
+                    "r_max": "${cutoff_radius}",
+                },
+            ],
+            "train_dataloader": {**loader, "shuffle": True},
+            "val_dataloader": loader,
+            "stats_manager": {
+                "_target_": "nequip.data.CommonDataStatisticsManager",
+                "type_names": "${model_type_names}",
+            },
+        },
+        "trainer": {
+            "_target_": "lightning.Trainer",
+            "max_epochs": int(tr["max_epochs"]),
+            "check_val_every_n_epoch": 1,
+            "log_every_n_steps": 10,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+            "num_sanity_val_steps": 0,
+            "callbacks": [
+                {
+                    "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "monitor": MONITOR,
+                    "dirpath": "${hydra:runtime.output_dir}",
+                    "filename": "best",
+                    "save_top_k": 1,
+                },
+                {
+                    "_target_": "lightning.pytorch.callbacks.EarlyStopping",
+                    "monitor": MONITOR,
+                    "patience": int(tr["patience"]),
+                },
+                {
+                    "_target_": "elmlff.bases.nequip.EpochPrinter",
+                    "name": name,
+                    "max_epochs": int(tr["max_epochs"]),
+                },
+            ],
+        },
+        "training_module": {
+            "_target_": "nequip.train.EMALightningModule",
+            "loss": {
+                "_target_": "nequip.train.EnergyForceLoss",
+                "per_atom_energy": True,
+                "coeffs": {"total_energy": ew, "forces": fw},
+            },
+            "val_metrics": {
+                "_target_": "nequip.train.EnergyForceMetrics",
+                "coeffs": {"per_atom_energy_mae": ew, "forces_mae": fw},
+            },
+            "optimizer": {"_target_": "torch.optim.Adam", "lr": float(tr["lr"])},
+            "model": {
+                "_target_": "nequip.model.NequIPGNNModel",
+                "seed": "${seed}",
+                "model_dtype": p["model_dtype"],
+                "type_names": "${model_type_names}",
+                "r_max": "${cutoff_radius}",
+                "l_max": int(p["l_max"]),
+                "parity": True,
+                "num_layers": int(p["num_layers"]),
+                "num_features": int(p["num_features"]),
+                "radial_mlp_depth": int(p["radial_mlp_depth"]),
+                "radial_mlp_width": int(p["radial_mlp_width"]),
+                "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
+                "per_type_energy_shifts": "${training_data_stats:per_atom_energy_mean}",
+                "per_type_energy_scales": "${training_data_stats:forces_rms}",
+            },
+        },
+    }
+
+
+class NequIPFamily:
+    """nequip: the NequIP E(3)-equivariant interatomic potential."""
+
+    name = "nequip"
+    conda_env = "nequip"
+
+    def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        species = sorted({int(z) for z in train.numbers})
+        type_names = [chemical_symbols[z] for z in species]
+        work = Path(tempfile.mkdtemp(prefix=f"nequip-{spec.name}-", dir=outdir))
+        try:
+            ase.io.write(work / "train.xyz", train.to_atoms(), format="extxyz")
+            ase.io.write(work / "val.xyz", val.to_atoms(), format="extxyz")
+            cfg = hydra_config(
+                spec.name,
+                spec.params,
+                spec.training,
+                type_names,
+                work / "train.xyz",
+                work / "val.xyz",
+            )
+            (work / "elmlff_nequip.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            run_dir = work / "run"
+            exe = Path(sys.executable).parent / "nequip-train"
+            cmd = [
+                str(exe) if exe.exists() else "nequip-train",
+                "-cp",
+                str(work),
+                "-cn",
+                "elmlff_nequip.yaml",
+                f"hydra.run.dir={run_dir}",
+            ]
+            t0 = time.perf_counter()
+            tail = run_streaming(cmd, work, dict(os.environ))
+            if tail is not None:
+                raise ElmlffError(
+                    f"base '{spec.name}': nequip-train failed: {tail}",
+                    "read the full log above and fix the base's params",
+                )
+            seconds = time.perf_counter() - t0
+            best = run_dir / "best.ckpt"
+            if not best.exists():
+                raise ElmlffError(
+                    f"base '{spec.name}': nequip-train wrote no best.ckpt",
+                    "raise max_epochs so validation runs at least once",
+                )
+            shutil.copy(best, outdir / MODEL_FILE)
+            epochs = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1
+            return {
+                "params": {**DEFAULT_PARAMS, **spec.params},
+                "training": {**DEFAULT_TRAINING, **spec.training},
+                "epochs": epochs,
+                "train_seconds": seconds,
+                "species": species,
+                "type_names": type_names,
+            }
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def load(self, outdir: Path, device: str = "cpu") -> NequIPPotential:
+        info = read_info(outdir)
+        path = Path(outdir) / MODEL_FILE
+        if not path.exists():
+            raise ElmlffError(
+                f"base '{info.get('name')}': checkpoint {path} missing",
+                "retrain the base (delete its folder and rerun snakemake)",
+            )
+        return NequIPPotential(info["name"], path, info, device)
+
+
+class NequIPPotential:
+    """A trained NequIP model (eager) behind the :class:`~elmlff.bases.Potential` Protocol."""
+
+    def __init__(self, name: str, path: Path, info: dict[str, Any], device: str = "cpu") -> None:
+        from nequip.integrations.utils import basic_transforms
+        from nequip.model.saved_models.load_utils import load_saved_model
+        from nequip.nn import graph_model
+        from nequip.utils.global_state import set_global_state
+
+        set_global_state()
+        self.name, self.info, self.device = name, info, device
+        self.model = load_saved_model(str(path)).to(device)
+        # train mode keeps the autograd graph of nequip's own force output (double backprop)
+        self.model.train()
+        meta = self.model.metadata
+        self.type_names = meta[graph_model.TYPE_NAMES_KEY].split(" ")
+        self.species = [chemical_symbols.index(s) for s in self.type_names]
+        self.transforms = basic_transforms(
+            meta,
+            float(meta[graph_model.R_MAX_KEY]),
+            self.type_names,
+            {s: s for s in self.type_names},
+        )
+
+    def _data(self, frames: Frames):
+        from nequip.data import AtomicDataDict, from_ase
+
+        check_species(self.name, self.species, frames)
+        items = []
+        for at in frames.to_atoms():
+            d = from_ase(at)
+            for t in self.transforms:
+                d = t(d)
+            items.append(d)
+        return AtomicDataDict.to_(AtomicDataDict.batched_from_list(items), self.device)
+
+    def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        from nequip.data import AtomicDataDict
+
+        energies, forces = [], []
+        for s in range(0, len(frames), batch_size):
+            out = self.model(self._data(frames.subset(range(s, min(s + batch_size, len(frames))))))
+            energies.append(out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().cpu().double().numpy())
+            forces.append(out[AtomicDataDict.FORCE_KEY].detach().cpu().double().numpy())
+        return np.concatenate(energies).reshape(-1), np.concatenate(forces)
+
+    def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
+        from nequip.data import AtomicDataDict
+
+        frames = Frames(
+            numbers.cpu().numpy(),
+            positions.detach().cpu().numpy(),
+            n_atoms.cpu().numpy(),
+            cell.detach().cpu().numpy(),
+            pbc.cpu().numpy(),
+            np.zeros(len(n_atoms)),
+            np.zeros((len(numbers), 3)),
+            name=self.name,
+        )
+        data = self._data(frames)  # neighbour list from the current geometry
+        data[AtomicDataDict.POSITIONS_KEY] = positions.to(self.device, torch.float64).to(
+            data[AtomicDataDict.POSITIONS_KEY].dtype
+        )
+        energy_model = self.model.model.func  # the energy model inside nequip's force output
+        out = energy_model(data)
+        return out[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1).to(torch.float64)
