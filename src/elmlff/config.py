@@ -105,9 +105,31 @@ def load_config(path: Path | str, schema: Path | str = SCHEMA) -> dict[str, Any]
     return dict(validate_config(yaml.safe_load(path.read_text()) or {}, schema, str(path)))
 
 
-def ensemble(config: MutableMapping[str, Any], dataset: str) -> list[str]:
-    """The bases a data set trains."""
+def requested(config: MutableMapping[str, Any], dataset: str) -> list[str]:
+    """The bases the config asks a data set to train."""
     return list(config["datasets"][dataset].get("ensemble") or config["ensemble"])
+
+
+def ensemble(config: MutableMapping[str, Any], dataset: str) -> list[str]:
+    """The bases a data set trains: those requested whose family can run here."""
+    from elmlff.bases import family_available
+
+    return [
+        m for m in requested(config, dataset) if family_available(config["bases"][m]["family"])[0]
+    ]
+
+
+def left_out(config: MutableMapping[str, Any]) -> dict[str, str]:
+    """{base: why} for requested bases whose family cannot run here (e.g. NEP without GPUMD)."""
+    from elmlff.bases import family_available
+
+    out = {}
+    for d in config["run"]:
+        for m in requested(config, d):
+            ok, why = family_available(config["bases"][m]["family"])
+            if not ok:
+                out[m] = why
+    return out
 
 
 def base_spec(config: MutableMapping[str, Any], name: str):

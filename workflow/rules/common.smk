@@ -3,14 +3,25 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from elmlff.config import base_spec, ensemble, validate_config
+from elmlff.config import base_spec, ensemble, left_out, validate_config
 from elmlff.errors import ElmlffError
 from elmlff.smk import rule_environment
+from snakemake.logging import logger
 
 # Schema validation with defaults filled in; a bad config stops here with one line.
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DATASETS = config["run"]
+
+# Bases whose family cannot run here (NEP without GPUMD) leave the DAG; say so once.
+for _base, _why in left_out(config).items():
+    logger.warning(f"elmlff: base '{_base}' left out of this run: {_why}")
+for _d in DATASETS:
+    if not ensemble(config, _d):
+        raise ElmlffError(
+            f"data set '{_d}': no base of its ensemble can run here",
+            "add bases whose families are installed to `ensemble`",
+        )
 
 # Rules run `python -m elmlff ...` (see elmlff.smk.rule_environment).
 rule_environment(workflow.basedir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +27,7 @@ FAMILIES: dict[str, str] = {
     "schnetpack": "elmlff.bases.schnetpack:SchNetPackFamily",
     "deepmd": "elmlff.bases.deepmd:DeePMDFamily",
     "nequip": "elmlff.bases.nequip:NequIPFamily",
+    "nep": "elmlff.bases.nep:NEPFamily",
 }
 
 INFO_FILE = "base.json"
@@ -92,6 +94,20 @@ def get_family(name: str) -> Family:
         raise ElmlffError(f"unknown base family {name!r}", f"use one of {sorted(FAMILIES)}")
     module, cls = FAMILIES[name].split(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+#: executables a family needs on PATH that no pip install provides
+EXECUTABLES: dict[str, tuple[str, str]] = {
+    "nep": ("nep", "GPUMD's `nep` executable is not on PATH (install GPUMD to train NEP)"),
+}
+
+
+def family_available(name: str) -> tuple[bool, str]:
+    """(available, why not): cheap, imports nothing of the family (parse-time safe)."""
+    exe, why = EXECUTABLES.get(name, (None, ""))
+    if exe is not None and shutil.which(exe) is None:
+        return False, why
+    return True, ""
 
 
 def write_info(outdir: Path, info: dict[str, Any]) -> None:
