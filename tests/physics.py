@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from elmlff.bases import _frame_tensors, forces
+from elmlff.bases import _frame_tensors, forces, hvp
 
 
 def energy_np(pot, frames, positions=None) -> np.ndarray:
@@ -78,3 +78,15 @@ class PotentialPhysicsTests:
         e1, f1 = potential.predict(shifted)
         np.testing.assert_allclose(e1, e0, atol=1e-7)
         np.testing.assert_allclose(f1, f0, atol=1e-7)
+
+    def test_hessian_vector_product_matches_finite_differences_of_forces(self, potential, frames):
+        one = frames.subset([0])
+        v = np.random.default_rng(0).normal(size=one.positions.shape)
+        hv = hvp(potential, one, v)
+        h = 1e-4
+        plus, minus = frames.subset([0]), frames.subset([0])
+        plus.positions = one.positions + h * v
+        minus.positions = one.positions - h * v
+        fd = -(potential.predict(plus)[1] - potential.predict(minus)[1]) / (2 * h)
+        assert np.abs(hv).max() > 1e-3
+        np.testing.assert_allclose(hv, fd, atol=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -54,21 +53,6 @@ class TestPaiNNPhysics(PotentialPhysicsTests):
         return SchNetPackPotential(
             "painn", model, {"species": [1, 6], "params": params, "training": {"dtype": "float64"}}
         )
-
-
-def test_hessian_vector_product_through_energy_matches_force_differences(potential, frames):
-    one = frames.subset([0])
-    pos = torch.tensor(one.positions, requires_grad=True)
-    e = potential.energy(pos, *B._frame_tensors(one))
-    (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
-    v = torch.randn_like(pos, generator=torch.Generator().manual_seed(0))
-    (hv,) = torch.autograd.grad((g * v).sum(), pos)
-    h = 1e-4
-    plus, minus = one.subset([0]), one.subset([0])
-    plus.positions = one.positions + h * v.numpy()
-    minus.positions = one.positions - h * v.numpy()
-    fd = -(potential.predict(plus)[1] - potential.predict(minus)[1]) / (2 * h)
-    np.testing.assert_allclose(hv.numpy(), fd, atol=1e-5)
 
 
 def test_unseen_element_is_a_clear_error(potential, frames):

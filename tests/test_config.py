@@ -23,8 +23,27 @@ def test_shipped_configs_are_valid_and_get_defaults():
     assert cfg["datasets"]["methane"]["pbc"] == "auto"  # default filled in
     assert cfg["datasets"]["methane"]["split"]["kfold"] == 0
     assert cfg["evaluation"]["predict_batch_size"] == 128
-    paper = load_config(ROOT / "config" / "campaigns" / "paper.yaml")
-    assert paper["training"]["max_epochs"] > cfg["training"]["max_epochs"]
+    assert len(cfg["ensemble"]) == 8 and "nep" in cfg["bases"]
+
+
+def overlay(base: dict, over: dict) -> dict:
+    """Snakemake's merge of a --configfile into the configfile: dicts key by key."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("campaign", ["paper", "methanol_cu"])
+def test_campaign_overlays_are_valid(campaign):
+    over = yaml.safe_load((ROOT / "config" / "campaigns" / f"{campaign}.yaml").read_text())
+    cfg = validate_config(overlay(DEFAULT, over))
+    if campaign == "paper":
+        assert cfg["training"]["max_epochs"] >= 1000 and len(cfg["ensemble"]) == 8
+        assert cfg["bases"]["nequip"]["params"]["l_max"] == 2
+    else:
+        assert cfg["run"] == ["methanol_cu"]
+        assert cfg["datasets"]["methanol_cu"]["parts"] == {"train": "pool", "test": "test"}
 
 
 def bad(mutate):

@@ -52,10 +52,28 @@ def tiny_config(tmp: Path, **over) -> Path:
             "family": "schnetpack",
             "params": {"architecture": "painn", "n_rbf": 6, **tiny},
         },
+        "dp_tiny": {
+            "family": "deepmd",
+            "params": {
+                "descriptor": "se_e2_a",
+                "rcut": 4.0,
+                "neuron": [4, 8],
+                "axis_neuron": 2,
+                "fitting_neuron": [8, 8],
+            },
+            "training": {"checkpoints": 2},
+        },
+        "nequip_tiny": {
+            "family": "nequip",
+            "params": {"cutoff": 4.0, "num_layers": 1, "num_features": 8, "radial_mlp_width": 8},
+        },
+        "nep_tiny": {"family": "nep"},
     }
-    cfg["ensemble"] = ["schnet_tiny", "painn_tiny"]
+    # NEP is requested too: without GPUMD it must leave the DAG with one message
+    cfg["ensemble"] = ["schnet_tiny", "painn_tiny", "dp_tiny", "nequip_tiny", "nep_tiny"]
     cfg["training"].update(max_epochs=2, batch_size=16)
     cfg["evaluation"]["bootstrap"] = 50
+    cfg["evaluation"]["hvp"] = True
     for k, v in over.items():
         cfg[k] = v
     path = tmp / "tiny.yaml"
@@ -71,12 +89,16 @@ def test_dry_run_lists_the_default_campaign():
         "prepare_dataset": "1",
         "train_schnetpack": "4",
         "predict_schnetpack": "4",
+        "train_deepmd": "3",
+        "predict_deepmd": "3",
+        "train_nequip": "1",
+        "predict_nequip": "1",
         "merge_store": "1",
         "evaluate": "1",
         "force_rmse_figure": "1",
         "metrics_table": "1",
         "campaign_summary": "1",
-        "total": "15",
+        "total": "23",
     }
 
 
@@ -85,25 +107,42 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
 
 
-def test_every_model_rule_names_an_existing_conda_env():
-    r = smk("--list-rules")
-    rules = r.stdout.split()
-    model_rules = [x for x in rules if x.startswith(("train_", "predict_"))]
-    assert model_rules
+#: the package each family's env must install
+FAMILY_PACKAGE = {
+    "schnetpack": "schnetpack",
+    "deepmd": "deepmd-kit",
+    "nequip": "nequip",
+    "nep": "calorine",
+}
+
+
+def _pins(lines) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line.strip())
+        if m:
+            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+def test_every_model_rule_names_an_existing_conda_env_pinned_like_the_venv():
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     assert "env_file(_family)" in text  # per-family rules name envs/{family}.yaml
-    envs = set(re.findall(r'env_file\("(\w+)"\)', text))
-    assert envs == {"elmlff"}
+    assert set(re.findall(r'env_file\("(\w+)"\)', text)) == {"elmlff"}
     from elmlff.bases import FAMILIES
 
-    for family in FAMILIES:
-        env = ROOT / "envs" / f"{family}.yaml"
-        assert env.exists(), env
-        deps = yaml.safe_load(env.read_text())["dependencies"]
-        pins = [d for d in deps[-1]["pip"] if d.startswith("torch==")]
-        assert pins == ["torch==2.13.0"]
-    for env in envs:
-        assert (ROOT / "envs" / f"{env}.yaml").exists()
+    assert set(FAMILY_PACKAGE) == set(FAMILIES)
+    local = _pins((ROOT / "envs" / "pip" / "constraints.txt").read_text().splitlines())
+    for env in ["elmlff", *FAMILIES]:
+        path = ROOT / "envs" / f"{env}.yaml"
+        deps = yaml.safe_load(path.read_text())["dependencies"]
+        pins = _pins(next(d for d in deps if isinstance(d, dict))["pip"])
+        assert pins["torch"] == "2.13.0", path
+        for pkg, version in pins.items():
+            if pkg in local:
+                assert version == local[pkg], f"{path}: {pkg}=={version}, venv has {local[pkg]}"
+        if env in FAMILY_PACKAGE:
+            assert FAMILY_PACKAGE[env] in pins, f"{path} does not install {FAMILY_PACKAGE[env]}"
 
 
 def test_bad_config_stops_the_workflow_with_one_line(tmp_path):
@@ -139,7 +178,8 @@ def test_kfold_cross_fitting_fans_out_one_base_per_fold(tmp_path):
 @pytest.mark.slow
 def test_tiny_campaign_end_to_end(tmp_path):
     cfg = tiny_config(tmp_path)
-    smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2")
+    r = smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2")
+    assert (r.stdout + r.stderr).count("base 'nep_tiny' left out of this run: GPUMD's") == 1
     res = tmp_path / "results" / "methane"
     split = json.loads((res / "split.json").read_text())
     assert {r: len(v) for r, v in split["roles"].items()} == {
@@ -151,14 +191,26 @@ def test_tiny_campaign_end_to_end(tmp_path):
     from elmlff import keys, store
 
     ds = store.open_store(res / "predictions.zarr")
-    assert ds["model"].values.tolist() == ["schnet_tiny", "painn_tiny"]
-    assert ds[keys.BASE_FORCES].shape == (2, 112 * 5, 3)
+    assert ds["model"].values.tolist() == ["schnet_tiny", "painn_tiny", "dp_tiny", "nequip_tiny"]
+    assert ds[keys.BASE_FORCES].shape == (4, 112 * 5, 3)
     assert np.isfinite(ds[keys.BASE_FORCES].values).all()
+    # Hessian-vector products along one seeded direction per frame, equal to a fresh one
+    assert ds[keys.BASE_HVP].shape == ds[keys.BASE_FORCES].shape
+    assert np.isfinite(ds[keys.BASE_HVP].values).all()
+    from elmlff import bases as B
+
+    f0 = store.frames_from_dataset(ds, [0])
+    v0 = ds[keys.HVP_DIRECTION].values[:5]
+    assert np.linalg.norm(v0) == pytest.approx(1.0)
+    pot = B.load(res / "bases" / "dp_tiny" / "full" / "model")
+    np.testing.assert_allclose(
+        ds[keys.BASE_HVP].sel(model="dp_tiny").values[:5], B.hvp(pot, f0, v0), atol=1e-8
+    )
     # no meta, val or test frame was in a base's training data; train frames were
     ins = ds[keys.BASE_IN_SAMPLE].values
     lab = ds[keys.SPLIT].values
     assert ins[:, lab == "train"].all() and not ins[:, lab != "train"].any()
-    for m in ("schnet_tiny", "painn_tiny"):
+    for m in ds["model"].values:
         info = json.loads((res / "bases" / m / "full" / "model" / "base.json").read_text())
         assert set(info["trained_on"]) == set(split["roles"]["train"])
         assert set(info["validated_on"]) == set(split["roles"]["val"])
@@ -167,6 +219,8 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert set(test.model) == {
         "schnet_tiny",
         "painn_tiny",
+        "dp_tiny",
+        "nequip_tiny",
         "best_base",
         "mean",
         "weighted_mean",
@@ -179,7 +233,17 @@ def test_tiny_campaign_end_to_end(tmp_path):
     png = res / "figures" / "force_rmse.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "linear stacking" in (res / "metrics_table.md").read_text()
-    assert "| schnet_tiny | base | schnetpack | 2 |" in (res / "summary.md").read_text()
+    summary = (res / "summary.md").read_text()
+    assert "| schnet_tiny | base | schnetpack 2.2.0 | 2 |" in summary
+    assert "| dp_tiny | base | deepmd-kit 3.2.0 |" in summary
+    from elmlff.summary import splice
+
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- summary:methane -->\nold\n<!-- /summary:methane -->\nb\n")
+    splice(readme, "summary:methane", summary)
+    text = readme.read_text()
+    assert text.startswith("a\n<!-- summary:methane -->\n") and text.endswith("-->\nb\n")
+    assert "old" not in text and "| dp_tiny | base |" in text
     assert (res / "benchmarks" / "train_painn_tiny_full.tsv").exists()
     assert "epoch 2/2" in (tmp_path / "logs" / "methane" / "train_painn_tiny_full.log").read_text()
     # figures are redrawn from results/ alone: deleting them reruns only the figure rules
@@ -221,3 +285,34 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
         assert set(info["trained_on"]) == set(split["folds"][1 - k])
     bl = json.loads((res / "baselines.json").read_text())
     assert bl["fit_on"] == "out-of-fold (K-fold)" and bl["n_fit_frames"] == 48 + 24
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_methanol_on_copper_campaign_on_a_small_subset(tmp_path):
+    """The methanol/Cu(100) campaign config, shrunk: a periodic 54-atom slab through the
+    workflow with one tiny base of each family that runs here."""
+    from conftest import SHARED
+
+    cfg = yaml.safe_load(tiny_config(tmp_path).read_text())
+    camp = yaml.safe_load((ROOT / "config" / "campaigns" / "methanol_cu.yaml").read_text())
+    ds = camp["datasets"]["methanol_cu"]
+    ds["path"] = str(SHARED / "el-mlffs" / "methanol_cu")
+    ds["split"]["sizes"] = {"train": 16, "meta": 8, "val": 8, "test": 8}
+    cfg["datasets"] = camp["datasets"]
+    cfg["run"] = camp["run"]
+    cfg["ensemble"] = ["schnet_tiny", "dp_tiny", "nequip_tiny"]
+    cfg["training"]["max_epochs"] = 1
+    path = tmp_path / "methanol.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    smk("--configfile", str(path), "--directory", str(tmp_path), "--cores", "2")
+    from elmlff import keys, store
+
+    res = tmp_path / "results" / "methanol_cu"
+    s = store.open_store(res / "predictions.zarr")
+    assert s["model"].values.tolist() == ["schnet_tiny", "dp_tiny", "nequip_tiny"]
+    assert s.sizes["frame"] == 40 and s.sizes["atom"] == 40 * 54
+    assert s[keys.PBC].values.all()
+    assert sorted(set(s[keys.NUMBERS].values.tolist())) == [1, 6, 8, 29]
+    assert np.isfinite(s[keys.BASE_FORCES].values).all()
+    assert (res / "figures" / "force_rmse.png").exists()

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--fit", default="full")
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--hvp-seed", type=int, default=None, help="also Hessian-vector products")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("merge", help="merge base predictions into predictions.zarr")
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summary", help="costs and test errors per model, from results/ only")
     s.add_argument("dataset_dir", type=Path)
     s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--readme", type=Path, help="also splice it into this file's marked block")
 
     a = p.parse_args(argv)
     try:
@@ -120,7 +122,7 @@ def _run(a: argparse.Namespace) -> int:
         )
     elif a.cmd == "predict":
         pipeline.predict_base(
-            a.base, a.store, a.split, a.fit, a.out, _device(a.device), a.batch_size
+            a.base, a.store, a.split, a.fit, a.out, _device(a.device), a.batch_size, a.hvp_seed
         )
     elif a.cmd == "merge":
         pipeline.merge(
@@ -142,9 +144,12 @@ def _run(a: argparse.Namespace) -> int:
 
         print(metrics_table(a.metrics, a.out))
     elif a.cmd == "summary":
-        from elmlff.summary import campaign_summary
+        from elmlff.summary import campaign_summary, splice
 
-        print(campaign_summary(a.dataset_dir, a.out))
+        text = campaign_summary(a.dataset_dir, a.out)
+        if a.readme:
+            splice(a.readme, f"summary:{a.dataset_dir.name}", text)
+        print(text)
     return 0
 
 

@@ -1,11 +1,14 @@
-"""Atomic writes: a killed job never leaves a file or store that looks complete."""
+"""Atomic writes (a killed job never leaves a file or store that looks complete), and
+subprocesses whose output streams into the rule's log."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +36,19 @@ def atomic_write_text(dest: Path | str, text: str) -> None:
     """Write text to ``dest`` atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
+
+
+def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], prefix: str = "") -> str | None:
+    """Run a command, echoing its output line by line (progress in the rule's log); return
+    None on success, else its last three lines joined on one line."""
+    last: deque[str] = deque(maxlen=3)
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                print(prefix + line, flush=True)
+                last.append(line)
+    return None if proc.returncode == 0 else " | ".join(last)

@@ -34,6 +34,8 @@ SPLIT: Final = "split"
 BASE_ENERGY: Final = "base_energy"
 BASE_FORCES: Final = "base_forces"
 BASE_IN_SAMPLE: Final = "base_in_sample"
+HVP_DIRECTION: Final = "hvp_direction"
+BASE_HVP: Final = "base_hvp"
 
 VARIABLES: Final[dict[str, Var]] = {
     NUMBERS: Var(("atom",), "1", "atomic number Z of each atom"),
@@ -53,6 +55,8 @@ VARIABLES: Final[dict[str, Var]] = {
     BASE_IN_SAMPLE: Var(
         ("model", "frame"), "1", "True where the predicting base was trained on the frame"
     ),
+    HVP_DIRECTION: Var(("atom", "xyz"), "1", "direction v (unit norm per frame) of the HVPs"),
+    BASE_HVP: Var(("model", "atom", "xyz"), "eV/Å²", "each base's Hessian-vector product H·v"),
 }
 
 

@@ -140,8 +140,12 @@ def predict_base(
     out: Path,
     device: str = "cpu",
     batch_size: int = 128,
+    hvp_seed: int | None = None,
 ) -> None:
-    """Predict every frame this fit must cover (all frames; or held-out fold + val + test)."""
+    """Predict every frame this fit must cover (all frames; or held-out fold + val + test).
+
+    With ``hvp_seed``, also the Hessian-vector product along the seeded direction of
+    :func:`elmlff.bases.hvp_directions` (the same directions for every base)."""
     pot = B.load(basedir, device=device)
     ds = store.open_store(store_path)
     split = Split.load(split_path)
@@ -156,8 +160,18 @@ def predict_base(
             f"{len(frames)} frames with {len(frames.forces)} atoms",
             "fix the family's predict()",
         )
+    extra = {}
+    if hvp_seed is not None:
+        ref = store.frames_from_dataset(ds)
+        v = B.hvp_directions(ref.n_atoms, hvp_seed)[ref.atom_index(idx)]
+        hv = np.zeros_like(f)
+        for s in range(0, len(frames), batch_size):
+            b = np.arange(s, min(s + batch_size, len(frames)))
+            a = frames.atom_index(b)
+            hv[a] = B.hvp(pot, frames.subset(b), v[a])
+        extra = {"hvp": hv, "hvp_seed": hvp_seed}
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, frames=idx, energy=e, forces=f, seconds=sec)
+        np.savez(fh, frames=idx, energy=e, forces=f, seconds=sec, **extra)
     log(
         f"base '{pot.name}' fit {fit}: predicted {len(frames)} frames in {sec:.2f} s "
         f"({1e3 * sec / len(frames):.2f} ms/structure)"
@@ -183,25 +197,34 @@ def merge(
     frames = store.frames_from_dataset(ref)
     nf, na = len(frames), len(frames.forces)
     models = list(predictions)
+    files = {(m, fit): dict(np.load(p)) for m in models for fit, p in predictions[m].items()}
+    # per-atom outputs: forces, and Hessian-vector products where every base has them
+    atom_keys = ["forces"] + (["hvp"] if all("hvp" in z for z in files.values()) else [])
     E = np.full((len(models), nf), np.nan)
-    F = np.full((len(models), na, 3), np.nan)
+    P = {k: np.full((len(models), na, 3), np.nan) for k in atom_keys}
     S = np.zeros((len(models), nf), dtype=bool)
     info: dict[str, Any] = {}
     shared = np.concatenate([split.roles["val"], split.roles["test"]])
     shared_atoms = frames.atom_index(shared)
     for m, model in enumerate(models):
-        sum_e, sum_f = np.zeros(len(shared)), np.zeros((len(shared_atoms), 3))
+        sum_e = np.zeros(len(shared))
+        sum_p = {k: np.zeros((len(shared_atoms), 3)) for k in atom_keys}
         per_fit = {}
-        for fit, path in predictions[model].items():
-            with np.load(path) as z:
-                idx = z["frames"]
-                e_fit, f_fit = np.full(nf, np.nan), np.full((na, 3), np.nan)
-                e_fit[idx], f_fit[frames.atom_index(idx)] = z["energy"], z["forces"]
-                per_fit[fit] = float(z["seconds"]) / max(len(idx), 1)
+        for fit in predictions[model]:
+            z = files[model, fit]
+            idx, atoms = z["frames"], frames.atom_index(z["frames"])
+            e_fit = np.full(nf, np.nan)
+            e_fit[idx] = z["energy"]
+            p_fit = {k: np.full((na, 3), np.nan) for k in atom_keys}
+            for k in atom_keys:
+                p_fit[k][atoms] = z[k]
+            per_fit[fit] = float(z["seconds"]) / max(len(idx), 1)
             trained = np.zeros(nf, dtype=bool)
             trained[np.asarray(B.read_info(basedirs[model][fit])["trained_on"], np.int64)] = True
             if fit == "full":
-                E[m], F[m], S[m] = e_fit, f_fit, trained
+                E[m], S[m] = e_fit, trained
+                for k in atom_keys:
+                    P[k][m] = p_fit[k]
                 continue
             own = split.folds[int(fit[2:])]
             if trained[own].any():
@@ -209,11 +232,16 @@ def merge(
                     f"base '{model}' fit {fit} trained on frames of its own fold",
                     "rebuild the split and retrain",
                 )
-            E[m, own], F[m, frames.atom_index(own)] = e_fit[own], f_fit[frames.atom_index(own)]
+            own_atoms = frames.atom_index(own)
+            E[m, own] = e_fit[own]
             sum_e += e_fit[shared]
-            sum_f += f_fit[shared_atoms]
+            for k in atom_keys:
+                P[k][m, own_atoms] = p_fit[k][own_atoms]
+                sum_p[k] += p_fit[k][shared_atoms]
         if split.kfold:  # val and test: the mean of the K fits
-            E[m, shared], F[m, shared_atoms] = sum_e / split.kfold, sum_f / split.kfold
+            E[m, shared] = sum_e / split.kfold
+            for k in atom_keys:
+                P[k][m, shared_atoms] = sum_p[k] / split.kfold
         missing = np.flatnonzero(np.isnan(E[m]))
         if len(missing):
             raise ElmlffError(
@@ -231,7 +259,10 @@ def merge(
             "predict_seconds_per_structure": float(np.mean(list(per_fit.values()))),
             "fits": list(predictions[model]),
         }
-    ds = store.with_bases(ref, models, E, F, S, info)
+    ds = store.with_bases(ref, models, E, P["forces"], S, info)
+    if "hvp" in P:
+        seed = int(next(iter(files.values()))["hvp_seed"])
+        ds = store.with_hvp(ds, P["hvp"], B.hvp_directions(frames.n_atoms, seed), seed)
     ds.attrs.update(store.provenance(cfg_for_hash))
     store.write(ds, out)
     log(f"store {out}: {len(models)} bases x {nf} frames ({na} atoms)")

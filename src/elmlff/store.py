@@ -31,6 +31,7 @@ PACKAGES = (
     "schnetpack",
     "deepmd-kit",
     "nequip",
+    "calorine",
     "torch-geometric",
     "e3nn",
     "ase",
@@ -181,6 +182,18 @@ def with_bases(
     ds[keys.BASE_FORCES] = _var(keys.BASE_FORCES, forces)
     ds[keys.BASE_IN_SAMPLE] = _var(keys.BASE_IN_SAMPLE, in_sample.astype(bool))
     ds.attrs["model_info"] = json.dumps(dict(model_attrs or {}), sort_keys=True, default=str)
+    return ds
+
+
+def with_hvp(ds: xr.Dataset, hvp: np.ndarray, directions: np.ndarray, seed: int) -> xr.Dataset:
+    """Add each base's Hessian-vector product along ``hvp_direction`` (one unit vector per
+    frame, the same for every base)."""
+    if not np.isfinite(hvp).all():
+        raise ElmlffError("non-finite Hessian-vector products", "retrain the affected bases")
+    ds = ds.copy()
+    ds[keys.HVP_DIRECTION] = _var(keys.HVP_DIRECTION, directions)
+    ds[keys.BASE_HVP] = _var(keys.BASE_HVP, hvp)
+    ds.attrs["hvp_seed"] = seed
     return ds
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from elmlff import store
+from elmlff.bases import PACKAGES
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text
 
@@ -30,8 +32,9 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
     df = pd.read_csv(metrics)
     test = df[(df.split == "test") & (df.metric == "force_rmse_framemean")].set_index("model")
     bench = benchmark_seconds(d / "benchmarks")
+    versions = json.loads(store.open_store(d / "predictions.zarr").attrs["package_versions"])
     rows = [
-        "| model | kind | family | epochs | train [s] | predict [ms/structure] "
+        "| model | kind | package | epochs | train [s] | predict [ms/structure] "
         "| test force RMSE [meV/Å] |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
@@ -46,10 +49,11 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
             * sum(float(p["seconds"]) for p in preds)
             / max(sum(len(p["frames"]) for p in preds), 1)
         )
-        fam = infos[0]["family"] if infos else "?"
+        pkg = PACKAGES.get(infos[0]["family"], "?") if infos else "?"
+        pkg = f"{pkg} {versions.get(pkg, '')}".strip()
         epochs = "/".join(str(i.get("epochs", "?")) for i in infos)
         rows.append(
-            f"| {model} | base | {fam} | {epochs} | {train:.0f} | {ms:.2f} | "
+            f"| {model} | base | {pkg} | {epochs} | {train:.0f} | {ms:.2f} | "
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
     for model, r in test[test.kind != "base"].iterrows():
@@ -71,3 +75,15 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
     )
     atomic_write_text(out, text)
     return text
+
+
+def splice(readme: Path, marker: str, text: str) -> None:
+    """Replace the block between ``<!-- {marker} -->`` and ``<!-- /{marker} -->`` in a file."""
+    readme = Path(readme)
+    body = readme.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in body or end not in body:
+        raise ElmlffError(f"{readme}: markers {start} ... {end} not found", "add them")
+    head, rest = body.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, f"{head}{start}\n{text.strip()}\n{end}{tail}")

@@ -43,6 +43,7 @@ for _family in families():
         params:
             device=config["device"],
             batch=config["evaluation"]["predict_batch_size"],
+            hvp=f"--hvp-seed {config['evaluation']['seed']}" if config["evaluation"]["hvp"] else "",
         log:
             "logs/{dataset}/predict_{model}_{fit}.log",
         benchmark:
@@ -55,5 +56,5 @@ for _family in families():
             runtime=60,
         shell:
             "python -m elmlff predict --base {input.base} --store {input.store} --split {input.split}"
-            " --fit {wildcards.fit} --device {params.device} --batch-size {params.batch}"
+            " --fit {wildcards.fit} --device {params.device} --batch-size {params.batch} {params.hvp}"
             " --out {output} > {log} 2>&1"

@@ -30,6 +30,14 @@ FAMILIES: dict[str, str] = {
     "nep": "elmlff.bases.nep:NEPFamily",
 }
 
+#: the distribution each family's models come from (for provenance and tables)
+PACKAGES: dict[str, str] = {
+    "schnetpack": "schnetpack",
+    "deepmd": "deepmd-kit",
+    "nequip": "nequip",
+    "nep": "calorine",
+}
+
 INFO_FILE = "base.json"
 
 
@@ -148,6 +156,24 @@ def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.
     e = pot.energy(pos, *_frame_tensors(frames))
     (g,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
     return -g
+
+
+def hvp(pot: Potential, frames: Frames, v: np.ndarray) -> np.ndarray:
+    """Hessian-vector products H·v (A, 3), H = ∂²E/∂x∂x, by double backpropagation through
+    :meth:`Potential.energy` (no Hessian is formed; frames are independent blocks)."""
+    pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
+    e = pot.energy(pos, *_frame_tensors(frames))
+    (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+    (hv,) = torch.autograd.grad((g * torch.as_tensor(v, dtype=g.dtype)).sum(), pos)
+    return hv.detach().cpu().numpy()
+
+
+def hvp_directions(n_atoms: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded random directions (A, 3), unit norm per frame: the same for every base."""
+    v = np.random.default_rng(seed).normal(size=(int(np.sum(n_atoms)), 3))
+    frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    norm = np.sqrt(np.bincount(frame, (v**2).sum(axis=1)))
+    return v / norm[frame, None]
 
 
 def _frame_tensors(frames: Frames) -> tuple[torch.Tensor, ...]:

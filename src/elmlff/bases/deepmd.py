@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from elmlff.bases import BaseSpec, check_species, read_info
 from elmlff.data.frames import Frames
 from elmlff.data.writers import composition_groups, write_deepmd
 from elmlff.errors import ElmlffError
+from elmlff.io import run_streaming
 from elmlff.metrics import force_rmse
 
 MODEL_FILE = "model.ckpt.pt"
@@ -118,24 +118,6 @@ def input_json(
     }
 
 
-def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], prefix: str = "") -> str | None:
-    """Run a command, echoing its output line by line (progress in the rule's log); return
-    None on success, else its last three lines joined on one line."""
-    from collections import deque
-
-    last: deque[str] = deque(maxlen=3)
-    with subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                print(prefix + line, flush=True)
-                last.append(line)
-    return None if proc.returncode == 0 else " | ".join(last)
-
-
 class DeePMDFamily:
     """deepmd-kit (PyTorch backend): se_e2_a, se_e2_r, se_e3 descriptors."""
 
@@ -147,7 +129,7 @@ class DeePMDFamily:
         outdir.mkdir(parents=True, exist_ok=True)
         species = sorted({int(z) for z in train.numbers})
         type_map = [chemical_symbols[z] for z in species]
-        work = Path(tempfile.mkdtemp(prefix=f"dp-{spec.name}-", dir=outdir))
+        work = Path(tempfile.mkdtemp(prefix=f"dp-{spec.name}-", dir=outdir)).resolve()
         try:
             tr_sys = write_deepmd(train, work / "train", type_map)
             va_sys = write_deepmd(val, work / "val", type_map)

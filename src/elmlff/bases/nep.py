@@ -23,6 +23,7 @@ from ase.data import chemical_symbols
 from elmlff.bases import BaseSpec, check_species, family_available, read_info
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
+from elmlff.io import run_streaming
 
 MODEL_FILE = "nep.txt"
 VACUUM = 100.0  # Å: box given to non-periodic frames (GPUMD always reads a cell)
@@ -144,8 +145,6 @@ class NEPFamily:
     conda_env = "nep"
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
-        from elmlff.bases.deepmd import run_streaming
-
         ok, why = family_available(self.name)
         if not ok:
             raise ElmlffError(f"base '{spec.name}': {why}", "install GPUMD or drop the base")

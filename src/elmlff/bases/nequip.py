@@ -25,9 +25,9 @@ import yaml
 from ase.data import chemical_symbols
 
 from elmlff.bases import BaseSpec, check_species, read_info
-from elmlff.bases.deepmd import run_streaming
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
+from elmlff.io import run_streaming
 
 MODEL_FILE = "best.ckpt"
 MONITOR = "val0_epoch/weighted_sum"
@@ -184,7 +184,7 @@ class NequIPFamily:
         outdir.mkdir(parents=True, exist_ok=True)
         species = sorted({int(z) for z in train.numbers})
         type_names = [chemical_symbols[z] for z in species]
-        work = Path(tempfile.mkdtemp(prefix=f"nequip-{spec.name}-", dir=outdir))
+        work = Path(tempfile.mkdtemp(prefix=f"nequip-{spec.name}-", dir=outdir)).resolve()
         try:
             ase.io.write(work / "train.xyz", train.to_atoms(), format="extxyz")
             ase.io.write(work / "val.xyz", val.to_atoms(), format="extxyz")
