@@ -3,7 +3,8 @@
 
 Config ``params``: ``descriptor`` (``se_e2_a`` | ``se_e2_r`` | ``se_e3``), ``rcut``,
 ``rcut_smth``, ``neuron`` (embedding net), ``axis_neuron`` (se_e2_a), ``fitting_neuron``.
-``training``: ``max_epochs``, ``batch_size``, ``lr`` (start of deepmd's exponential decay),
+``training``: ``max_epochs``, ``batch_size`` (DeePMD learns best in many small batches),
+``lr`` (start of deepmd's exponential decay), ``stop_lr_ratio`` (its end, relative to ``lr``),
 ``seed``, ``checkpoints`` (how many saved along training; the one with the lowest validation
 force RMSE is kept).
 """
@@ -44,8 +45,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 DEFAULT_TRAINING: dict[str, Any] = {
     "max_epochs": 30,
-    "batch_size": 32,
+    "batch_size": 4,
     "lr": 1e-3,
+    "stop_lr_ratio": 1e-2,
     "seed": 0,
     "checkpoints": 10,
 }
@@ -90,7 +92,7 @@ def input_json(
         "learning_rate": {
             "type": "exp",
             "start_lr": start_lr,
-            "stop_lr": start_lr * 1e-3,
+            "stop_lr": start_lr * float(tr["stop_lr_ratio"]),
             "decay_steps": max(1, steps // 20),
         },
         "loss": {
