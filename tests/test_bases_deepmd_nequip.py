@@ -108,3 +108,15 @@ def test_unknown_deepmd_descriptor():
 
     with pytest.raises(ElmlffError, match="unknown DeePMD descriptor 'se_atten'"):
         input_json({"descriptor": "se_atten"}, {}, ["H"], [], [], 10)
+
+
+def test_loading_every_family_leaves_torch_defaults_alone(deepmd_dir, nequip_dir, frames):
+    """Families share one process in meta-models: loading one must not change global torch
+    state that another relies on (nequip's global state sets float64 by default)."""
+    import torch
+
+    before = torch.get_default_dtype()
+    B.load(deepmd_dir)
+    pot = B.load(nequip_dir)
+    assert torch.get_default_dtype() == before
+    assert np.isfinite(pot.predict(frames)[1]).all()

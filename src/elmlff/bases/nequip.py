@@ -9,11 +9,13 @@ Config ``params``: ``cutoff`` (Å), ``num_layers``, ``num_features``, ``l_max``,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +247,18 @@ class NequIPFamily:
         return NequIPPotential(info["name"], path, info, device)
 
 
+@contextlib.contextmanager
+def nequip_dtype() -> Iterator[None]:
+    """nequip works with torch's default dtype set to float64 (its global state); set it only
+    around nequip's own calls, so other families in the same process keep theirs."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
 class NequIPPotential:
     """A trained NequIP model (eager) behind the :class:`~elmlff.bases.Potential` Protocol."""
 
@@ -254,9 +268,10 @@ class NequIPPotential:
         from nequip.nn import graph_model
         from nequip.utils.global_state import set_global_state
 
-        set_global_state()
+        with nequip_dtype():
+            set_global_state()
+            self.model = load_saved_model(str(path)).to(device)
         self.name, self.info, self.device = name, info, device
-        self.model = load_saved_model(str(path)).to(device)
         # train mode keeps the autograd graph of nequip's own force output (double backprop)
         self.model.train()
         meta = self.model.metadata
@@ -274,11 +289,12 @@ class NequIPPotential:
 
         check_species(self.name, self.species, frames)
         items = []
-        for at in frames.to_atoms():
-            d = from_ase(at)
-            for t in self.transforms:
-                d = t(d)
-            items.append(d)
+        with nequip_dtype():
+            for at in frames.to_atoms():
+                d = from_ase(at)
+                for t in self.transforms:
+                    d = t(d)
+                items.append(d)
         return AtomicDataDict.to_(AtomicDataDict.batched_from_list(items), self.device)
 
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +302,9 @@ class NequIPPotential:
 
         energies, forces = [], []
         for s in range(0, len(frames), batch_size):
-            out = self.model(self._data(frames.subset(range(s, min(s + batch_size, len(frames))))))
+            data = self._data(frames.subset(range(s, min(s + batch_size, len(frames)))))
+            with nequip_dtype():
+                out = self.model(data)
             energies.append(out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().cpu().double().numpy())
             forces.append(out[AtomicDataDict.FORCE_KEY].detach().cpu().double().numpy())
         return np.concatenate(energies).reshape(-1), np.concatenate(forces)
@@ -309,5 +327,6 @@ class NequIPPotential:
             data[AtomicDataDict.POSITIONS_KEY].dtype
         )
         energy_model = self.model.model.func  # the energy model inside nequip's force output
-        out = energy_model(data)
+        with nequip_dtype():
+            out = energy_model(data)
         return out[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1).to(torch.float64)
