@@ -1,13 +1,14 @@
 # The two commands of the README:
 #   make run    set up .venv (once) and run the default campaign -> results/
 #   make test   set up .venv (once) and run the test suite (what .ci/run calls)
+#   make test-slurm   the SLURM tier: a live single-node cluster (root, ../shared/tools)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
 export DP_INTRA_OP_PARALLELISM_THREADS ?= 2
 
-.PHONY: setup run test lint dag readme-table clean-results
+.PHONY: setup run test test-slurm lint dag readme-table bench clean-results
 
 setup:
 	bash envs/pip/install.sh $(VENV)
@@ -16,11 +17,17 @@ run: setup
 	$(PY) -m snakemake
 
 test: setup
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q
 
+test-slurm: setup
+	PYTHON=$(PY) bash tests/slurm/run-tier.sh
+
+bench: setup
+	$(PY) bench/dag_build.py
+
 lint: setup
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests bench
 	$(PY) -m snakemake --lint
 
 # splice results/methane/summary.md (made by the workflow) into README.md's marked block

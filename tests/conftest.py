@@ -16,13 +16,15 @@ METHANE = ROOT / "data" / "methane"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``shared_data`` when ../shared/data is absent."""
-    if SHARED.exists():
-        return
-    skip = pytest.mark.skip(reason="../shared/data not present")
+    """Skip ``shared_data`` tests when ../shared/data is absent, and ``slurm`` tests unless the
+    SLURM tier (tests/slurm/run-tier.sh) started a cluster and set ELMLFF_SLURM=1."""
+    no_shared = pytest.mark.skip(reason="../shared/data not present")
+    no_slurm = pytest.mark.skip(reason="no live SLURM cluster (run tests/slurm/run-tier.sh)")
     for item in items:
-        if "shared_data" in item.keywords:
-            item.add_marker(skip)
+        if "shared_data" in item.keywords and not SHARED.exists():
+            item.add_marker(no_shared)
+        if "slurm" in item.keywords and os.environ.get("ELMLFF_SLURM") != "1":
+            item.add_marker(no_slurm)
 
 
 @pytest.fixture(scope="session")

@@ -102,6 +102,20 @@ def test_dry_run_lists_the_default_campaign():
     }
 
 
+def test_paper_scale_dry_run_lists_the_same_stages():
+    r = smk(
+        "-n",
+        "--forceall",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(ROOT / "config" / "campaigns" / "paper.yaml"),
+    )
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
+    assert counts["train_nequip"] == "1" and counts["total"] == "23"
+
+
 def test_lint_is_clean():
     r = smk("--lint", check=False)
     assert "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
@@ -143,6 +157,43 @@ def test_every_model_rule_names_an_existing_conda_env_pinned_like_the_venv():
                 assert version == local[pkg], f"{path}: {pkg}=={version}, venv has {local[pkg]}"
         if env in FAMILY_PACKAGE:
             assert FAMILY_PACKAGE[env] in pins, f"{path} does not install {FAMILY_PACKAGE[env]}"
+
+
+def test_family_envs_provide_every_distribution_their_adapter_imports():
+    """Each family's rules run `python -m elmlff` in envs/<family>.yaml: it must install what
+    the adapter and the core package import."""
+    import ast
+    import importlib.metadata as md
+    import sys as _sys
+
+    from elmlff.bases import FAMILIES
+
+    dists = md.packages_distributions()
+    src = ROOT / "src" / "elmlff"
+
+    def imported(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {
+            n.module
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        }
+        top = {m.split(".")[0] for m in mods} - {"elmlff", "__future__"}
+        top -= set(_sys.stdlib_module_names)
+        return {d.lower().replace("_", "-") for m in top for d in dists.get(m, [m])}
+
+    core = set().union(
+        *(imported(p) for p in src.glob("*.py")),
+        *(imported(p) for p in (src / "data").glob("*.py")),
+        imported(src / "bases" / "__init__.py"),
+    )
+    core -= {"matplotlib", "seaborn"}  # figures run in envs/elmlff.yaml only
+    for family in FAMILIES:
+        env = yaml.safe_load((ROOT / "envs" / f"{family}.yaml").read_text())["dependencies"]
+        pins = set(_pins(next(d for d in env if isinstance(d, dict))["pip"]))
+        missing = sorted((core | imported(src / "bases" / f"{family}.py")) - pins)
+        assert not missing, f"envs/{family}.yaml lacks {missing}"
 
 
 def test_bad_config_stops_the_workflow_with_one_line(tmp_path):

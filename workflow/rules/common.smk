@@ -27,6 +27,16 @@ for _d in DATASETS:
 rule_environment(workflow.basedir)
 
 
+# Light rules run on the submitting host under a cluster executor.
+localrules:
+    all,
+    merge_store,
+    evaluate,
+    force_rmse_figure,
+    metrics_table,
+    campaign_summary,
+
+
 def env_file(name):
     """Path of envs/{name}.yaml relative to the rule files."""
     return f"../../envs/{name}.yaml"

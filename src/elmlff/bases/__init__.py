@@ -8,9 +8,12 @@ Hessian-vector products) through the base with ``torch.autograd``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -132,6 +135,31 @@ def read_info(outdir: Path) -> dict[str, Any]:
             "train the base first (snakemake runs the train rule)",
         )
     return json.loads(p.read_text())
+
+
+def checkpoint(outdir: Path, filename: str) -> tuple[dict[str, Any], Path]:
+    """(``base.json`` info, path of the model file) of a trained base; a clear error if the
+    model file is missing."""
+    info = read_info(outdir)
+    path = Path(outdir) / filename
+    if not path.exists():
+        raise ElmlffError(
+            f"base '{info.get('name')}': checkpoint {path} missing",
+            "retrain the base (delete its folder and rerun snakemake)",
+        )
+    return info, path
+
+
+@contextlib.contextmanager
+def scratch(outdir: Path, prefix: str) -> Iterator[Path]:
+    """An absolute scratch directory inside ``outdir`` for a family's training files
+    (packages run there as subprocesses), removed afterwards."""
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=outdir)).resolve()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def load(outdir: Path, device: str = "cpu") -> Potential:

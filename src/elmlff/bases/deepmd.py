@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, read_info
+from elmlff.bases import BaseSpec, check_species, checkpoint, scratch
 from elmlff.data.frames import Frames
 from elmlff.data.writers import composition_groups, write_deepmd
 from elmlff.errors import ElmlffError
@@ -128,11 +127,9 @@ class DeePMDFamily:
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
         species = sorted({int(z) for z in train.numbers})
         type_map = [chemical_symbols[z] for z in species]
-        work = Path(tempfile.mkdtemp(prefix=f"dp-{spec.name}-", dir=outdir)).resolve()
-        try:
+        with scratch(outdir, f"dp-{spec.name}-") as work:
             tr_sys = write_deepmd(train, work / "train", type_map)
             va_sys = write_deepmd(val, work / "val", type_map)
             inp = input_json(spec.params, spec.training, type_map, tr_sys, va_sys, len(train))
@@ -174,8 +171,6 @@ class DeePMDFamily:
                 "species": species,
                 "type_map": type_map,
             }
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod
     def _select(work: Path, name: str, val: Frames) -> tuple[Path, dict[str, float]]:
@@ -201,13 +196,7 @@ class DeePMDFamily:
         return work / best, scores
 
     def load(self, outdir: Path, device: str = "cpu") -> DeePMDPotential:
-        info = read_info(outdir)
-        path = Path(outdir) / MODEL_FILE
-        if not path.exists():
-            raise ElmlffError(
-                f"base '{info.get('name')}': checkpoint {path} missing",
-                "retrain the base (delete its folder and rerun snakemake)",
-            )
+        info, path = checkpoint(outdir, MODEL_FILE)
         return DeePMDPotential(info["name"], path, info)
 
 

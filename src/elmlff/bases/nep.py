@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, family_available, read_info
+from elmlff.bases import BaseSpec, check_species, checkpoint, family_available
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.io import run_streaming
@@ -173,13 +173,7 @@ class NEPFamily:
         }
 
     def load(self, outdir: Path, device: str = "cpu") -> NEPPotential:
-        info = read_info(outdir)
-        path = Path(outdir) / MODEL_FILE
-        if not path.exists():
-            raise ElmlffError(
-                f"base '{info.get('name')}': model {path} missing",
-                "retrain the base (delete its folder and rerun snakemake)",
-            )
+        info, path = checkpoint(outdir, MODEL_FILE)
         return NEPPotential(info["name"], path, info)
 
 

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import yaml
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, read_info
+from elmlff.bases import BaseSpec, check_species, checkpoint, scratch
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.io import run_streaming
@@ -183,11 +182,9 @@ class NequIPFamily:
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
         species = sorted({int(z) for z in train.numbers})
         type_names = [chemical_symbols[z] for z in species]
-        work = Path(tempfile.mkdtemp(prefix=f"nequip-{spec.name}-", dir=outdir)).resolve()
-        try:
+        with scratch(outdir, f"nequip-{spec.name}-") as work:
             ase.io.write(work / "train.xyz", train.to_atoms(), format="extxyz")
             ase.io.write(work / "val.xyz", val.to_atoms(), format="extxyz")
             cfg = hydra_config(
@@ -233,17 +230,9 @@ class NequIPFamily:
                 "species": species,
                 "type_names": type_names,
             }
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def load(self, outdir: Path, device: str = "cpu") -> NequIPPotential:
-        info = read_info(outdir)
-        path = Path(outdir) / MODEL_FILE
-        if not path.exists():
-            raise ElmlffError(
-                f"base '{info.get('name')}': checkpoint {path} missing",
-                "retrain the base (delete its folder and rerun snakemake)",
-            )
+        info, path = checkpoint(outdir, MODEL_FILE)
         return NequIPPotential(info["name"], path, info, device)
 
 

@@ -10,7 +10,6 @@ Config ``params``: ``architecture`` (``schnet`` | ``painn``), ``cutoff`` (Å), `
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torchmetrics
 from pytorch_lightning.callbacks import EarlyStopping
 from schnetpack.interfaces.ase_interface import AtomsConverter
 
-from elmlff.bases import BaseSpec, check_species, read_info
+from elmlff.bases import BaseSpec, check_species, checkpoint, scratch
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 
@@ -111,14 +110,11 @@ class SchNetPackFamily:
     conda_env = "schnetpack"
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
-
         params = {**DEFAULT_PARAMS, **spec.params}
         tr = {**DEFAULT_TRAINING, **spec.training}
         outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
         pl.seed_everything(int(tr["seed"]), verbose=False)
-        work = Path(tempfile.mkdtemp(prefix=f"spk-{spec.name}-", dir=outdir))
-        try:
+        with scratch(outdir, f"spk-{spec.name}-") as work:
             db = work / "data.db"
             data = spk.data.ASEAtomsData.create(
                 str(db),
@@ -216,17 +212,9 @@ class SchNetPackFamily:
                 "train_seconds": seconds,
                 "species": sorted({int(z) for z in train.numbers}),
             }
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def load(self, outdir: Path, device: str = "cpu") -> SchNetPackPotential:
-        info = read_info(outdir)
-        path = Path(outdir) / MODEL_FILE
-        if not path.exists():
-            raise ElmlffError(
-                f"base '{info.get('name')}': checkpoint {path} missing",
-                "retrain the base (delete its folder and rerun snakemake)",
-            )
+        info, path = checkpoint(outdir, MODEL_FILE)
         model = torch.load(path, map_location=device, weights_only=False)
         return SchNetPackPotential(info["name"], model, info, device)
 
