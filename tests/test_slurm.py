@@ -20,10 +20,12 @@ PROFILE = ROOT / "tests" / "slurm" / "profile"
 
 
 def slurm_ids(output: str) -> dict[str, list[int]]:
-    """{rule: [SLURM job ids]} from snakemake's submission lines."""
+    """{rule or 'group NAME': [SLURM job ids]} from snakemake's submission lines."""
     out: dict[str, list[int]] = {}
     for jid, rule in re.findall(r"SLURM jobid (\d+) \(log: \S*?/rule_(\w+)/", output):
         out.setdefault(rule, []).append(int(jid))
+    for jid, group in re.findall(r"SLURM jobid (\d+) \(log: \S*?/group_([a-z]+)_", output):
+        out.setdefault(f"group {group}", []).append(int(jid))
     return out
 
 
@@ -40,14 +42,14 @@ def sacct_states(ids: list[int]) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    cfg = tiny_config(root, ensemble=["schnet_tiny"])
+    cfg = tiny_config(root, ensemble=["schnet_tiny", "painn_tiny"])
     d = yaml.safe_load(cfg.read_text())
     d["training"]["max_epochs"] = 1
     cfg.write_text(yaml.safe_dump(d))
     return cfg
 
 
-def test_slurm_run_equals_local_run_and_gpu_rules_ask_for_a_gpu(tiny, tmp_path):
+def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tmp_path):
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     local.mkdir()
     cluster.mkdir()
@@ -55,7 +57,9 @@ def test_slurm_run_equals_local_run_and_gpu_rules_ask_for_a_gpu(tiny, tmp_path):
     r = smk("--configfile", str(tiny), "--directory", str(cluster), "--profile", str(PROFILE))
     out = r.stdout + r.stderr
     ids = slurm_ids(out)
-    assert set(ids) == {"prepare_dataset", "train_schnetpack", "predict_schnetpack"}
+    assert set(ids) == {"prepare_dataset", "train_schnetpack", "group predict"}
+    assert len(ids["train_schnetpack"]) == 2
+    assert len(ids["group predict"]) == 1  # both bases' predictions in one SLURM job
     assert "localrule evaluate" in out and "localrule merge_store" in out  # not submitted
     assert all(s == "COMPLETED" for s in sacct_states([i for v in ids.values() for i in v]))
     job = subprocess.run(

@@ -116,6 +116,30 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     assert counts["train_nequip"] == "1" and counts["total"] == "23"
 
 
+def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
+    """Both profiles parse; the SLURM one dry-runs (minus conda, which this machine lacks) and
+    gives training one GPU with memory and runtime that grow with each attempt."""
+    for name in ("default", "slurm"):
+        prof = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
+        assert isinstance(prof, dict) and prof
+    slurm = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert slurm["executor"] == "slurm" and slurm["software-deployment-method"] == "conda"
+    assert slurm["retries"] >= 1 and "slurm_partition" in slurm["default-resources"]
+    from elmlff.bases import FAMILIES
+
+    for fam in FAMILIES:
+        res = slurm["set-resources"][f"train_{fam}"]
+        assert res["gpu"] == 1 and "attempt" in res["mem_mb"] and "attempt" in res["runtime"]
+    del slurm["software-deployment-method"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(slurm))
+    r = smk("-n", "--forceall", "--profile", str(tmp_path))
+    block = r.stdout.split("rule train_nequip:", 1)[1].split("Shell command", 1)[0]
+    res = set(re.search(r"resources: (.*)", block).group(1).split(", "))
+    assert {"gpu=1", "cpus_per_gpu=4", "mem_mb=16000", "runtime=480"} <= res
+    # the eight prediction jobs travel to SLURM as one group job
+    assert (r.stdout + r.stderr).count("Group job predict") == 1
+
+
 def test_lint_is_clean():
     r = smk("--lint", check=False)
     assert "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
