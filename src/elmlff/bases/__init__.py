@@ -16,13 +16,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
+
+if TYPE_CHECKING:  # torch is imported where it is used: Snakemake parses this module
+    import torch
 
 #: family name -> "module:Class" (imported lazily, so a missing optional package only
 #: matters to the family that needs it)
@@ -180,6 +182,8 @@ def check_species(name: str, species: list[int], frames: Frames) -> None:
 
 def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.Tensor:
     """−dE/dx through :meth:`Potential.energy` (A, 3), for tests and conservative metas."""
+    import torch
+
     pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
     e = pot.energy(pos, *_frame_tensors(frames))
     (g,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
@@ -189,6 +193,8 @@ def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.
 def hvp(pot: Potential, frames: Frames, v: np.ndarray) -> np.ndarray:
     """Hessian-vector products H·v (A, 3), H = ∂²E/∂x∂x, by double backpropagation through
     :meth:`Potential.energy` (no Hessian is formed; frames are independent blocks)."""
+    import torch
+
     pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
     e = pot.energy(pos, *_frame_tensors(frames))
     (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
@@ -205,6 +211,8 @@ def hvp_directions(n_atoms: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _frame_tensors(frames: Frames) -> tuple[torch.Tensor, ...]:
+    import torch
+
     return (
         torch.as_tensor(frames.numbers),
         torch.as_tensor(frames.n_atoms),
