@@ -90,3 +90,10 @@ class PotentialPhysicsTests:
         fd = -(potential.predict(plus)[1] - potential.predict(minus)[1]) / (2 * h)
         assert np.abs(hv).max() > 1e-3
         np.testing.assert_allclose(hv, fd, atol=1e-5)
+
+    def test_batched_energy_equals_frame_by_frame(self, potential, frames):
+        order = [2, 0, 1]
+        batch = energy_np(potential, frames.subset(order))
+        single = [energy_np(potential, frames.subset([f]))[0] for f in order]
+        np.testing.assert_allclose(batch, single, atol=1e-9)
+        assert len(set(np.round(batch, 9))) == 3  # distinct frames, so order is checked

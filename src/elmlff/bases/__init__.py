@@ -170,14 +170,29 @@ def load(outdir: Path, device: str = "cpu") -> Potential:
     return get_family(info["family"]).load(Path(outdir), device=device)
 
 
-def check_species(name: str, species: list[int], frames: Frames) -> None:
-    """Error if ``frames`` hold elements the base never saw in training."""
-    unseen = sorted(set(frames.species) - set(species))
+def check_species(name: str, species: list[int], numbers: np.ndarray) -> None:
+    """Error if the atomic ``numbers`` hold elements the base never saw in training."""
+    unseen = sorted({int(z) for z in np.unique(numbers)} - set(species))
     if unseen:
         raise ElmlffError(
             f"base '{name}' was trained on elements Z={species} but the frames contain Z={unseen}",
             "predict only data with the training elements, or retrain the base on data with them",
         )
+
+
+def frames_from_tensors(positions, numbers, n_atoms, cell, pbc, name: str = "frames") -> Frames:
+    """The structures behind :meth:`Potential.energy`'s tensors (detached, no labels), for
+    neighbour lists and species checks."""
+    return Frames(
+        numbers=numbers.detach().cpu().numpy(),
+        positions=positions.detach().cpu().numpy(),
+        n_atoms=n_atoms.cpu().numpy(),
+        cell=cell.detach().cpu().numpy(),
+        pbc=pbc.cpu().numpy(),
+        energy=np.zeros(len(n_atoms)),
+        forces=np.zeros((len(numbers), 3)),
+        name=name,
+    )
 
 
 def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.Tensor:

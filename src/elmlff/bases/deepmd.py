@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, scratch
+from elmlff.bases import BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
 from elmlff.data.frames import Frames
 from elmlff.data.writers import composition_groups, write_deepmd
 from elmlff.errors import ElmlffError
@@ -127,8 +127,7 @@ class DeePMDFamily:
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         outdir = Path(outdir)
-        species = sorted({int(z) for z in train.numbers})
-        type_map = [chemical_symbols[z] for z in species]
+        species, type_map = train.species, train.element_symbols
         with scratch(outdir, f"dp-{spec.name}-") as work:
             tr_sys = write_deepmd(train, work / "train", type_map)
             va_sys = write_deepmd(val, work / "val", type_map)
@@ -185,7 +184,7 @@ class DeePMDFamily:
             )
         scores = {}
         for c in ckpts:
-            pot = DeePMDPotential(name, c, {"species": sorted({int(z) for z in val.numbers})})
+            pot = DeePMDPotential(name, c, {"species": val.species})
             scores[c.name] = force_rmse(pot.predict(val)[1], val.forces)
         best = min(scores, key=scores.get)
         print(
@@ -220,7 +219,7 @@ class DeePMDPotential:
         return np.array([self._type_of[int(z)] for z in numbers])
 
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        check_species(self.name, self.species, frames)
+        check_species(self.name, self.species, frames.numbers)
         energy = np.zeros(len(frames))
         forces = np.zeros_like(frames.forces)
         for (numbers, periodic), idx in composition_groups(frames).items():
@@ -238,23 +237,15 @@ class DeePMDPotential:
         return energy, forces
 
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
-        out = []
-        start = 0
-        for f, n in enumerate(n_atoms.tolist()):
-            z = numbers[start : start + n].cpu().numpy()
-            frames_z = Frames(
-                z,
-                np.zeros((n, 3)),
-                [n],
-                np.zeros((1, 3, 3)),
-                [[False] * 3],
-                [0.0],
-                np.zeros((n, 3)),
-            )
-            check_species(self.name, self.species, frames_z)
-            coord = positions[start : start + n].to(torch.float64).reshape(1, n, 3)
-            atype = torch.as_tensor(self._types(z), dtype=torch.long).reshape(1, n)
-            box = cell[f].to(torch.float64).reshape(1, 3, 3) if bool(pbc[f].any()) else None
-            out.append(self.module(coord, atype, box=box)["energy"].reshape(()))
-            start += n
-        return torch.stack(out)
+        frames = frames_from_tensors(positions, numbers, n_atoms, cell, pbc, self.name)
+        check_species(self.name, self.species, frames.numbers)
+        out = torch.zeros(len(frames), dtype=torch.float64, device=positions.device)
+        # one call of deepmd's TorchScript model per composition, as in predict()
+        for (z, periodic), idx in composition_groups(frames).items():
+            atoms = torch.as_tensor(frames.atom_index(idx), device=positions.device)
+            coord = positions[atoms].to(torch.float64).reshape(len(idx), len(z), 3)
+            atype = torch.as_tensor(self._types(z), dtype=torch.long).repeat(len(idx), 1)
+            box = cell[torch.as_tensor(idx)].to(torch.float64) if periodic else None
+            e = self.module(coord, atype, box=box)["energy"].reshape(-1)
+            out = out.index_put((torch.as_tensor(idx, device=out.device),), e)
+        return out

@@ -150,8 +150,7 @@ class NEPFamily:
             raise ElmlffError(f"base '{spec.name}': {why}", "install GPUMD or drop the base")
         outdir = Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)
-        species = sorted({int(z) for z in train.numbers})
-        type_names = [chemical_symbols[z] for z in species]
+        species, type_names = train.species, train.element_symbols
         write_structures(train, outdir / "train.xyz")
         write_structures(val, outdir / "test.xyz")
         (outdir / "nep.in").write_text(nep_in(spec.params, spec.training, type_names))
@@ -187,7 +186,7 @@ class NEPPotential:
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         from calorine.calculators import CPUNEP
 
-        check_species(self.name, self.species, frames)
+        check_species(self.name, self.species, frames.numbers)
         energy, forces = np.zeros(len(frames)), np.zeros_like(frames.forces)
         for f, at in enumerate(frames.to_atoms()):
             at.calc = CPUNEP(str(self.path))

@@ -25,7 +25,7 @@ import torch
 import yaml
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, scratch
+from elmlff.bases import BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.io import run_streaming
@@ -182,8 +182,7 @@ class NequIPFamily:
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         outdir = Path(outdir)
-        species = sorted({int(z) for z in train.numbers})
-        type_names = [chemical_symbols[z] for z in species]
+        species, type_names = train.species, train.element_symbols
         with scratch(outdir, f"nequip-{spec.name}-") as work:
             ase.io.write(work / "train.xyz", train.to_atoms(), format="extxyz")
             ase.io.write(work / "val.xyz", val.to_atoms(), format="extxyz")
@@ -276,7 +275,7 @@ class NequIPPotential:
     def _data(self, frames: Frames):
         from nequip.data import AtomicDataDict, from_ase
 
-        check_species(self.name, self.species, frames)
+        check_species(self.name, self.species, frames.numbers)
         items = []
         with nequip_dtype():
             for at in frames.to_atoms():
@@ -301,16 +300,7 @@ class NequIPPotential:
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
         from nequip.data import AtomicDataDict
 
-        frames = Frames(
-            numbers.cpu().numpy(),
-            positions.detach().cpu().numpy(),
-            n_atoms.cpu().numpy(),
-            cell.detach().cpu().numpy(),
-            pbc.cpu().numpy(),
-            np.zeros(len(n_atoms)),
-            np.zeros((len(numbers), 3)),
-            name=self.name,
-        )
+        frames = frames_from_tensors(positions, numbers, n_atoms, cell, pbc, self.name)
         data = self._data(frames)  # neighbour list from the current geometry
         data[AtomicDataDict.POSITIONS_KEY] = positions.to(self.device, torch.float64).to(
             data[AtomicDataDict.POSITIONS_KEY].dtype

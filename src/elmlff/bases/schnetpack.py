@@ -23,7 +23,7 @@ import torchmetrics
 from pytorch_lightning.callbacks import EarlyStopping
 from schnetpack.interfaces.ase_interface import AtomsConverter
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, scratch
+from elmlff.bases import BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 
@@ -210,7 +210,7 @@ class SchNetPackFamily:
                 "epochs": int(trainer.current_epoch),
                 "best_val_loss": float(ckpt.best_model_score),
                 "train_seconds": seconds,
-                "species": sorted({int(z) for z in train.numbers}),
+                "species": train.species,
             }
 
     def load(self, outdir: Path, device: str = "cpu") -> SchNetPackPotential:
@@ -247,7 +247,7 @@ class SchNetPackPotential:
         return self
 
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        check_species(self.name, self.species, frames)
+        check_species(self.name, self.species, frames.numbers)
         atoms = frames.to_atoms()
         energies, forces = [], []
         for s in range(0, len(atoms), batch_size):
@@ -258,17 +258,8 @@ class SchNetPackPotential:
         return np.concatenate(energies), np.concatenate(forces)
 
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
-        frames = Frames(
-            numbers=numbers.detach().cpu().numpy(),
-            positions=positions.detach().cpu().numpy(),
-            n_atoms=n_atoms.cpu().numpy(),
-            cell=cell.detach().cpu().numpy(),
-            pbc=pbc.cpu().numpy(),
-            energy=np.zeros(len(n_atoms)),
-            forces=np.zeros((len(numbers), 3)),
-            name=self.name,
-        )
-        check_species(self.name, self.species, frames)
+        frames = frames_from_tensors(positions, numbers, n_atoms, cell, pbc, self.name)
+        check_species(self.name, self.species, frames.numbers)
         inputs = self.converter(frames.to_atoms())  # neighbour list from the current geometry
         inputs["_positions"] = positions.to(self.device, self.dtype)
         m = self.model

@@ -147,6 +147,13 @@ class Frames:
         """Sorted atomic numbers present."""
         return sorted(int(z) for z in np.unique(self.numbers))
 
+    @property
+    def element_symbols(self) -> list[str]:
+        """Element symbols of :attr:`species`, in that order (a type map)."""
+        from ase.data import chemical_symbols
+
+        return [chemical_symbols[z] for z in self.species]
+
     # -- ASE ------------------------------------------------------------------------------
     def to_atoms(self) -> list:
         """One ASE ``Atoms`` per frame, labels attached through a SinglePointCalculator."""
