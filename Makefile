@@ -25,6 +25,7 @@ test-slurm: setup
 
 bench: setup
 	$(PY) bench/dag_build.py
+	$(PY) bench/meta_inference.py
 
 lint: setup
 	$(PY) -m ruff check src tests bench

@@ -3,6 +3,7 @@
 #   data      read + convert units + split        -> results/{dataset}/reference.zarr, split.json
 #   bases     train and predict each base          -> results/{dataset}/bases/{model}/{fit}/
 #   store     merge every base's predictions       -> results/{dataset}/predictions.zarr
+#   metas     meta-models over a subset of bases   -> results/{dataset}/metas/{meta}/{subset}/
 #   evaluate  four baselines + tidy metrics        -> results/{dataset}/metrics.csv, baselines.json
 #   figures   Fig. 2a-style chart + Markdown table -> results/{dataset}/figures/, metrics_table.md
 from snakemake.utils import min_version
@@ -17,6 +18,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/bases.smk"
 include: "workflow/rules/store.smk"
+include: "workflow/rules/metas.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 

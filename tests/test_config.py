@@ -24,6 +24,8 @@ def test_shipped_configs_are_valid_and_get_defaults():
     assert cfg["datasets"]["methane"]["split"]["kfold"] == 0
     assert cfg["evaluation"]["predict_batch_size"] == 128
     assert len(cfg["ensemble"]) == 8 and "nep" in cfg["bases"]
+    assert cfg["metas"]["ensemble_direct"]["fit_on"] == "out_of_sample"  # default filled in
+    assert set(cfg["run_metas"]) == set(cfg["metas"])
 
 
 def overlay(base: dict, over: dict) -> dict:
@@ -84,6 +86,18 @@ def test_unknown_base_name_in_ensemble():
 def test_unknown_family():
     msg = bad(lambda c: c["bases"]["painn"].update(family="mace"))
     assert "bases.painn.family: unknown family 'mace'" in msg
+
+
+def test_unknown_meta_model_in_run_metas():
+    msg = bad(lambda c: c.update(run_metas=["ensemble_direct", "mace_meta"]))
+    assert "run_metas: unknown meta-model(s) ['mace_meta']" in msg and "ensemble_conserv" in msg
+
+
+def test_unknown_meta_parameter_for_its_kind():
+    msg = bad(lambda c: c["metas"]["ensemble_direct"].update(params={"l_max": 2}))
+    assert "metas.ensemble_direct.params: unknown key(s) ['l_max'] for kind direct" in msg
+    msg = bad(lambda c: c["metas"]["ensemble_conserv"]["training"].update(bases="cache"))
+    assert "metas.ensemble_conserv.training.bases" in msg
 
 
 def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):

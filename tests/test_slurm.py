@@ -45,6 +45,7 @@ def tiny(tmp_path_factory):
     cfg = tiny_config(root, ensemble=["schnet_tiny", "painn_tiny"])
     d = yaml.safe_load(cfg.read_text())
     d["training"]["max_epochs"] = 1
+    d["run_metas"] = ["ensemble_direct"]
     cfg.write_text(yaml.safe_dump(d))
     return cfg
 
@@ -57,7 +58,9 @@ def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tm
     r = smk("--configfile", str(tiny), "--directory", str(cluster), "--profile", str(PROFILE))
     out = r.stdout + r.stderr
     ids = slurm_ids(out)
-    assert set(ids) == {"prepare_dataset", "train_schnetpack", "group predict"}
+    assert set(ids) == {"prepare_dataset", "train_schnetpack", "group predict", "train_meta"} | {
+        "predict_meta"
+    }
     assert len(ids["train_schnetpack"]) == 2
     assert len(ids["group predict"]) == 1  # both bases' predictions in one SLURM job
     assert "localrule evaluate" in out and "localrule merge_store" in out  # not submitted

@@ -74,6 +74,13 @@ def tiny_config(tmp: Path, **over) -> Path:
     cfg["training"].update(max_epochs=2, batch_size=16)
     cfg["evaluation"]["bootstrap"] = 50
     cfg["evaluation"]["hvp"] = True
+    small = {"max_epochs": 2, "batch_size": 8}
+    for meta in cfg["metas"].values():
+        meta["training"] = {**meta["training"], **small}
+        if meta["kind"] == "conserv":
+            meta["params"].update(scalars=4, vectors=2, layers=1)
+        else:
+            meta["params"].update(hidden=8, layers=1, heads=2)
     for k, v in over.items():
         cfg[k] = v
     path = tmp / "tiny.yaml"
@@ -94,11 +101,13 @@ def test_dry_run_lists_the_default_campaign():
         "train_nequip": "1",
         "predict_nequip": "1",
         "merge_store": "1",
+        "train_meta": "4",
+        "predict_meta": "4",
         "evaluate": "1",
         "force_rmse_figure": "1",
         "metrics_table": "1",
         "campaign_summary": "1",
-        "total": "23",
+        "total": "31",
     }
 
 
@@ -113,7 +122,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     )
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
-    assert counts["train_nequip"] == "1" and counts["total"] == "23"
+    assert counts["train_nequip"] == "1" and counts["total"] == "31"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -137,7 +146,8 @@ def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
     res = set(re.search(r"resources: (.*)", block).group(1).split(", "))
     assert {"gpu=1", "cpus_per_gpu=4", "mem_mb=16000", "runtime=480"} <= res
     # the eight prediction jobs travel to SLURM as one group job
-    assert (r.stdout + r.stderr).count("Group job predict") == 1
+    assert len(re.findall(r"Group job predict\b", r.stdout + r.stderr)) == 1
+    assert len(re.findall(r"Group job predict_meta\b", r.stdout + r.stderr)) == 1
 
 
 def test_lint_is_clean():
@@ -166,12 +176,12 @@ def _pins(lines) -> dict[str, str]:
 def test_every_model_rule_names_an_existing_conda_env_pinned_like_the_venv():
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     assert "env_file(_family)" in text  # per-family rules name envs/{family}.yaml
-    assert set(re.findall(r'env_file\("(\w+)"\)', text)) == {"elmlff"}
+    assert set(re.findall(r'env_file\("(\w+)"\)', text)) == {"elmlff", "meta"}
     from elmlff.bases import FAMILIES
 
     assert set(FAMILY_PACKAGE) == set(FAMILIES)
     local = _pins((ROOT / "envs" / "pip" / "constraints.txt").read_text().splitlines())
-    for env in ["elmlff", *FAMILIES]:
+    for env in ["elmlff", "meta", *FAMILIES]:
         path = ROOT / "envs" / f"{env}.yaml"
         deps = yaml.safe_load(path.read_text())["dependencies"]
         pins = _pins(next(d for d in deps if isinstance(d, dict))["pip"])
@@ -218,6 +228,12 @@ def test_family_envs_provide_every_distribution_their_adapter_imports():
         pins = set(_pins(next(d for d in env if isinstance(d, dict))["pip"]))
         missing = sorted((core | imported(src / "bases" / f"{family}.py")) - pins)
         assert not missing, f"envs/{family}.yaml lacks {missing}"
+    # the meta env runs every torch base live beside torch-geometric and e3nn
+    env = yaml.safe_load((ROOT / "envs" / "meta.yaml").read_text())["dependencies"]
+    pins = set(_pins(next(d for d in env if isinstance(d, dict))["pip"]))
+    need = core.union(*(imported(p) for p in (src / "meta").glob("*.py")))
+    need |= set().union(*(imported(src / "bases" / f"{f}.py") for f in FAMILIES if f != "nep"))
+    assert not sorted(need - pins), f"envs/meta.yaml lacks {sorted(need - pins)}"
 
 
 def test_bad_config_stops_the_workflow_with_one_line(tmp_path):
@@ -300,8 +316,34 @@ def test_tiny_campaign_end_to_end(tmp_path):
         "mean",
         "weighted_mean",
         "linear_stacking",
+        "ensemble_direct",
+        "ensemble_direct_insample",
+        "ensemble_conserv",
+        "ensemble_conserv_energy",
     }
     assert (test.value > 0).all() and (test.ci_low <= test.value).all()
+    # metas: Ensemble-direct has no energy, Ensemble-conserv has one
+    rows = df[(df.split == "test") & df.metric.str.startswith("energy")]
+    assert "ensemble_direct" not in set(rows.model) and "ensemble_conserv" in set(rows.model)
+    assert set(df[df.kind == "meta"].split) == {"val", "test"}
+    # no test frame entered meta training or validation; out-of-sample metas learned from frames
+    # no base trained on; the in-sample ablation from the bases' own training frames
+    roles = {r: set(v) for r, v in split["roles"].items()}
+    base_train = set(info["trained_on"])  # every base trained on the train role (checked above)
+    for name in ("ensemble_direct", "ensemble_direct_insample", "ensemble_conserv"):
+        mi = json.loads((res / "metas" / name / "all" / "model" / "meta.json").read_text())
+        assert not set(mi["trained_on"]) & (roles["test"] | roles["val"])
+        assert set(mi["validated_on"]) == roles["val"]
+        if name.endswith("insample"):
+            assert set(mi["trained_on"]) <= base_train and len(mi["trained_on"]) == 24
+        else:
+            assert set(mi["trained_on"]) == roles["meta"] and not set(mi["trained_on"]) & base_train
+    mi = json.loads(
+        (res / "metas" / "ensemble_conserv" / "all" / "model" / "meta.json").read_text()
+    )
+    assert mi["bases_in_training"] == "live" and mi["models"] == list(ds["model"].values)
+    log = (tmp_path / "logs" / "methane" / "metas" / "train_ensemble_conserv_all.log").read_text()
+    assert "epoch 2/2" in log
     # the baselines were fitted on the meta split only
     bl = json.loads((res / "baselines.json").read_text())
     assert bl["fit_on"] == "meta" and bl["n_fit_frames"] == 24
@@ -343,6 +385,7 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
     d = yaml.safe_load(cfg.read_text())
     d["datasets"]["methane"]["split"]["kfold"] = 2
     d["training"]["max_epochs"] = 1
+    d["run_metas"] = ["ensemble_direct", "ensemble_conserv"]  # in-sample needs kfold 0
     cfg.write_text(yaml.safe_dump(d))
     smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2")
     res = tmp_path / "results" / "methane"
@@ -360,6 +403,14 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
         assert set(info["trained_on"]) == set(split["folds"][1 - k])
     bl = json.loads((res / "baselines.json").read_text())
     assert bl["fit_on"] == "out-of-fold (K-fold)" and bl["n_fit_frames"] == 48 + 24
+    # Ensemble-conserv learned from out-of-fold frames through the fold's own (live) base fits
+    mi = json.loads(
+        (res / "metas" / "ensemble_conserv" / "all" / "model" / "meta.json").read_text()
+    )
+    assert set(mi["trained_on"]) == set(split["folds"][0]) | set(split["folds"][1])
+    assert mi["bases_in_training"] == "live"
+    df = pd.read_csv(res / "metrics.csv")
+    assert {"ensemble_direct", "ensemble_conserv"} <= set(df[df.split == "test"].model)
 
 
 @pytest.mark.slow

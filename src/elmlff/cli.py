@@ -26,6 +26,13 @@ def _pairs(items: list[str]) -> dict[str, dict[str, Path]]:
     return out
 
 
+def _keyvalue(item: str) -> tuple[str, Path]:
+    key, _, path = item.partition("=")
+    if not key or not path:
+        raise ElmlffError(f"bad argument {item!r}", "write NAME=PATH")
+    return key, Path(path)
+
+
 def _device(name: str) -> str:
     if name == "auto":
         import torch
@@ -74,6 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config-hash-of", default="{}", help="JSON whose hash goes in provenance")
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("train-meta", help="train a meta-model on a subset of bases")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help="the meta's config entry as JSON")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--subset", default="all")
+    s.add_argument("--ensemble", nargs="+", required=True, help="the data set's bases, in order")
+    s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory")
+    s.add_argument("--dataset", default="")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("predict-meta", help="val + test predictions of a meta-model")
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("evaluate", help="baselines and tidy metrics")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
@@ -82,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--metrics", required=True, type=Path)
     s.add_argument("--baselines", required=True, type=Path)
+    s.add_argument("--metas", nargs="*", default=[], help="NAME=meta predictions.npz")
 
     s = sub.add_parser("plot-rmse", help="Fig. 2a-style force RMSE bars from metrics.csv files")
     s.add_argument("metrics", nargs="+", type=Path)
@@ -133,8 +160,25 @@ def _run(a: argparse.Namespace) -> int:
             a.out,
             json.loads(a.config_hash_of),
         )
+    elif a.cmd == "train-meta":
+        pipeline.train_meta(
+            a.name,
+            json.loads(a.spec),
+            a.store,
+            a.split,
+            a.subset,
+            a.ensemble,
+            _pairs(a.bases),
+            a.out,
+            a.dataset,
+        )
+    elif a.cmd == "predict-meta":
+        pipeline.predict_meta(a.model, a.store, a.split, _pairs(a.bases), a.out, a.batch_size)
     elif a.cmd == "evaluate":
-        pipeline.evaluate(a.store, a.split, a.metrics, a.baselines, a.dataset, a.bootstrap, a.seed)
+        metas = dict(_keyvalue(m) for m in a.metas)
+        pipeline.evaluate(
+            a.store, a.split, a.metrics, a.baselines, a.dataset, a.bootstrap, a.seed, metas
+        )
     elif a.cmd == "plot-rmse":
         from elmlff.plots import force_rmse_bars
 

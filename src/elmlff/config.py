@@ -87,6 +87,22 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
                 f"{source}: {where}: unknown base name(s) {unknown}",
                 f"define them under `bases` or use one of {sorted(bases)}",
             )
+    from elmlff.meta.params import PARAMS, field_names
+
+    for name, meta in config.get("metas", {}).items():
+        allowed = field_names(PARAMS[meta["kind"]])
+        unknown = sorted(set(meta.get("params", {})) - set(allowed))
+        if unknown:
+            raise ElmlffError(
+                f"{source}: metas.{name}.params: unknown key(s) {unknown} for kind {meta['kind']}",
+                f"use some of {allowed}",
+            )
+    unknown = [m for m in config.get("run_metas", []) if m not in config.get("metas", {})]
+    if unknown:
+        raise ElmlffError(
+            f"{source}: run_metas: unknown meta-model(s) {unknown}",
+            f"define them under `metas` or use one of {sorted(config.get('metas', {}))}",
+        )
     run = config.get("run") or list(config["datasets"])
     unknown = [d for d in run if d not in config["datasets"]]
     if unknown:
@@ -143,3 +159,8 @@ def base_spec(config: MutableMapping[str, Any], name: str):
         dict(b.get("params", {})),
         {**config.get("training", {}), **b.get("training", {})},
     )
+
+
+def meta_spec(config: MutableMapping[str, Any], name: str) -> dict[str, Any]:
+    """A meta-model's config entry (kind, fit_on, params, training)."""
+    return dict(config["metas"][name])

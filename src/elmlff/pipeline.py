@@ -305,9 +305,11 @@ def evaluate(
     dataset: str,
     bootstrap: int = 1000,
     seed: int = 0,
+    metas: Mapping[str, Path] | None = None,
 ) -> pd.DataFrame:
     """Fit the four baselines on out-of-sample (meta) predictions and write tidy metrics for
-    every base and baseline on every split (test holds the final numbers)."""
+    every base, baseline and meta-model (``metas``: name -> val/test predictions) on every
+    split they cover (test holds the final numbers)."""
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     check_no_leak(ds, split)
@@ -315,6 +317,7 @@ def evaluate(
     models = ds["model"].values.astype(str).tolist()
     fit_idx, val_idx = split.meta_fit(), split.roles["val"]
     combiners = fit_all(models, _block(ds, frames, fit_idx), _block(ds, frames, val_idx))
+    meta_preds = {name: _meta_predictions(name, p, frames) for name, p in (metas or {}).items()}
     rows = []
     for role in ROLES:
         idx = split.roles[role]
@@ -328,9 +331,15 @@ def evaluate(
             (c.name, "baseline", *c.apply(blk["energy"], blk["forces"], blk["n_atoms"]))
             for c in combiners
         ]
+        for name, (e_all, f_all) in meta_preds.items():
+            if np.isnan(f_all[frames.atom_index(idx)]).any():
+                continue  # this meta did not predict this split
+            preds.append((name, "meta", e_all[idx], f_all[frames.atom_index(idx)]))
         for model, kind, e, f in preds:
             p = per_frame(e, f, blk["ref_energy"], blk["ref_forces"], blk["n_atoms"])
             for metric, (v, lo, hi) in metrics(p, bootstrap if role == "test" else 0, seed).items():
+                if metric.startswith("energy") and np.isnan(e).all():
+                    continue  # a forces-only model (Ensemble-direct) has no energy
                 rows.append(
                     {
                         "dataset": dataset,
@@ -371,6 +380,20 @@ def evaluate(
     return df
 
 
+def _meta_predictions(name: str, path: Path, frames: Frames) -> tuple[np.ndarray, np.ndarray]:
+    """A meta's predictions on the store's frame/atom axes (NaN where it did not predict)."""
+    if not Path(path).exists():
+        raise ElmlffError(f"meta '{name}': predictions {path} not found", "run predict_meta")
+    z = np.load(path)
+    e = np.full(len(frames), np.nan)
+    f = np.full((len(frames.forces), 3), np.nan)
+    e[z["frames"]] = z["energy"]
+    f[frames.atom_index(z["frames"])] = z["forces"]
+    if not np.isfinite(z["forces"]).all():
+        raise ElmlffError(f"meta '{name}' predicted NaN/inf forces ({path})", "retrain it")
+    return e, f
+
+
 def combiner_from_json(d: Mapping[str, Any]) -> LinearCombiner:
     """Rebuild a baseline from ``baselines.json``."""
     models = list(d["weights"])
@@ -381,3 +404,186 @@ def combiner_from_json(d: Mapping[str, Any]) -> LinearCombiner:
         d.get("energy_offset_per_atom", 0.0),
         d.get("info", {}),
     )
+
+
+# -- meta-models --------------------------------------------------------------------------
+def _meta_frames(split: Split, fit_on: str, name: str) -> np.ndarray:
+    """Frames a meta-model learns from: out-of-sample (meta split / out-of-fold) or, for the
+    in-sample ablation, as many of the bases' own training frames (seeded draw), so that only
+    where the predictions come from differs."""
+    oos = split.meta_fit()
+    if fit_on == "out_of_sample":
+        return oos
+    if split.kfold:
+        raise ElmlffError(
+            f"meta '{name}': the in-sample ablation needs one full fit per base (kfold 0)",
+            "drop it from `run_metas` or set the data set's `split.kfold: 0`",
+        )
+    train = split.roles["train"]
+    rng = np.random.default_rng(split.seed)
+    return np.sort(rng.choice(train, size=min(len(train), len(oos)), replace=False))
+
+
+def check_meta_split(
+    ds, split: Split, models: list[str], fit_idx: np.ndarray, fit_on: str, basedirs=None
+) -> None:
+    """Refuse a meta-training set that touches val/test, or (out-of-sample) any frame a base
+    that predicted it was trained on: from the store's ``base_in_sample`` and, for live bases,
+    from each fit's ``base.json``."""
+    val, test = split.roles["val"], split.roles["test"]
+    for what, idx in (("val", val), ("test", test)):
+        both = np.intersect1d(fit_idx, idx)
+        if len(both):
+            raise ElmlffError(
+                f"{len(both)} meta-training frames are also {what} frames (first {both[:3]})",
+                "rebuild the split (snakemake reruns the data stage)",
+            )
+    if len(np.intersect1d(val, test)):
+        raise ElmlffError("val and test frames overlap", "rebuild the split")
+    all_models = ds["model"].values.astype(str).tolist()
+    ins = ds[keys.BASE_IN_SAMPLE].values[[all_models.index(m) for m in models]]
+    if fit_on == "out_of_sample" and ins[:, fit_idx].any():
+        bad = [m for m, row in zip(models, ins[:, fit_idx], strict=True) if row.any()]
+        raise ElmlffError(
+            f"bases {bad} were trained on frames the meta-model would learn from",
+            "retrain the bases on the split's train frames only",
+        )
+    if ins[:, np.concatenate([val, test])].any():
+        raise ElmlffError("a base was trained on val/test frames", "retrain the bases")
+    if basedirs is None:
+        return
+    folds = split.folds if split.kfold else [fit_idx]
+    for m in models:
+        for fit, d in basedirs[m].items():
+            trained = np.asarray(B.read_info(d)["trained_on"], dtype=np.int64)
+            own = folds[int(fit[2:])] if fit.startswith("cv") else fit_idx
+            if fit_on == "out_of_sample" and len(np.intersect1d(trained, own)):
+                raise ElmlffError(
+                    f"base '{m}' fit {fit} trained on frames its meta-training frames include",
+                    "retrain the bases on the split's train frames only",
+                )
+            if len(np.intersect1d(trained, np.concatenate([val, test]))):
+                raise ElmlffError(f"base '{m}' fit {fit} trained on val/test frames", "retrain")
+
+
+def train_meta(
+    name: str,
+    spec: Mapping[str, Any],
+    store_path: Path,
+    split_path: Path,
+    subset: str,
+    ensemble: list[str],
+    basedirs: Mapping[str, Mapping[str, Path]],
+    out: Path,
+    dataset: str = "",
+) -> None:
+    """Train one meta-model (``spec``: kind, params, training, fit_on) on a subset of bases."""
+    from elmlff import meta
+    from elmlff.meta.data import MetaData, Stats
+    from elmlff.meta.live import load_bases, load_fit
+    from elmlff.meta.params import TrainSettings
+    from elmlff.meta.train import fit
+    from elmlff.subsets import resolve
+
+    ds = store.open_store(store_path)
+    split = Split.load(split_path)
+    models = resolve(subset, ensemble)
+    fit_on = spec.get("fit_on", "out_of_sample")
+    fit_idx, val_idx = _meta_frames(split, fit_on, name), split.roles["val"]
+    kind = spec["kind"]
+    params = dict(spec.get("params", {}))
+    settings = TrainSettings(**spec.get("training", {}))
+    needs_live = kind == "conserv" and (
+        settings.bases == "live" or (settings.bases == "auto" and params.get("use_forces", True))
+    )
+    check_meta_split(ds, split, models, fit_idx, fit_on, basedirs if needs_live else None)
+    t0 = time.perf_counter()
+    cutoff = float(params.get("cutoff", 5.0))
+    data = MetaData.from_store(ds, cutoff, models)
+    log(
+        f"meta '{name}' ({kind}) on {len(models)} bases {models}: {len(fit_idx)} {fit_on} "
+        f"training frames, {len(val_idx)} val frames; graphs built in "
+        f"{time.perf_counter() - t0:.1f} s ({len(data.graph)} edges)"
+    )
+    frames = data.frames
+    model = meta.build(kind, len(models), frames.species, Stats.fit(frames.subset(fit_idx)), params)
+    live_fit = live_val = fold_of = None
+    if needs_live:
+        if split.kfold:
+            live_fit = {k: load_fit(basedirs, models, f"cv{k}") for k in range(split.kfold)}
+            fold_of = split.fold_of(len(frames))
+        else:
+            live_fit = {-1: load_fit(basedirs, models, "full")}
+        live_val = load_bases(basedirs, models)
+    info = fit(
+        model, data, fit_idx, val_idx, models, settings, live_fit, live_val, fold_of, log=log
+    )
+    with atomic_path(out) as tmp:
+        meta.save(
+            model,
+            models,
+            tmp,
+            {
+                "name": name,
+                "kind": kind,
+                "dataset": dataset,
+                "subset": subset,
+                "models": models,
+                "fit_on": fit_on,
+                "package": _package_version("torch-geometric" if kind == "direct" else "e3nn"),
+                "params": model.params,
+                "trained_on": fit_idx.tolist(),
+                "validated_on": val_idx.tolist(),
+                **info,
+            },
+        )
+    log(
+        f"meta '{name}' done: best val force RMSE {1e3 * info['best_val_force_rmse']:.2f} meV/Å "
+        f"at epoch {info['best_epoch']} ({info['train_seconds']:.0f} s)"
+    )
+
+
+def _package_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{dist} {version(dist)}"
+    except PackageNotFoundError:
+        return dist
+
+
+def predict_meta(
+    model_dir: Path,
+    store_path: Path,
+    split_path: Path,
+    basedirs: Mapping[str, Mapping[str, Path]],
+    out: Path,
+    batch_size: int = 64,
+) -> None:
+    """Val + test predictions of a meta-model. Ensemble-direct combines the stored base
+    predictions (the bases' own inference outputs); Ensemble-conserv runs the live bases, so its
+    forces are the exact -dE/dx of the whole ensemble."""
+    from elmlff import meta
+    from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble
+    from elmlff.meta.live import load_bases
+
+    model, models = meta.load_model(model_dir)
+    ds = store.open_store(store_path)
+    split = Split.load(split_path)
+    idx = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
+    frames = store.frames_from_dataset(ds, idx)
+    all_models = ds["model"].values.astype(str).tolist()
+    sel = [all_models.index(m) for m in models]
+    t0 = time.perf_counter()
+    if model.kind == "direct":
+        em = ds[keys.BASE_ENERGY].values[sel][:, idx]
+        fm = ds[keys.BASE_FORCES].values[sel][:, store.frames_from_dataset(ds).atom_index(idx)]
+        e = np.full(len(idx), np.nan)
+        f = DirectEnsemble(model, []).forces_from(frames, em, fm)
+    else:
+        p = ConservEnsemble(model, load_bases(basedirs, models)).predict_all(frames, batch_size)
+        e, f = p.energy, p.forces
+    sec = time.perf_counter() - t0
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, frames=idx, energy=e, forces=f, seconds=sec)
+    log(f"meta {model_dir}: predicted {len(idx)} val+test frames in {sec:.2f} s")

@@ -18,6 +18,10 @@ LABELS = {
     "mean": "mean",
     "weighted_mean": "weighted mean",
     "linear_stacking": "linear stacking",
+    "ensemble_direct": "Ensemble-direct",
+    "ensemble_direct_insample": "direct, in-sample",
+    "ensemble_conserv": "Ensemble-conserv",
+    "ensemble_conserv_energy": "conserv, energies only",
 }
 
 
@@ -59,7 +63,7 @@ def force_rmse_bars(
     fig, axes = plt.subplots(
         1,
         len(datasets),
-        figsize=(max(5.5, 1.0 + 0.75 * df.model.nunique()) * len(datasets), 4.2),
+        figsize=(max(5.5, 1.0 + 0.75 * df.model.nunique()) * len(datasets), 4.8),
         squeeze=False,
     )
     for ax, name in zip(axes[0], datasets, strict=True):
@@ -89,7 +93,8 @@ def force_rmse_bars(
                 va="bottom",
                 fontsize=8,
             )
-        ax.set_xticks(x, [LABELS.get(m, m) for m in sel.model], rotation=30, ha="right")
+        labels = [LABELS.get(m, m) for m in sel.model]
+        ax.set_xticks(x, labels, rotation=35, ha="right", rotation_mode="anchor")
         ax.set_ylabel(
             f"force RMSE, {split} ({'frame mean' if 'framemean' in metric else 'pooled'}) [meV/Å]"
         )
@@ -138,6 +143,9 @@ def metrics_table(metrics_csv: Sequence[Path | str], out: Path | str, split: str
         ):
             cells = []
             for metric, _ in cols:
+                if not (g.metric == metric).any():
+                    cells.append("n/a")  # e.g. no energy from a forces-only meta-model
+                    continue
                 r = g[g.metric == metric].iloc[0]
                 ci = (
                     f" [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]"

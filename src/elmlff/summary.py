@@ -23,8 +23,10 @@ def benchmark_seconds(bench_dir: Path) -> dict[str, float]:
 
 
 def campaign_summary(dataset_dir: Path, out: Path) -> str:
-    """Markdown: per base its family, training and prediction cost, epochs and test force RMSE;
-    per baseline its test force RMSE; and the summed wall time of every benchmarked job."""
+    """Markdown: per base and meta-model its package, training and prediction cost, epochs and
+    test force RMSE; per baseline its test force RMSE; and the summed wall time of every
+    benchmarked job. (A meta's prediction cost is for its val + test frames: Ensemble-direct
+    from the stored base predictions, Ensemble-conserv with the bases run live.)"""
     d = Path(dataset_dir)
     metrics = d / "metrics.csv"
     if not metrics.exists():
@@ -57,8 +59,17 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
     for model, r in test[test.kind != "base"].iterrows():
+        cost, pkg = "| | | |", "elmlff"
+        mdir = d / "metas" / model / "all"
+        if r.kind == "meta" and (mdir / "model" / "meta.json").exists():
+            info = json.loads((mdir / "model" / "meta.json").read_text())
+            p = np.load(mdir / "predictions.npz")
+            train = bench.get(f"train_meta_{model}_all", info.get("train_seconds", 0.0))
+            ms = 1e3 * float(p["seconds"]) / max(len(p["frames"]), 1)
+            cost = f"| {info.get('epochs_run', '?')} | {train:.0f} | {ms:.2f} |"
+            pkg = info.get("package", pkg)
         rows.append(
-            f"| {model} | {r.kind} | | | | | "
+            f"| {model} | {r.kind} | {pkg} {cost} "
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
     total = sum(bench.values())

@@ -3,9 +3,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from elmlff.config import base_spec, ensemble, left_out, validate_config
+from elmlff.config import base_spec, ensemble, left_out, meta_spec, validate_config
 from elmlff.errors import ElmlffError
 from elmlff.smk import rule_environment
+from elmlff.subsets import PATTERN as SUBSET_PATTERN
+from elmlff.subsets import resolve as resolve_subset
 from snakemake.logging import logger
 
 # Schema validation with defaults filled in; a bad config stops here with one line.
@@ -93,6 +95,21 @@ def base_predictions(wildcards):
 
 def base_models(wildcards):
     return _per_base(wildcards.dataset, "results/{dataset}/bases/{model}/{fit}/model")
+
+
+def meta_base_models(wildcards):
+    """Model directories of the subset's bases (every fit), for metas that run them live."""
+    models = resolve_subset(wildcards.subset, ensemble(config, wildcards.dataset))
+    return {
+        k: v for k, v in base_models(wildcards).items() if k.split("/")[0] in models
+    }
+
+
+def meta_predictions(wildcards):
+    """{meta: predictions} of every meta-model the campaign runs, on the whole ensemble."""
+    return {
+        m: f"results/{wildcards.dataset}/metas/{m}/all/predictions.npz" for m in config["run_metas"]
+    }
 
 
 def keyed(paths):

@@ -1,0 +1,130 @@
+"""Inference cost of the meta-models relative to their bases, on this machine.
+
+For a methane batch and a methanol/Cu(100) batch, with the eight bases of config/config.yaml:
+
+* Ensemble-direct: time of the GAT forward on the bases' predictions / summed base inference
+  time (target < 1 %);
+* Ensemble-conserv: time of its forces (every base live with create_graph, θ, and the
+  backward pass through θ and the bases) / summed base inference time (target < 3x).
+
+Base inference = each base's own energy + forces (``predict``). Bases come from
+``results/{dataset}/bases`` when a campaign has trained them; otherwise each architecture is
+trained for one epoch on a few frames into ``bench/.cache`` (timings do not depend on how well
+a model is trained, nor do the metas' untrained weights). A benchmark that prints ratios measured
+in one run, not a test: ``make bench`` (or ``python bench/meta_inference.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def bases_for(dataset: str, frames, cfg: dict, cache: Path) -> list:
+    """The campaign's trained bases, or each architecture trained briefly into ``cache``."""
+    from elmlff import bases as B
+    from elmlff.config import base_spec, ensemble
+
+    models = ensemble(cfg, "methane")
+    trained = ROOT / "results" / dataset / "bases"
+    out = []
+    for m in models:
+        d = trained / m / "full" / "model"
+        if not (d / B.INFO_FILE).exists():
+            d = cache / dataset / m
+            if not (d / B.INFO_FILE).exists():
+                spec = base_spec(cfg, m)
+                spec.training.update(max_epochs=1, batch_size=4)
+                print(f"  training {m} briefly for the benchmark ({dataset}) ...", flush=True)
+                info = B.get_family(spec.family).train(
+                    spec, frames.subset(range(12)), frames.subset(range(12, 16)), d
+                )
+                B.write_info(d, {"name": m, "family": spec.family, "fit": "full", **info})
+        out.append(B.load(d))
+    return out
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Best of ``repeat`` wall times (after one warm-up call)."""
+    fn()
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench(name: str, frames, pots) -> None:
+    from elmlff import meta
+    from elmlff.meta.data import Stats
+    from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble
+
+    stats = Stats.fit(frames)
+    per_base = [timed(lambda p=p: p.predict(frames, batch_size=len(frames))) for p in pots]
+    base_total = float(np.sum(per_base))
+    preds = [p.predict(frames, batch_size=len(frames)) for p in pots]
+    em, fm = np.stack([e for e, _ in preds]), np.stack([f for _, f in preds])
+    direct = DirectEnsemble(meta.build("direct", len(pots), frames.species, stats, {}), pots)
+    t_direct = timed(lambda: direct.forces_from(frames, em, fm))
+    conserv = ConservEnsemble(meta.build("conserv", len(pots), frames.species, stats, {}), pots)
+    t_conserv = timed(lambda: conserv.predict_all(frames, batch_size=len(frames)))
+    energy = ConservEnsemble(
+        meta.build("conserv", len(pots), frames.species, stats, {"use_forces": False}), pots
+    )
+    t_energy = timed(lambda: energy.predict_all(frames, batch_size=len(frames)))
+    n = len(frames)
+    print(f"\n{name}: {n} frames x {frames.n_atoms[0]} atoms, {len(pots)} bases")
+    for p, t in zip(pots, per_base, strict=True):
+        print(f"  {p.name:>14s}  {1e3 * t / n:8.3f} ms/structure")
+    print(f"  {'sum of bases':>14s}  {1e3 * base_total / n:8.3f} ms/structure")
+    print(
+        f"  Ensemble-direct           {1e3 * t_direct / n:8.3f} ms/structure  "
+        f"ratio to bases {100 * t_direct / base_total:6.2f} %  (target < 1 %)"
+    )
+    print(
+        f"  Ensemble-conserv (Eq. 6)  {1e3 * t_conserv / n:8.3f} ms/structure  "
+        f"ratio to bases {t_conserv / base_total:6.2f}x  (target < 3x; bases included)"
+    )
+    print(
+        f"  Ensemble-conserv (Eq. 7)  {1e3 * t_energy / n:8.3f} ms/structure  "
+        f"ratio to bases {t_energy / base_total:6.2f}x"
+    )
+
+
+def main() -> None:
+    from elmlff.config import load_config
+    from elmlff.data import read
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache")
+    ap.add_argument("--methane-frames", type=int, default=64)
+    ap.add_argument("--slab-frames", type=int, default=8)
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    cases = [("methane", ROOT / "data" / "methane" / "training_data", a.methane_frames)]
+    slab = SHARED / "el-mlffs" / "methanol_cu" / "train"
+    if slab.exists():
+        cases.append(("methanol_cu", slab, a.slab_frames))
+    else:
+        print(f"({slab} not found: methanol/Cu skipped)")
+    for name, path, n in cases:
+        frames = read("deepmd", path, energy_unit="eV", length_unit="angstrom")
+        pots = bases_for(name, frames.subset(range(16)), cfg, a.cache)
+        bench(name, frames.subset(range(n)), pots)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Ensemble-direct: a graph attention network that predicts forces from every base's forces.
+
+As in the EL-MLFFs paper (Eq. 3-5): node features are every base's force on the atom, every
+base's energy through an embedding (per atom, standardised) and the atom's species; edges are a
+cutoff graph; layers are torch-geometric ``GATConv`` with residual connections
+``H <- H + SiLU(GATConv(H, E))`` and jumping knowledge (every layer's output concatenated)
+before a per-atom force head. The output is a learned blend of the base forces plus the head's
+correction (the head starts at zero, so an untrained model is the plain mean):
+
+    F_i = sum_m a_m F_im + sigma_F * head(JK(H_0..H_L))_i
+
+The model reads Cartesian components, so it is not equivariant by construction; training
+rotates each batch at random (``augment_rotations``) so that it learns to be nearly so.
+It predicts forces only: it has no energy, and its forces need not be conservative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from elmlff.meta.data import MetaBatch, Stats
+from elmlff.meta.params import DirectParams
+
+
+def gaussian_rbf(d: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
+    """(E, n) Gaussian smearing of distances on [0, cutoff]."""
+    mu = torch.linspace(0.0, cutoff, n, dtype=d.dtype, device=d.device)
+    gamma = (n / cutoff) ** 2
+    return torch.exp(-gamma * (d[:, None] - mu) ** 2)
+
+
+class EnsembleDirect(nn.Module):
+    """GAT stacker over M bases (any atom count, mixed batches, periodic or not)."""
+
+    kind = "direct"
+
+    def __init__(self, n_models: int, species: list[int], stats: Stats, **params) -> None:
+        super().__init__()
+        from torch_geometric.nn import GATConv
+
+        p = DirectParams(**params)
+        self.params, self.n_models, self.species = asdict(p), n_models, list(species)
+        self.stats = stats
+        self.register_buffer("z_to_index", _species_index(species))
+        h = p.hidden
+        self.species_embed = nn.Embedding(len(species), p.species_dim)
+        self.energy_embed = nn.Sequential(nn.Linear(n_models, p.energy_dim), nn.SiLU())
+        self.inp = nn.Linear(3 * n_models + p.energy_dim + p.species_dim, h)
+        self.convs = nn.ModuleList(
+            GATConv(h, h // p.heads, heads=p.heads, edge_dim=p.n_rbf + 3) for _ in range(p.layers)
+        )
+        self.head = nn.Sequential(nn.Linear(h * (p.layers + 1), h), nn.SiLU(), nn.Linear(h, 3))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.blend = nn.Parameter(torch.full((n_models,), 1.0 / n_models))
+
+    def forward(self, b: MetaBatch) -> torch.Tensor:
+        """Forces (A, 3) in eV/Å."""
+        s = self.stats
+        f = b.base_forces / s.force_rms  # (A, M, 3)
+        e = (b.base_energy / b.n_atoms[:, None] - s.energy_mu) / s.energy_sigma  # (F, M)
+        z = self.z_to_index[b.numbers]
+        x = torch.cat(
+            [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z)], dim=1
+        )
+        vec = b.positions[b.src] - b.positions[b.dst] + b.shift
+        d = vec.norm(dim=1).clamp_min(1e-9)
+        edge_attr = torch.cat(
+            [gaussian_rbf(d, self.params["cutoff"], self.params["n_rbf"]), vec / d[:, None]], dim=1
+        ).to(x.dtype)
+        edge_index = torch.stack([b.src, b.dst])
+        h = self.inp(x)
+        outs = [h]
+        for conv in self.convs:
+            h = h + nn.functional.silu(conv(h, edge_index, edge_attr))
+            outs.append(h)
+        corr = self.head(torch.cat(outs, dim=1))
+        return torch.einsum("m,amk->ak", self.blend, b.base_forces) + s.force_rms * corr
+
+
+def _species_index(species: list[int]) -> torch.Tensor:
+    """Z -> row of the species embedding (-1 for elements never seen)."""
+    t = torch.full((max(species) + 1,), -1, dtype=torch.long)
+    t[torch.as_tensor(species)] = torch.arange(len(species))
+    return t

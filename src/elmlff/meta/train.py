@@ -1,0 +1,192 @@
+"""Training loops of the meta-models: Adam, early stopping and checkpoint choice on the
+validation frames only (never the test frames), progress per epoch on stdout (the rule's log).
+
+* Ensemble-direct learns from the stored base predictions alone (the bases never run).
+* Ensemble-conserv with base forces as inputs (Eq. 6) runs the live bases so that its forces
+  include the Hessian-vector products through them. The energy-only variant (Eq. 7) needs only
+  E_m and F_m = -dE_m/dx at the data points, so it trains from the store exactly: E_m(x) is
+  replaced by its first-order expansion E_m0 - F_m0·(x - x0), whose value and gradient at x0
+  are the base's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from elmlff import bases as B
+from elmlff.errors import ElmlffError
+from elmlff.meta.data import MetaBatch, MetaData
+from elmlff.meta.live import base_outputs
+from elmlff.meta.params import TrainSettings
+
+
+def random_rotation(rng: np.random.Generator) -> torch.Tensor:
+    """A uniformly random proper rotation matrix (3, 3)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return torch.as_tensor(q)
+
+
+def rotate(b: MetaBatch, rot: torch.Tensor) -> MetaBatch:
+    """The batch with every Cartesian quantity rotated (x -> R x)."""
+    r = rot.to(b.positions.dtype).T
+    out = copy.copy(b)
+    out.positions, out.shift, out.cell = b.positions @ r, b.shift @ r, b.cell @ r
+    out.base_forces, out.ref_forces = b.base_forces @ r, b.ref_forces @ r
+    return out
+
+
+class ConservStep:
+    """Energy and forces of θ on a batch; the bases live (``pots``) or, without them, expanded
+    to first order around the batch's positions."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(
+        self, b: MetaBatch, create_graph: bool, pots: Sequence[B.Potential] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = b.positions.clone().requires_grad_(True)
+        if pots is not None:
+            em, fm = base_outputs(pots, pos, b.numbers, b.n_atoms, b.cell, b.pbc, True)
+        else:
+            dx = (b.base_forces * (pos - b.positions)[:, None, :]).sum(-1)  # (A, M)
+            em = b.base_energy - torch.zeros_like(b.base_energy).index_add(0, b.batch, dx)
+            fm = b.base_forces
+        e = self.model(b, pos, em, fm)
+        (g,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
+        return e, -g
+
+
+def fit(
+    model,
+    data: MetaData,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    models: Sequence[str],
+    settings: TrainSettings,
+    live_fit: Mapping[int, Sequence[B.Potential]] | None = None,
+    live_val: Sequence[B.Potential] | None = None,
+    fold_of: np.ndarray | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train ``model`` on frames ``fit_idx``; keep the state with the lowest validation force
+    RMSE. ``live_fit`` maps a fold (-1 without K-fold) to the bases that never saw its frames;
+    ``fold_of`` gives each store frame's fold. Returns facts for ``meta.json``."""
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    s = model.stats
+    direct = model.kind == "direct"
+    dtype = next(model.parameters()).dtype
+    fold_of = np.full(len(data.frames), -1) if fold_of is None else np.asarray(fold_of)
+    live = False
+    if not direct:
+        mode = settings.bases
+        if mode == "auto":
+            mode = "live" if model.params["use_forces"] else "store"
+        if mode == "store" and model.params["use_forces"]:
+            raise ElmlffError(
+                "Ensemble-conserv with base forces as inputs cannot train from the store "
+                "(its forces need Hessian-vector products through the bases)",
+                "set the meta's `training.bases: live` (or `auto`)",
+            )
+        live = mode == "live"
+        if live and (live_fit is None or live_val is None):
+            raise ElmlffError("Ensemble-conserv needs the live bases", "pass the base models")
+        step = ConservStep(model)
+        fr, m = data.frames.subset(fit_idx), data.model_index(list(models))
+        blend = model.blend.detach().numpy() @ data.base_energy[m][:, fit_idx]
+        model.init_atom_shift(fr.numbers, fr.n_atoms, fr.energy - blend)
+
+    def batches(idx, shuffle: bool):
+        """Batches within one fold each (a fold's frames share the bases that left it out)."""
+        groups = [idx[fold_of[idx] == k] for k in np.unique(fold_of[idx])]
+        out = []
+        for g in groups:
+            order = rng.permutation(g) if shuffle else g
+            bs = settings.batch_size
+            out += [order[i : i + bs] for i in range(0, len(g), bs)]
+        if shuffle:
+            out = [out[i] for i in rng.permutation(len(out))]
+        return out
+
+    def run(b: MetaBatch, train: bool, pots=None):
+        """(predicted forces, reference forces, energy error per atom or None)."""
+        b = b.to("cpu", dtype)
+        if direct:
+            if train and settings.augment_rotations:
+                b = rotate(b, random_rotation(rng))
+            return model(b), b.ref_forces, None
+        e, f = step(b, create_graph=train, pots=pots if live else None)
+        return f, b.ref_forces, (e - b.ref_energy) / b.n_atoms
+
+    def loss_of(f, ref, e_err):
+        loss = settings.force_weight * ((f - ref) ** 2).mean() / s.force_rms**2
+        if e_err is not None:
+            loss = loss + settings.energy_weight * (e_err**2).mean() / s.energy_sigma**2
+        return loss
+
+    def validate() -> float:
+        sq, n = 0.0, 0
+        model.eval()
+        for idx in batches(val_idx, False):
+            f, ref, _ = run(data.batch(idx, list(models)), False, live_val)
+            sq += float(((f.detach() - ref) ** 2).sum())
+            n += ref.numel()
+        model.train()
+        return float(np.sqrt(sq / n))
+
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(settings.patience // 3, 2)
+    )
+    t0 = time.perf_counter()
+    v0 = validate()
+    log(f"epoch 0 (untrained: the plain mean of the bases) val force RMSE {1e3 * v0:.2f} meV/Å")
+    best, best_state, best_epoch, wait, history = v0, copy.deepcopy(model.state_dict()), 0, 0, []
+    for epoch in range(1, settings.max_epochs + 1):
+        model.train()
+        total, nb = 0.0, 0
+        for idx in batches(fit_idx, True):
+            pots = live_fit.get(int(fold_of[idx[0]])) if live_fit else None
+            f, ref, e_err = run(data.batch(idx, list(models)), True, pots)
+            loss = loss_of(f, ref, e_err)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, nb = total + loss.item(), nb + 1
+        v = validate()
+        sched.step(v)
+        history.append({"epoch": epoch, "train_loss": total / max(nb, 1), "val_force_rmse": v})
+        better = v < best
+        if better:
+            best, best_state, best_epoch, wait = v, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            wait += 1
+        log(
+            f"epoch {epoch}/{settings.max_epochs} loss {total / max(nb, 1):.4f} val force RMSE "
+            f"{1e3 * v:.2f} meV/Å{' *' if better else ''} ({time.perf_counter() - t0:.0f} s)"
+        )
+        if wait >= settings.patience:
+            log(f"early stop: no val improvement for {settings.patience} epochs")
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {
+        "settings": asdict(settings),
+        "bases_in_training": "live" if live else "stored predictions",
+        "best_epoch": best_epoch,
+        "best_val_force_rmse": best,
+        "untrained_val_force_rmse": v0,
+        "epochs_run": len(history),
+        "train_seconds": time.perf_counter() - t0,
+        "history": history,
+    }

@@ -1,0 +1,369 @@
+"""Meta-models: Ensemble-conserv physics through the bases, Ensemble-direct on mixed batches,
+training that beats the plain mean on a biased ensemble, the ASE calculator, leak guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from analytic import MorsePotential, labelled
+
+from elmlff import bases as B
+from elmlff.data.frames import Frames
+from elmlff.errors import ElmlffError
+from elmlff.meta import build, load_model, save
+from elmlff.meta.data import MetaData, Stats, batch_from_frames
+from elmlff.meta.ensemble import (
+    ConservEnsemble,
+    DirectEnsemble,
+    EnsembleCalculator,
+    LinearEnsemble,
+    force_disagreement,
+)
+from elmlff.meta.graph import neighbour_graph
+from elmlff.meta.live import base_outputs
+from elmlff.meta.params import TrainSettings
+from elmlff.meta.train import fit
+
+from physics import PotentialPhysicsTests
+
+
+def theta(n_models: int, species, use_forces: bool = True, seed: int = 0):
+    """A small e3nn θ with a random (non-zero) readout, so it depends on every input."""
+    torch.manual_seed(seed)
+    th = build(
+        "conserv",
+        n_models,
+        list(species),
+        Stats(0.5, -8.0, 0.05),
+        {"use_forces": use_forces, "cutoff": 4.0, "scalars": 8, "vectors": 4, "layers": 2},
+    )
+    with torch.no_grad():
+        for p in th.readout.parameters():
+            p.normal_(0.0, 0.1)
+    return th.eval()
+
+
+@pytest.fixture(scope="module")
+def ensemble_bases(tiny_schnet):
+    """A trained SchNet and an analytic Morse base, both float64."""
+    return [B.load(tiny_schnet), MorsePotential("morse")]
+
+
+class TestConservEnsemblePhysics(PotentialPhysicsTests):
+    """Forces = -dE/dx of the whole ensemble (bases included) by finite differences; rotation,
+    translation, HVP and batching, through the shared physics mixin."""
+
+    @pytest.fixture(scope="class")
+    def potential(self, ensemble_bases):
+        return ConservEnsemble(theta(2, [1, 6]), ensemble_bases)
+
+    @pytest.fixture(scope="class")
+    def frames(self, methane):
+        fr = methane.subset(
+            [0, 7, 19]
+        )  # a molecule: drop DeePMD's 15 Å box (Morse is not periodic)
+        fr.pbc, fr.cell = np.zeros_like(fr.pbc), np.zeros_like(fr.cell)
+        return fr
+
+
+def _tensors(fr: Frames):
+    return (
+        torch.as_tensor(fr.numbers),
+        torch.as_tensor(fr.n_atoms),
+        torch.as_tensor(fr.cell),
+        torch.as_tensor(fr.pbc),
+    )
+
+
+def test_conserv_forces_include_the_hessian_vector_term_through_the_bases(ensemble_bases, methane):
+    """Eq. 6: with base forces detached (the reference code's shortcut) the forces lose the
+    (dθ/dF_m)·∇F_m term and are no longer -dE/dx; ours keep it."""
+    pot = ConservEnsemble(theta(2, [1, 6]), ensemble_bases)
+    one = methane.subset([3])
+    pos = torch.as_tensor(one.positions, dtype=torch.float64).requires_grad_(True)
+    b = pot._structure(pos, *_tensors(one))
+    em, fm = base_outputs(ensemble_bases, pos, *_tensors(one), create_graph=True)
+    (full,) = torch.autograd.grad(pot.theta(b, pos, em, fm).sum(), pos, retain_graph=True)
+    (detached,) = torch.autograd.grad(pot.theta(b, pos, em, fm.detach()).sum(), pos)
+    _, f = pot.predict(one)
+    np.testing.assert_allclose(f, -full.numpy(), atol=1e-10)
+    assert np.abs(full - detached).max() > 1e-3
+
+
+def test_energy_only_variant_trained_from_the_store_matches_live_bases(ensemble_bases, methane):
+    """Eq. 7 θ(E_m, x): the first-order expansion of the stored E_m gives exactly the live
+    ensemble's energy and forces at the data points."""
+    from elmlff.meta.train import ConservStep
+
+    th = theta(2, [1, 6], use_forces=False)
+    fr = methane.subset([1, 2, 5])
+    preds = [p.predict(fr) for p in ensemble_bases]
+    b = batch_from_frames(fr, np.stack([e for e, _ in preds]), np.stack([f for _, f in preds]), 4.0)
+    e_store, f_store = ConservStep(th)(b, create_graph=False)
+    e_live, f_live = ConservStep(th)(b, create_graph=False, pots=ensemble_bases)
+    np.testing.assert_allclose(e_store.detach(), e_live.detach(), atol=1e-8)
+    np.testing.assert_allclose(f_store, f_live, atol=1e-7)
+    assert np.abs(f_live.numpy()).max() > 1e-2
+
+
+def test_nve_with_the_ensemble_calculator_conserves_total_energy(ensemble_bases, methane):
+    """300 velocity-Verlet steps of 0.25 fs (75 fs, ~7 C-H vibrations) from 300 K: the total
+    energy stays within 5 meV (2.5 % of the 0.19 eV kinetic energy of methane at 300 K; the
+    O(dt²) Verlet error for a 11 fs C-H period is ~0.5 meV; measured 0.4 meV) while the kinetic
+    energy swings by far more (0.6 eV here: the 2-epoch SchNet base is far from equilibrium)."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.calc = EnsembleCalculator(ConservEnsemble(theta(2, [1, 6]), ensemble_bases))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
+    e0 = atoms.get_total_energy()
+    tot, kin, std = [], [], []
+    for _ in range(300):
+        dyn.run(1)
+        tot.append(atoms.get_total_energy())
+        kin.append(atoms.get_kinetic_energy())
+        std.append(atoms.calc.results["force_std_max"])
+    drift = np.abs(np.array(tot) - e0).max()
+    print(f"NVE drift {1e3 * drift:.3f} meV, kinetic energy swing {1e3 * np.ptp(kin):.1f} meV")
+    assert drift < 5e-3, f"total energy moved by {1e3 * drift:.2f} meV"
+    assert np.ptp(kin) > 10 * drift  # energy flows between kinetic and potential
+    assert np.all(np.array(std) > 0) and np.isfinite(std).all()
+
+
+def test_calculator_reports_base_disagreement_computed_by_hand(methane):
+    a, b = MorsePotential("a"), MorsePotential("b", scale=1.5)
+    atoms = methane.subset([4]).to_atoms()[0]
+    calc = EnsembleCalculator(
+        LinearEnsemble(__import__("elmlff.baselines").baselines.mean(["a", "b"]), [a, b])
+    )
+    atoms.calc = calc
+    f = atoms.get_forces()
+    fa, fb = a.predict(methane.subset([4]))[1], b.predict(methane.subset([4]))[1]
+    np.testing.assert_allclose(f, (fa + fb) / 2, atol=1e-12)
+    sigma = np.linalg.norm(fa - fb, axis=1) / 2  # two bases: std = half the difference
+    assert calc.results["force_std_mean"] == pytest.approx(sigma.mean())
+    assert calc.results["force_std_max"] == pytest.approx(sigma.max())
+    mean, mx = force_disagreement(np.stack([fa, fb]), np.array([5]))
+    assert mean[0] == pytest.approx(sigma.mean()) and mx[0] == pytest.approx(sigma.max())
+
+
+# -- Ensemble-direct ------------------------------------------------------------------------
+def _copper_slab() -> Frames:
+    from ase.build import fcc111
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    rng = np.random.default_rng(1)
+    slab.positions += rng.normal(scale=0.02, size=slab.positions.shape)
+    slab.calc = SinglePointCalculator(slab, energy=-40.0, forces=rng.normal(size=(12, 3)))
+    return Frames.from_atoms([slab], name="slab")
+
+
+def test_neighbour_graph_counts_fcc_neighbours_through_periodic_images():
+    slab = _copper_slab()
+    g = neighbour_graph(slab, cutoff=2.8)  # Cu nearest-neighbour distance 2.55 Å
+    counts = np.bincount(g.dst, minlength=12)
+    z = slab.positions[:, 2]
+    middle = np.abs(z - np.median(z)) < 0.5
+    assert (counts[middle] == 12).all() and (counts[~middle] == 9).all()
+    assert np.abs(g.shift).sum() > 0  # 2x2 in-plane cell: neighbours are periodic images
+
+
+@pytest.mark.parametrize("box", [0.0, 6.0], ids=["molecule", "small_periodic_box"])
+def test_vectorised_graph_equals_vesin(methane, box):
+    """The dense minimum-image path (molecules, wide orthorhombic cells) gives vesin's edges."""
+    from elmlff.meta.graph import _pairs_vesin
+
+    fr = methane.subset(range(12))
+    fr.cell = np.tile(np.eye(3) * box, (12, 1, 1))
+    fr.pbc = np.full((12, 3), box > 0)
+    if box:  # each molecule centred on a box corner and wrapped: bonds cross the boundary
+        fr.positions = np.mod(fr.positions - np.repeat(fr.positions[fr.offsets], 5, axis=0), box)
+    fast = neighbour_graph(fr, 2.9)  # 6 Å box: periodic images within 2.9 Å exist
+    ref = [_pairs_vesin(fr, f, 2.9) for f in range(12)]
+
+    def edges(src, dst, shift):
+        return sorted(zip(src.tolist(), dst.tolist(), np.round(shift, 6).tolist(), strict=True))
+
+    slow = [np.concatenate(z) for z in zip(*ref, strict=True)]
+    assert edges(fast.src, fast.dst, fast.shift) == edges(*slow)
+    if box:
+        assert np.abs(fast.shift).max() > 0
+
+
+@pytest.fixture(scope="module")
+def mixed(methane):
+    """Two methane frames and a periodic Cu slab in one set, with random base predictions."""
+    fr = Frames.concatenate([methane.subset([0, 1]), _copper_slab()], name="mixed")
+    rng = np.random.default_rng(0)
+    return fr, rng.normal(size=(3, 3)) - 40, rng.normal(size=(3, len(fr.numbers), 3))
+
+
+def _direct(species, seed=0):
+    torch.manual_seed(seed)
+    m = build("direct", 3, species, Stats(1.0, -10.0, 1.0), {"hidden": 16, "layers": 2})
+    with torch.no_grad():  # a random head, so the correction is not zero
+        m.head[-1].weight.normal_(0, 0.3)
+    return m.eval()
+
+
+def test_direct_on_a_batch_mixing_methane_and_a_periodic_slab(mixed):
+    fr, e, f = mixed
+    model = _direct(fr.species)
+    ens = DirectEnsemble(model, [])
+    together = ens.forces_from(fr, e, f)
+    assert together.shape == (len(fr.numbers), 3) and np.isfinite(together).all()
+    for k in range(3):  # no message crosses frames: each frame alone gives the same forces
+        a = fr.atom_index([k])
+        alone = ens.forces_from(fr.subset([k]), e[:, [k]], f[:, a])
+        np.testing.assert_allclose(alone, together[a], atol=1e-5)
+
+
+def test_direct_forces_permute_with_the_atoms(mixed):
+    fr, e, f = mixed
+    ens = DirectEnsemble(_direct(fr.species), [])
+    slab = fr.subset([2])
+    a = fr.atom_index([2])
+    perm = np.random.default_rng(3).permutation(len(slab.numbers))
+    shuffled = fr.subset([2])
+    shuffled.numbers, shuffled.positions = slab.numbers[perm], slab.positions[perm]
+    out = ens.forces_from(slab, e[:, [2]], f[:, a])
+    out_perm = ens.forces_from(shuffled, e[:, [2]], f[:, a][:, perm])
+    np.testing.assert_allclose(out_perm, out[perm], atol=1e-5)
+
+
+def test_direct_refuses_an_element_it_never_saw(mixed, methane):
+    fr, e, f = mixed
+    ens = DirectEnsemble(_direct([1, 6]), [])
+    with pytest.raises(ElmlffError, match=r"Z=\[29\]"):
+        ens.forces_from(fr, e, f)
+
+
+# -- training beats the plain mean when one base is biased ----------------------------------
+@pytest.fixture(scope="module")
+def biased_problem(methane):
+    """Reference: the data's own labels; bases: two noisy copies and one biased (x1.6 + 0.3)."""
+    fr = methane.subset(range(240))
+    rng = np.random.default_rng(0)
+    f = fr.forces
+    bf = np.stack(
+        [
+            f + rng.normal(scale=0.05, size=f.shape),
+            f + rng.normal(scale=0.05, size=f.shape),
+            1.6 * f + 0.3,
+        ]
+    )
+    be = np.stack([fr.energy + rng.normal(scale=0.01, size=len(fr)) for _ in range(3)])
+    return MetaData(fr, ["a", "b", "biased"], be, bf, cutoff=4.0)
+
+
+def _rmse(pred, ref):
+    return float(np.sqrt(np.mean((pred - ref) ** 2)))
+
+
+def test_direct_meta_beats_the_plain_mean_with_a_biased_base(biased_problem, tmp_path):
+    data = biased_problem
+    fit_idx, val_idx, test_idx = np.arange(160), np.arange(160, 200), np.arange(200, 240)
+    model = build(
+        "direct",
+        3,
+        data.frames.species,
+        Stats.fit(data.frames.subset(fit_idx)),
+        {"hidden": 16, "layers": 2},
+    )
+    s = TrainSettings(max_epochs=40, batch_size=32, lr=3e-3, patience=40)
+    info = fit(model, data, fit_idx, val_idx, data.models, s, log=lambda m: None)
+    assert info["best_val_force_rmse"] < info["untrained_val_force_rmse"]
+    save(model, data.models, tmp_path / "m", {"x": 1})
+    loaded, models = load_model(tmp_path / "m")
+    assert models == data.models
+    test = data.frames.subset(test_idx)
+    a = data.frames.atom_index(test_idx)
+    pred = DirectEnsemble(loaded, []).forces_from(
+        test, data.base_energy[:, test_idx], data.base_forces[:, a]
+    )
+    mean = data.base_forces[:, a].mean(0)
+    assert _rmse(pred, test.forces) < 0.5 * _rmse(mean, test.forces)
+
+
+@pytest.mark.parametrize("use_forces", [True, False], ids=["eq6_live", "eq7_store"])
+def test_conserv_meta_beats_the_plain_mean_with_a_biased_base(methane, use_forces):
+    """Live analytic bases (one biased) on a Morse reference: θ learns to trust the good base."""
+    ref = MorsePotential("ref")
+    pots = [MorsePotential("good", scale=1.05), MorsePotential("biased", scale=1.6)]
+    fr = labelled(methane.subset(range(120)), ref)
+    preds = [p.predict(fr) for p in pots]
+    data = MetaData(
+        fr,
+        ["good", "biased"],
+        np.stack([e for e, _ in preds]),
+        np.stack([f for _, f in preds]),
+        cutoff=4.0,
+    )
+    fit_idx, val_idx, test_idx = np.arange(80), np.arange(80, 100), np.arange(100, 120)
+    model = build(
+        "conserv",
+        2,
+        fr.species,
+        Stats.fit(fr.subset(fit_idx)),
+        {"use_forces": use_forces, "cutoff": 4.0, "scalars": 8, "vectors": 4},
+    )
+    s = TrainSettings(max_epochs=20, batch_size=10, lr=1e-2, patience=20)
+    info = fit(model, data, fit_idx, val_idx, data.models, s, {-1: pots}, pots, log=lambda m: None)
+    assert info["bases_in_training"] == ("live" if use_forces else "stored predictions")
+    test = fr.subset(test_idx)
+    _, f = ConservEnsemble(model, pots).predict(test)
+    mean = np.mean([p.predict(test)[1] for p in pots], axis=0)
+    assert _rmse(f, test.forces) < 0.5 * _rmse(mean, test.forces)
+
+
+def test_meta_data_refuses_nan_base_forces(methane):
+    fr = methane.subset(range(3))
+    bf = np.zeros((2, 15, 3))
+    bf[1, 4, 0] = np.nan
+    with pytest.raises(ElmlffError, match=r"base forces of \['b'\] contain NaN"):
+        MetaData(fr, ["a", "b"], np.zeros((2, 3)), bf, cutoff=4.0)
+
+
+def test_subset_names_round_trip_and_refuse_unknown_bases():
+    from elmlff.subsets import name, resolve
+
+    ens = ["schnet", "painn", "dp", "nequip"]
+    assert resolve("all", ens) == ens
+    assert resolve("nequip+schnet", ens) == ["schnet", "nequip"]
+    assert name(["nequip", "schnet"], ens) == "schnet+nequip"
+    assert name(ens[::-1], ens) == "all"
+    with pytest.raises(ElmlffError, match="subset 'schnet\\+nope'"):
+        resolve("schnet+nope", ens)
+
+
+def test_meta_training_refuses_frames_a_base_trained_on_or_test_frames(tmp_path):
+    import xarray as xr
+
+    from elmlff import keys
+    from elmlff.data.split import Split
+    from elmlff.pipeline import check_meta_split
+
+    roles = {"train": [0, 1, 2], "meta": [3, 4], "val": [5], "test": [6, 7]}
+    split = Split(roles, [], 0, "random")
+    ins = np.zeros((2, 8), dtype=bool)
+    ins[:, :3] = True
+    ds = xr.Dataset({keys.BASE_IN_SAMPLE: (("model", "frame"), ins)}, coords={"model": ["a", "b"]})
+    check_meta_split(ds, split, ["a", "b"], np.array([3, 4]), "out_of_sample")
+    check_meta_split(ds, split, ["a", "b"], np.array([0, 1]), "in_sample")  # the ablation
+    with pytest.raises(ElmlffError, match="are also test frames"):
+        check_meta_split(ds, split, ["a"], np.array([3, 6]), "out_of_sample")
+    with pytest.raises(ElmlffError, match=r"bases \['a', 'b'\] were trained on frames"):
+        check_meta_split(ds, split, ["a", "b"], np.array([2, 3]), "out_of_sample")
+    # a live base whose base.json says it trained on a meta frame
+    from elmlff.bases import write_info
+
+    write_info(tmp_path, {"name": "a", "trained_on": [0, 1, 2, 4]})
+    with pytest.raises(ElmlffError, match="base 'a' fit full trained on frames"):
+        check_meta_split(
+            ds, split, ["a"], np.array([3, 4]), "out_of_sample", {"a": {"full": tmp_path}}
+        )
