@@ -344,6 +344,20 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert mi["bases_in_training"] == "live" and mi["models"] == list(ds["model"].values)
     log = (tmp_path / "logs" / "methane" / "metas" / "train_ensemble_conserv_all.log").read_text()
     assert "epoch 2/2" in log
+    # any trained model is an ASE calculator; it reproduces the workflow's test predictions
+    from elmlff.meta.ensemble import EnsembleCalculator, load_ensemble
+
+    f_test = split["roles"]["test"][0]
+    atoms = store.frames_from_dataset(ds, [f_test]).to_atoms()[0]
+    for name in ("ensemble_conserv", "ensemble_direct"):
+        z = np.load(res / "metas" / name / "all" / "predictions.npz")
+        k = int(np.flatnonzero(z["frames"] == f_test)[0])
+        atoms.calc = EnsembleCalculator(load_ensemble(res, name))
+        np.testing.assert_allclose(atoms.get_forces(), z["forces"][5 * k : 5 * k + 5], atol=1e-5)
+        assert atoms.calc.results["force_std_max"] > 0
+    atoms.calc = EnsembleCalculator(load_ensemble(res, "mean", subset="schnet_tiny+dp_tiny"))
+    mean = ds[keys.BASE_FORCES].sel(model=["schnet_tiny", "dp_tiny"]).values.mean(0)
+    np.testing.assert_allclose(atoms.get_forces(), mean[5 * f_test : 5 * f_test + 5], atol=1e-5)
     # the baselines were fitted on the meta split only
     bl = json.loads((res / "baselines.json").read_text())
     assert bl["fit_on"] == "meta" and bl["n_fit_frames"] == 24

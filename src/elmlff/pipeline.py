@@ -269,15 +269,31 @@ def merge(
 
 
 # -- evaluation ---------------------------------------------------------------------------
-def _block(ds, frames: Frames, idx: np.ndarray) -> dict[str, np.ndarray]:
+def _block(
+    ds, frames: Frames, idx: np.ndarray, models: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Base predictions and labels of frames ``idx`` (bases ``models``, default all)."""
     a = frames.atom_index(idx)
+    names = ds["model"].values.astype(str).tolist()
+    m = [names.index(x) for x in models] if models is not None else slice(None)
     return {
-        "energy": ds[keys.BASE_ENERGY].values[:, idx],
-        "forces": ds[keys.BASE_FORCES].values[:, a],
+        "energy": ds[keys.BASE_ENERGY].values[m][:, idx],
+        "forces": ds[keys.BASE_FORCES].values[m][:, a],
         "ref_energy": frames.energy[idx],
         "ref_forces": frames.forces[a],
         "n_atoms": frames.n_atoms[idx],
     }
+
+
+def fit_baselines(ds, split: Split, models: list[str]) -> list[LinearCombiner]:
+    """The four baselines over the bases ``models`` (any subset of the store's), fitted on the
+    out-of-sample (meta) frames, best base chosen on val."""
+    frames = store.frames_from_dataset(ds)
+    return fit_all(
+        models,
+        _block(ds, frames, split.meta_fit(), models),
+        _block(ds, frames, split.roles["val"], models),
+    )
 
 
 def check_no_leak(ds, split: Split) -> None:
@@ -316,7 +332,7 @@ def evaluate(
     frames = store.frames_from_dataset(ds)
     models = ds["model"].values.astype(str).tolist()
     fit_idx, val_idx = split.meta_fit(), split.roles["val"]
-    combiners = fit_all(models, _block(ds, frames, fit_idx), _block(ds, frames, val_idx))
+    combiners = fit_baselines(ds, split, models)
     meta_preds = {name: _meta_predictions(name, p, frames) for name, p in (metas or {}).items()}
     rows = []
     for role in ROLES:

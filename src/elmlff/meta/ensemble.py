@@ -219,12 +219,16 @@ def base_dirs(dataset_dir: Path, models: Sequence[str]) -> dict[str, dict[str, P
 
 
 def load_ensemble(dataset_dir: Path, name: str, subset: str = "all", device: str = "cpu"):
-    """Any trained model of a campaign by name: a base, a baseline (``baselines.json``) or a
-    meta-model (``metas/{name}/{subset}/model``), ready for :class:`EnsembleCalculator`."""
+    """Any trained model of a campaign by name, ready for :class:`EnsembleCalculator`: a base,
+    a baseline (over the whole ensemble from ``baselines.json``; over another ``subset`` fitted
+    here from the store, as evaluation does) or a meta-model (``metas/{name}/{subset}/model``)."""
     import json
 
-    from elmlff import meta
-    from elmlff.pipeline import combiner_from_json
+    from elmlff import meta, store
+    from elmlff.baselines import BASELINES
+    from elmlff.data.split import Split
+    from elmlff.pipeline import combiner_from_json, fit_baselines
+    from elmlff.subsets import resolve
 
     dataset_dir = Path(dataset_dir)
     metadir = dataset_dir / "metas" / name / subset / "model"
@@ -233,15 +237,21 @@ def load_ensemble(dataset_dir: Path, name: str, subset: str = "all", device: str
         pots = load_bases(base_dirs(dataset_dir, models), models, device)
         cls = ConservEnsemble if model.kind == "conserv" else DirectEnsemble
         return cls(model, pots, name)
-    bl = dataset_dir / "baselines.json"
-    baselines = json.loads(bl.read_text())["baselines"] if bl.exists() else {}
-    if name in baselines:
-        c = combiner_from_json(baselines[name])
+    if name in BASELINES:
+        if subset == "all" and (dataset_dir / "baselines.json").exists():
+            c = combiner_from_json(
+                json.loads((dataset_dir / "baselines.json").read_text())["baselines"][name]
+            )
+        else:
+            ds = store.open_store(dataset_dir / "predictions.zarr")
+            models = resolve(subset, ds["model"].values.astype(str).tolist())
+            split = Split.load(dataset_dir / "split.json")
+            c = {b.name: b for b in fit_baselines(ds, split, models)}[name]
         return LinearEnsemble(c, load_bases(base_dirs(dataset_dir, c.models), c.models, device))
     if (dataset_dir / "bases" / name).exists():
         pots = load_bases(base_dirs(dataset_dir, [name]), [name], device)
         return LinearEnsemble(LinearCombiner(name, [name], np.ones(1)), pots)
     raise ElmlffError(
         f"no model '{name}' (subset '{subset}') in {dataset_dir}",
-        "name a trained base, a baseline from baselines.json, or a trained meta-model",
+        f"name a trained base, a baseline {list(BASELINES)} or a trained meta-model",
     )
