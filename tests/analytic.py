@@ -10,10 +10,12 @@ from elmlff.data.frames import Frames
 
 
 class MorsePotential:
-    """E = sum_{i<j} D (exp(-2a(r - r0)) - 2 exp(-a(r - r0))), scaled by ``scale``."""
+    """E = sum_{i<j} D (exp(-2a(r - r0)) - 2 exp(-a(r - r0))), scaled by ``scale``; pairs of
+    equal elements may have their own ``r0_same`` (1.78 Å keeps methane's H atoms tetrahedral)."""
 
-    def __init__(self, name: str, d=0.3, a=1.2, r0=1.1, scale=1.0, species=(1, 6, 8)):
+    def __init__(self, name: str, d=0.3, a=1.2, r0=1.1, scale=1.0, species=(1, 6, 8), r0_same=None):
         self.name, self.d, self.a, self.r0, self.scale = name, d, a, r0, scale
+        self.r0_same = r0 if r0_same is None else r0_same
         self.species = list(species)
 
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
@@ -23,7 +25,9 @@ class MorsePotential:
             p = positions[start : start + n]
             i, j = torch.triu_indices(n, n, 1)
             r = (p[i] - p[j]).norm(dim=1)
-            x = torch.exp(-self.a * (r - self.r0))
+            z = numbers[start : start + n]
+            r0 = torch.where(z[i] == z[j], self.r0_same, self.r0)
+            x = torch.exp(-self.a * (r - r0))
             out.append(self.scale * self.d * (x**2 - 2 * x).sum())
             start += n
         return torch.stack(out)

@@ -1,0 +1,6 @@
+"""Molecular dynamics with any ASE calculator (bases, baselines, meta-models) and the observables
+of the "Forces are not Enough" benchmark: stability, h(r), RDF, diffusivity, speed, NVE drift.
+
+* :mod:`elmlff.md.observables` - tested functions of trajectories (no MD needed);
+* :mod:`elmlff.md.run` - ASE integrators with incremental trajectories and early stops.
+"""

@@ -1,0 +1,152 @@
+"""Observables of MD trajectories, as in the "Forces are not Enough" benchmark (Fu et al.):
+
+* h(r) (their Eq. 10): the distribution of all interatomic distances i < j of a molecule,
+  histogrammed on 500 bins over 0-10 Å and normalised as a probability density (∫h dr = 1),
+  averaged over the frames; its error against the reference data (Eq. 11) is the integral
+  ∫|h_sim - h_ref| dr (between 0 and 2);
+* stability (Eq. 12): bonds are the pairs closer than the sum of ASE's covalent radii
+  (``natural_cutoffs``) plus ASE's 0.3 Å neighbour-list skin in the initial frame; a run
+  collapses at the first frame where any bond length deviates from its reference length by
+  more than Δ = 0.5 Å;
+* RDF g_ab(r) for periodic cells (minimum-image neighbour lists through vesin), its MAE;
+* diffusivity from the mean-squared displacement of unwrapped positions, MSD = 6 D t;
+* NVE energy drift: slope of the total energy per atom against time.
+
+Shapes: ``positions (T, N, 3)`` Å for T frames of one system; times in ps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from elmlff.errors import ElmlffError
+
+HR_BINS = np.linspace(0.0, 10.0, 501)  # the benchmark's 500 bins on 0-10 Å
+
+
+def pair_distances(positions: np.ndarray) -> np.ndarray:
+    """(T, N(N-1)/2) distances of every unique pair i < j in every frame (no periodicity)."""
+    positions = np.asarray(positions, dtype=float)
+    if positions.ndim == 2:
+        positions = positions[None]
+    i, j = np.triu_indices(positions.shape[1], 1)
+    return np.linalg.norm(positions[:, i] - positions[:, j], axis=-1)
+
+
+def h_of_r(positions: np.ndarray, bins: np.ndarray = HR_BINS) -> np.ndarray:
+    """h(r): probability density of interatomic distances over ``bins`` (Å⁻¹), all frames."""
+    d = pair_distances(positions).ravel()
+    if d.size == 0:
+        raise ElmlffError("h(r) needs at least two atoms and one frame", "pass a trajectory")
+    hist, _ = np.histogram(d, bins=bins)
+    return hist / (d.size * np.diff(bins))
+
+
+def h_of_r_error(h_sim: np.ndarray, h_ref: np.ndarray, bins: np.ndarray = HR_BINS) -> float:
+    """∫|h_sim(r) - h_ref(r)| dr (dimensionless, 0 = identical, 2 = disjoint)."""
+    return float(np.sum(np.abs(np.asarray(h_sim) - np.asarray(h_ref)) * np.diff(bins)))
+
+
+def bonds(numbers: np.ndarray, positions: np.ndarray, skin: float = 0.3) -> np.ndarray:
+    """(B, 2) atom pairs i < j closer than the sum of their covalent radii plus ``skin`` in one
+    frame: what ASE's ``NeighborList(natural_cutoffs(atoms))`` (default skin 0.3 Å) calls
+    bonded, as the benchmark does (molecules: no periodicity)."""
+    from ase.data import covalent_radii
+
+    r = covalent_radii[np.asarray(numbers)]
+    i, j = np.triu_indices(len(numbers), 1)
+    d = np.linalg.norm(np.asarray(positions)[i] - np.asarray(positions)[j], axis=-1)
+    keep = d < r[i] + r[j] + skin
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def bond_lengths(positions: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(T, B) lengths of the bonds ``pairs`` in every frame."""
+    positions = np.asarray(positions, dtype=float)
+    if positions.ndim == 2:
+        positions = positions[None]
+    return np.linalg.norm(positions[:, pairs[:, 0]] - positions[:, pairs[:, 1]], axis=-1)
+
+
+def first_collapse(
+    positions: np.ndarray, pairs: np.ndarray, reference: np.ndarray, delta: float = 0.5
+) -> int | None:
+    """Index of the first frame where some bond deviates from its ``reference`` length by more
+    than ``delta`` Å (Eq. 12), or None when every frame is stable."""
+    if len(pairs) == 0:
+        raise ElmlffError("no bonds found in the initial frame", "check the structure's units")
+    bad = np.abs(bond_lengths(positions, pairs) - np.asarray(reference)).max(axis=1) > delta
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if len(hits) else None
+
+
+def rdf(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    numbers: np.ndarray,
+    pair: tuple[int, int] | None = None,
+    r_max: float = 6.0,
+    n_bins: int = 120,
+    pbc: Sequence[bool] = (True, True, True),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, g(r)) of a periodic system averaged over frames; ``pair`` = (Z_a, Z_b)
+    restricts to one element pair (None: all atoms). g → 1 for an ideal gas."""
+    from vesin import NeighborList
+
+    positions = np.asarray(positions, dtype=float)
+    if positions.ndim == 2:
+        positions = positions[None]
+    cell = np.asarray(cell, dtype=float)
+    numbers = np.asarray(numbers)
+    a = np.ones(len(numbers), bool) if pair is None else numbers == pair[0]
+    b = np.ones(len(numbers), bool) if pair is None else numbers == pair[1]
+    if not a.any() or not b.any():
+        raise ElmlffError(f"RDF pair {pair}: element not in the system", "choose present elements")
+    edges = np.linspace(0.0, r_max, n_bins + 1)
+    counts = np.zeros(n_bins)
+    nl = NeighborList(cutoff=r_max, full_list=True)
+    for x in positions:
+        i, j, d = nl.compute(points=x, box=cell, periodic=list(pbc), quantities="ijd")
+        keep = a[i] & b[j]
+        counts += np.histogram(d[keep], bins=edges)[0]
+    volume = abs(np.linalg.det(cell))
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    same = pair is None or pair[0] == pair[1]
+    n_b = b.sum() - (1 if same else 0)  # partners per a-atom in an ideal gas: n_b / V
+    g = counts / (len(positions) * a.sum() * shell * n_b / volume)
+    return 0.5 * (edges[1:] + edges[:-1]), g
+
+
+def rdf_error(g_sim: np.ndarray, g_ref: np.ndarray) -> float:
+    """Mean absolute difference of two RDFs on the same bins."""
+    return float(np.mean(np.abs(np.asarray(g_sim) - np.asarray(g_ref))))
+
+
+def diffusivity(
+    positions: np.ndarray, dt_ps: float, mask: np.ndarray | None = None, fit_from: float = 0.2
+) -> float:
+    """Self-diffusion coefficient (Å²/ps) of the atoms in ``mask`` from unwrapped positions:
+    the slope of the mean-squared displacement (averaged over atoms and time origins) against
+    lag time, fitted on lags from ``fit_from`` to 1/2 of the trajectory, divided by 6."""
+    positions = np.asarray(positions, dtype=float)
+    if mask is not None:
+        positions = positions[:, np.asarray(mask)]
+    t = len(positions)
+    if t < 10:
+        raise ElmlffError(
+            f"diffusivity needs a longer trajectory ({t} frames)", "run longer MD (>= 10 frames)"
+        )
+    lags = np.arange(max(1, int(fit_from * t)), t // 2 + 1)
+    msd = np.array([np.mean(np.sum((positions[k:] - positions[:-k]) ** 2, axis=-1)) for k in lags])
+    slope = np.polyfit(lags * dt_ps, msd, 1)[0]
+    return float(slope / 6.0)
+
+
+def energy_drift(total_energy: np.ndarray, n_atoms: int, dt_ps: float) -> float:
+    """Slope of the total energy per atom against time (eV/atom/ps), by least squares."""
+    e = np.asarray(total_energy, dtype=float) / n_atoms
+    if len(e) < 2:
+        return float("nan")
+    return float(np.polyfit(np.arange(len(e)) * dt_ps, e, 1)[0])

@@ -1,0 +1,157 @@
+"""MD observables against hand-computed values, and MD runs that stop (and say why) instead of
+crashing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from analytic import MorsePotential
+from ase.calculators.calculator import Calculator, all_changes
+
+from elmlff.baselines import LinearCombiner
+from elmlff.errors import ElmlffError
+from elmlff.md.observables import (
+    HR_BINS,
+    bond_lengths,
+    bonds,
+    diffusivity,
+    energy_drift,
+    first_collapse,
+    h_of_r,
+    h_of_r_error,
+    rdf,
+)
+from elmlff.md.run import MDSettings, run_md
+from elmlff.meta.ensemble import EnsembleCalculator, LinearEnsemble
+
+
+def test_h_of_r_of_a_fixed_geometry_equals_a_hand_count():
+    x = np.array([[0.0, 0, 0], [1.01, 0, 0], [0, 2.01, 0]])  # distances 1.01, 2.01, 2.2581
+    h = h_of_r(np.stack([x, x]))  # two identical frames
+    width = 10.0 / 500
+    expected = np.zeros(500)
+    for d in (1.01, 2.01, np.hypot(1.01, 2.01)):
+        expected[int(d / width)] += 1 / (3 * width)
+    np.testing.assert_allclose(h, expected)
+    assert np.sum(h * np.diff(HR_BINS)) == pytest.approx(1.0)
+    assert h_of_r_error(h, h) == 0.0
+    assert h_of_r_error(h, h_of_r(x * 3)) == pytest.approx(2.0)  # no distance in common
+
+
+def test_bonds_of_methane_and_collapse_at_a_known_frame(methane):
+    fr = methane.subset([0])
+    pairs = bonds(fr.numbers, fr.positions)
+    carbon = int(np.flatnonzero(fr.numbers == 6)[0])
+    assert len(pairs) == 4 and (pairs == carbon).any(axis=1).all()  # four C-H bonds, no H-H
+    traj = np.repeat(fr.positions[None], 20, axis=0)
+    h = int(pairs[0][pairs[0] != carbon][0])
+    stretch = np.linspace(0.0, 1.9, 20)  # the C-H bond grows by 0.1 Å per frame
+    traj[:, h] += stretch[:, None] * (fr.positions[h] - fr.positions[carbon])
+    ref = bond_lengths(fr.positions, pairs)[0]
+    dev = bond_lengths(traj, pairs) - ref
+    expected = int(np.flatnonzero(np.abs(dev).max(axis=1) > 0.5)[0])
+    assert first_collapse(traj, pairs, ref) == expected and 3 <= expected <= 6
+    assert first_collapse(traj[:expected], pairs, ref) is None
+
+
+def test_diffusivity_of_a_random_walk_with_known_d():
+    d_true, dt = 0.05, 0.01  # Å²/ps, ps
+    rng = np.random.default_rng(0)
+    steps = rng.normal(scale=np.sqrt(2 * d_true * dt), size=(2000, 300, 3))
+    d = diffusivity(np.cumsum(steps, axis=0), dt)
+    assert d == pytest.approx(d_true, rel=0.1)
+    with pytest.raises(ElmlffError, match="longer trajectory"):
+        diffusivity(np.zeros((5, 3, 3)), dt)
+
+
+def test_rdf_of_an_ideal_gas_is_one_and_pairs_resolve():
+    rng = np.random.default_rng(1)
+    box = 14.0
+    x = rng.uniform(0, box, size=(4, 400, 3))
+    numbers = np.where(np.arange(400) < 100, 29, 8)
+    _, g = rdf(x, np.eye(3) * box, numbers, r_max=5.0, n_bins=10)
+    assert np.allclose(g[2:], 1.0, atol=0.1)  # shells beyond 1 Å hold enough pairs
+    _, g_cu_o = rdf(x, np.eye(3) * box, numbers, pair=(29, 8), r_max=5.0, n_bins=10)
+    assert np.allclose(g_cu_o[4:], 1.0, atol=0.15)
+    with pytest.raises(ElmlffError, match="element not in the system"):
+        rdf(x, np.eye(3) * box, numbers, pair=(29, 1))
+
+
+def test_energy_drift_is_the_fitted_slope_per_atom():
+    e = -10.0 + 0.1 * np.arange(100) * 0.001  # 0.1 eV/ps in total over 5 atoms
+    assert energy_drift(e, 5, 0.001) == pytest.approx(0.1 / 5)
+
+
+def _morse_calculator():
+    pots = [
+        MorsePotential("a", r0=1.09, r0_same=1.78),
+        MorsePotential("b", scale=1.2, r0_same=1.78),
+    ]
+    return EnsembleCalculator(LinearEnsemble(LinearCombiner("mean", ["a", "b"], [0.5, 0.5]), pots))
+
+
+def test_nve_run_conserves_energy_and_writes_the_trajectory_frame_by_frame(methane, tmp_path):
+    """400 velocity-Verlet steps of 0.25 fs from 300 K with an exactly conservative calculator:
+    the total energy stays within 2 meV (the O(dt²) error of the C-H stretch) while the kinetic
+    energy varies by much more."""
+    from ase.io import read
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.pbc = False
+    s = MDSettings(thermostat="nve", temperature_K=300, timestep_fs=0.25, steps=400, record_every=5)
+    res = run_md(atoms, _morse_calculator(), s, tmp_path / "nve.extxyz", log=lambda m: None)
+    assert res.stopped == "completed" and res.steps == 400 and res.n_frames == 81
+    frames = read(tmp_path / "nve.extxyz", index=":")
+    assert len(frames) == 81 and frames[-1].info["time_ps"] == pytest.approx(0.1)
+    total = np.array([f.info["total_energy"] for f in frames])
+    kinetic = np.array([f.get_kinetic_energy() for f in frames])
+    assert np.abs(total - total[0]).max() < 2e-3
+    assert np.ptp(kinetic) > 5 * np.abs(total - total[0]).max()
+    assert frames[3].info["force_std_max"] > 0  # the ensemble disagreement, every frame
+    assert res.steps_per_second > 0
+
+
+def test_nose_hoover_and_langevin_runs_complete(methane, tmp_path):
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.pbc = False
+    for thermostat in ("nose_hoover", "langevin"):
+        s = MDSettings(thermostat=thermostat, temperature_K=300, steps=40, record_every=10)
+        res = run_md(atoms, _morse_calculator(), s, tmp_path / f"{thermostat}.extxyz", log=print)
+        assert res.stopped == "completed" and np.isfinite(res.mean_temperature_K)
+
+
+class Broken(Calculator):
+    """Huge, NaN, or failing forces."""
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        if self.mode == "raise" and self.atoms.positions[0, 0] != self._x0:
+            raise RuntimeError("model blew up")
+        f = {
+            "huge": 1e3 * np.ones((n, 3)) * np.sign(np.arange(n) - 2.5)[:, None],
+            "nan": np.full((n, 3), np.nan),
+            "raise": np.zeros((n, 3)),
+        }[self.mode]
+        self.results = {"energy": 0.0, "forces": f}
+
+
+@pytest.mark.parametrize(
+    ("mode", "stopped"),
+    [("huge", ("temperature", "collapse")), ("nan", ("nan",)), ("raise", ("calculator error",))],
+)
+def test_an_exploding_run_is_stopped_and_recorded_not_crashed(methane, tmp_path, mode, stopped):
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.pbc = False
+    calc = Broken(mode)
+    calc._x0 = atoms.positions[0, 0]
+    s = MDSettings(thermostat="nve", temperature_K=300, steps=200, record_every=2)
+    res = run_md(atoms, calc, s, tmp_path / "boom.extxyz", log=lambda m: None)
+    assert res.stopped.startswith(stopped) and res.steps < 200
+    assert (tmp_path / "boom.extxyz").stat().st_size > 0  # what it had is kept
