@@ -6,6 +6,7 @@
 #   metas     meta-models over a subset of bases   -> results/{dataset}/metas/{meta}/{subset}/
 #   evaluate  four baselines + tidy metrics        -> results/{dataset}/metrics.csv, baselines.json
 #   figures   Fig. 2a-style chart + Markdown table -> results/{dataset}/figures/, metrics_table.md
+#   md        MD of chosen models + Table 1        -> results/{dataset}/md/, md_summary.csv
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -21,6 +22,7 @@ include: "workflow/rules/store.smk"
 include: "workflow/rules/metas.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/md.smk"
 
 
 rule all:

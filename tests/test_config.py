@@ -100,6 +100,13 @@ def test_unknown_meta_parameter_for_its_kind():
     assert "metas.ensemble_conserv.training.bases" in msg
 
 
+def test_unknown_md_model_and_bad_md_settings():
+    msg = bad(lambda c: c["md"].update(models=["painn", "mace"]))
+    assert "md.models: unknown model(s) ['mace']" in msg
+    msg = bad(lambda c: c["md"]["settings"].update(thermostat="berendsen"))
+    assert "md.settings.thermostat" in msg
+
+
 def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):
     cfg = copy.deepcopy(DEFAULT)
     cfg["datasets"]["methane"]["split"]["method"] = "shuffle"

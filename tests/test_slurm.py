@@ -46,6 +46,7 @@ def tiny(tmp_path_factory):
     d = yaml.safe_load(cfg.read_text())
     d["training"]["max_epochs"] = 1
     d["run_metas"] = ["ensemble_direct"]
+    d["md"]["models"] = []
     cfg.write_text(yaml.safe_dump(d))
     return cfg
 

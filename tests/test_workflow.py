@@ -81,6 +81,12 @@ def tiny_config(tmp: Path, **over) -> Path:
             meta["params"].update(scalars=4, vectors=2, layers=1)
         else:
             meta["params"].update(hidden=8, layers=1, heads=2)
+    # a 50-step MD of a base and of the conservative ensemble (the latter only where it runs)
+    cfg["md"] = {
+        "models": ["schnet_tiny", "ensemble_conserv"],
+        "replicas": 1,
+        "settings": {"steps": 50, "record_every": 10, "temperature_K": 300},
+    }
     for k, v in over.items():
         cfg[k] = v
     path = tmp / "tiny.yaml"
@@ -107,7 +113,9 @@ def test_dry_run_lists_the_default_campaign():
         "force_rmse_figure": "1",
         "metrics_table": "1",
         "campaign_summary": "1",
-        "total": "31",
+        "md_replica": "10",
+        "md_summary": "1",
+        "total": "42",
     }
 
 
@@ -122,7 +130,8 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     )
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
-    assert counts["train_nequip"] == "1" and counts["total"] == "31"
+    assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
+    assert counts["total"] == "102"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -355,6 +364,16 @@ def test_tiny_campaign_end_to_end(tmp_path):
         atoms.calc = EnsembleCalculator(load_ensemble(res, name))
         np.testing.assert_allclose(atoms.get_forces(), z["forces"][5 * k : 5 * k + 5], atol=1e-5)
         assert atoms.calc.results["force_std_max"] > 0
+    # MD: a trajectory per model and a summary row each (Table 1 from the CSV)
+    from ase.io import read
+
+    traj = read(res / "md" / "ensemble_conserv" / "replica0.extxyz", index=":")
+    assert len(traj) == 6 and traj[-1].info["time_ps"] == pytest.approx(0.025)
+    assert traj[-1].info["force_std_max"] > 0
+    md = pd.read_csv(res / "md_summary.csv")
+    agg = md[(md.replica == "all") & (md.metric == "stable_percent")]
+    assert set(agg.model) == {"schnet_tiny", "ensemble_conserv"}
+    assert "| ensemble_conserv |" in (res / "md_table.md").read_text()
     atoms.calc = EnsembleCalculator(load_ensemble(res, "mean", subset="schnet_tiny+dp_tiny"))
     mean = ds[keys.BASE_FORCES].sel(model=["schnet_tiny", "dp_tiny"]).values.mean(0)
     np.testing.assert_allclose(atoms.get_forces(), mean[5 * f_test : 5 * f_test + 5], atol=1e-5)
@@ -456,3 +475,8 @@ def test_methanol_on_copper_campaign_on_a_small_subset(tmp_path):
     assert sorted(set(s[keys.NUMBERS].values.tolist())) == [1, 6, 8, 29]
     assert np.isfinite(s[keys.BASE_FORCES].values).all()
     assert (res / "figures" / "force_rmse.png").exists()
+    # MD of the periodic slab: RDF error and (stable, long enough) diffusivity are reported
+    md = pd.read_csv(res / "md_summary.csv")
+    conserv = md[(md.model == "ensemble_conserv") & (md.replica == "0")].set_index("metric")
+    assert np.isfinite(conserv.value["rdf_mae"]) and conserv.value["time_ps"] > 0
+    assert "diffusivity_A2_per_ps" in conserv.index

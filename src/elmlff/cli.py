@@ -100,6 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("md-replica", help="one MD replica of a trained model")
+    s.add_argument("--dataset-dir", required=True, type=Path, help="results/{dataset}")
+    s.add_argument("--model", required=True, help="a base, baseline or meta-model name")
+    s.add_argument("--subset", default="all")
+    s.add_argument("--replica", type=int, default=0)
+    s.add_argument("--settings", default="{}", help="MDSettings as JSON")
+    s.add_argument("--diffusing-species", type=int, default=None)
+    s.add_argument("--trajectory", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("md-summary", help="md_summary.csv and the Table-1-like table")
+    s.add_argument("replicas", nargs="+", type=Path, help="replica JSON files")
+    s.add_argument("--metrics", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--table", required=True, type=Path)
+
     s = sub.add_parser("evaluate", help="baselines and tidy metrics")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
@@ -174,6 +190,24 @@ def _run(a: argparse.Namespace) -> int:
         )
     elif a.cmd == "predict-meta":
         pipeline.predict_meta(a.model, a.store, a.split, _pairs(a.bases), a.out, a.batch_size)
+    elif a.cmd == "md-replica":
+        from elmlff.md.campaign import run_replica
+
+        run_replica(
+            a.dataset_dir,
+            a.model,
+            a.replica,
+            json.loads(a.settings),
+            a.trajectory,
+            a.out,
+            a.subset,
+            a.diffusing_species,
+        )
+    elif a.cmd == "md-summary":
+        from elmlff.md.campaign import summarize
+
+        summarize(a.replicas, a.metrics, a.out, a.table)
+        print(a.table.read_text())
     elif a.cmd == "evaluate":
         metas = dict(_keyvalue(m) for m in a.metas)
         pipeline.evaluate(

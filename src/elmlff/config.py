@@ -103,6 +103,15 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
             f"{source}: run_metas: unknown meta-model(s) {unknown}",
             f"define them under `metas` or use one of {sorted(config.get('metas', {}))}",
         )
+    from elmlff.baselines import BASELINES
+
+    known = set(bases) | set(BASELINES) | set(config.get("metas", {}))
+    unknown = [m for m in config.get("md", {}).get("models", []) if m not in known]
+    if unknown:
+        raise ElmlffError(
+            f"{source}: md.models: unknown model(s) {unknown}",
+            "name bases, baselines (best_base, mean, weighted_mean, linear_stacking) or metas",
+        )
     run = config.get("run") or list(config["datasets"])
     unknown = [d for d in run if d not in config["datasets"]]
     if unknown:

@@ -37,6 +37,7 @@ localrules:
     force_rmse_figure,
     metrics_table,
     campaign_summary,
+    md_summary,
 
 
 def env_file(name):
@@ -112,6 +113,39 @@ def meta_predictions(wildcards):
     }
 
 
+def md_model_inputs(wildcards):
+    """What loading an MD model needs: its bases, plus baselines.json or the meta's model."""
+    from elmlff.baselines import BASELINES
+
+    name, d = wildcards.model, wildcards.dataset
+    out = {"store": f"results/{d}/predictions.zarr", "split": f"results/{d}/split.json"}
+    bases = base_models(wildcards)
+    if name in config["metas"]:
+        out["meta"] = f"results/{d}/metas/{name}/all/model"
+    elif name in BASELINES:
+        out["baselines"] = f"results/{d}/baselines.json"
+    else:
+        bases = {k: v for k, v in bases.items() if k.split("/")[0] == name}
+    out["bases"] = list(bases.values())
+    return out
+
+
+def md_models(dataset):
+    """MD models of a data set: those configured that this run trains."""
+    from elmlff.baselines import BASELINES
+
+    avail = set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
+    return [m for m in config["md"]["models"] if m in avail]
+
+
+def md_replica_results(wildcards):
+    return [
+        f"results/{wildcards.dataset}/md/{m}/replica{r}.json"
+        for m in md_models(wildcards.dataset)
+        for r in range(config["md"]["replicas"])
+    ]
+
+
 def keyed(paths):
     """{key: path} -> 'key=path ...' for the CLI."""
     return " ".join(f"{k}={v}" for k, v in paths.items())
@@ -126,4 +160,6 @@ def final_outputs():
             f"results/{d}/figures/force_rmse.png",
             f"results/{d}/summary.md",
         ]
+        if md_models(d):
+            out += [f"results/{d}/md_summary.csv", f"results/{d}/md_table.md"]
     return out
