@@ -77,6 +77,22 @@ def test_rdf_of_an_ideal_gas_is_one_and_pairs_resolve():
         rdf(x, np.eye(3) * box, numbers, pair=(29, 1))
 
 
+def test_rdf_window_criterion_flags_the_window_where_the_structure_changes():
+    from ase.build import bulk
+
+    from elmlff.md.observables import rdf_window_collapse
+
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3))
+    rng = np.random.default_rng(0)
+    crystal = cu.positions + rng.normal(scale=0.05, size=(30, len(cu), 3))
+    melted = rng.uniform(0, 10.8, size=(20, len(cu), 3))  # the structure is lost
+    traj = np.concatenate([crystal, melted])
+    _, g_ref = rdf(crystal, cu.cell[:], cu.numbers, r_max=5.0, n_bins=50)
+    first = rdf_window_collapse(traj, cu.cell[:], cu.numbers, g_ref, 10, 0.3, 5.0, 50)
+    assert first == 30
+    assert rdf_window_collapse(crystal, cu.cell[:], cu.numbers, g_ref, 10, 0.3, 5.0, 50) is None
+
+
 def test_energy_drift_is_the_fitted_slope_per_atom():
     e = -10.0 + 0.1 * np.arange(100) * 0.001  # 0.1 eV/ps in total over 5 atoms
     assert energy_drift(e, 5, 0.001) == pytest.approx(0.1 / 5)

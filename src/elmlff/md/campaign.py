@@ -26,6 +26,7 @@ from elmlff.md.observables import (
     h_of_r_error,
     rdf,
     rdf_error,
+    rdf_window_collapse,
 )
 from elmlff.md.run import MDSettings, run_md
 
@@ -93,6 +94,9 @@ def run_replica(
         _, g = rdf(pos, atoms.cell[:], atoms.numbers, r_max=6.0)
         _, g_ref = rdf(ref_pos, atoms.cell[:], atoms.numbers, r_max=6.0)
         out["rdf_mae"] = rdf_error(g, g_ref)
+        # the benchmark's periodic criterion: an RDF window (10 frames) off by MAE > 0.1
+        first = rdf_window_collapse(pos, atoms.cell[:], atoms.numbers, g_ref, 10, 0.1)
+        out["rdf_collapse_time_ps"] = None if first is None else first * dt_ps
         mask = None if diffusing_species is None else atoms.numbers == diffusing_species
         stable_long = out["stable"] and len(pos) >= 10
         # positions in the extxyz are not wrapped by ASE's integrators: the MSD is unwrapped
@@ -116,6 +120,7 @@ SUMMARY_KEYS = (
     "steps_per_second",
     "hr_mae",
     "rdf_mae",
+    "rdf_collapse_time_ps",
     "diffusivity_A2_per_ps",
     "nve_drift_eV_per_atom_ps",
     "mean_temperature_K",

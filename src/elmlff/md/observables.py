@@ -8,7 +8,8 @@
   (``natural_cutoffs``) plus ASE's 0.3 Å neighbour-list skin in the initial frame; a run
   collapses at the first frame where any bond length deviates from its reference length by
   more than Δ = 0.5 Å;
-* RDF g_ab(r) for periodic cells (minimum-image neighbour lists through vesin), its MAE;
+* RDF g_ab(r) for periodic cells (minimum-image neighbour lists through vesin), its MAE, and
+  the RDF-window stability criterion (a window whose RDF MAE exceeds a threshold);
 * diffusivity from the mean-squared displacement of unwrapped positions, MSD = 6 D t;
 * NVE energy drift: slope of the total energy per atom against time.
 
@@ -122,6 +123,27 @@ def rdf(
 def rdf_error(g_sim: np.ndarray, g_ref: np.ndarray) -> float:
     """Mean absolute difference of two RDFs on the same bins."""
     return float(np.mean(np.abs(np.asarray(g_sim) - np.asarray(g_ref))))
+
+
+def rdf_window_collapse(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    numbers: np.ndarray,
+    g_ref: np.ndarray,
+    window: int = 10,
+    threshold: float = 0.1,
+    r_max: float = 6.0,
+    n_bins: int = 120,
+) -> int | None:
+    """The benchmark's stability criterion for periodic systems: the first frame that starts a
+    window of ``window`` frames whose RDF deviates from ``g_ref`` by an MAE above
+    ``threshold``, or None when every window stays close."""
+    positions = np.asarray(positions, dtype=float)
+    for start in range(0, len(positions) - window + 1, window):
+        _, g = rdf(positions[start : start + window], cell, numbers, r_max=r_max, n_bins=n_bins)
+        if rdf_error(g, g_ref) > threshold:
+            return start
+    return None
 
 
 def diffusivity(
