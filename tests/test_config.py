@@ -107,6 +107,19 @@ def test_unknown_md_model_and_bad_md_settings():
     assert "md.settings.thermostat" in msg
 
 
+def test_a_data_set_md_protocol_overrides_the_top_level_one_key_by_key():
+    from elmlff.config import md_spec
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"]["methane"]["md"] = {"replicas": 3, "settings": {"temperature_K": 300}}
+    spec = md_spec(validate_config(cfg), "methane")
+    assert spec["replicas"] == 3 and spec["models"] == DEFAULT["md"]["models"]
+    assert spec["settings"]["temperature_K"] == 300
+    assert spec["settings"]["timestep_fs"] == DEFAULT["md"]["settings"]["timestep_fs"]
+    msg = bad(lambda c: c["datasets"]["methane"].update(md={"models": ["nope"]}))
+    assert "datasets.methane.md.models: unknown model(s) ['nope']" in msg
+
+
 def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):
     cfg = copy.deepcopy(DEFAULT)
     cfg["datasets"]["methane"]["split"]["method"] = "shuffle"

@@ -106,12 +106,15 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
     from elmlff.baselines import BASELINES
 
     known = set(bases) | set(BASELINES) | set(config.get("metas", {}))
-    unknown = [m for m in config.get("md", {}).get("models", []) if m not in known]
-    if unknown:
-        raise ElmlffError(
-            f"{source}: md.models: unknown model(s) {unknown}",
-            "name bases, baselines (best_base, mean, weighted_mean, linear_stacking) or metas",
-        )
+    for where, md in [("md", config.get("md", {}))] + [
+        (f"datasets.{d}.md", spec["md"]) for d, spec in config["datasets"].items() if "md" in spec
+    ]:
+        unknown = [m for m in md.get("models", []) if m not in known]
+        if unknown:
+            raise ElmlffError(
+                f"{source}: {where}.models: unknown model(s) {unknown}",
+                "name bases, baselines (best_base, mean, weighted_mean, linear_stacking) or metas",
+            )
     run = config.get("run") or list(config["datasets"])
     unknown = [d for d in run if d not in config["datasets"]]
     if unknown:
@@ -173,3 +176,11 @@ def base_spec(config: MutableMapping[str, Any], name: str):
 def meta_spec(config: MutableMapping[str, Any], name: str) -> dict[str, Any]:
     """A meta-model's config entry (kind, fit_on, params, training)."""
     return dict(config["metas"][name])
+
+
+def md_spec(config: MutableMapping[str, Any], dataset: str) -> dict[str, Any]:
+    """A data set's MD protocol: the top-level ``md`` with the data set's ``md`` over it."""
+    top = dict(config.get("md", {}))
+    own = dict(config["datasets"][dataset].get("md", {}))
+    settings = {**top.get("settings", {}), **own.pop("settings", {})}
+    return {**top, **own, "settings": settings}

@@ -3,7 +3,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from elmlff.config import base_spec, ensemble, left_out, meta_spec, validate_config
+from elmlff.config import base_spec, ensemble, left_out, md_spec, meta_spec, validate_config
 from elmlff.errors import ElmlffError
 from elmlff.smk import rule_environment
 from elmlff.subsets import PATTERN as SUBSET_PATTERN
@@ -135,15 +135,24 @@ def md_models(dataset):
     from elmlff.baselines import BASELINES
 
     avail = set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
-    return [m for m in config["md"]["models"] if m in avail]
+    return [m for m in md_spec(config, dataset)["models"] if m in avail]
 
 
 def md_replica_results(wildcards):
     return [
         f"results/{wildcards.dataset}/md/{m}/replica{r}.json"
         for m in md_models(wildcards.dataset)
-        for r in range(config["md"]["replicas"])
+        for r in range(md_spec(config, wildcards.dataset)["replicas"])
     ]
+
+
+def md_settings_json(wildcards):
+    return json.dumps(md_spec(config, wildcards.dataset)["settings"])
+
+
+def md_species_arg(wildcards):
+    z = md_spec(config, wildcards.dataset).get("diffusing_species")
+    return "" if z is None else f"--diffusing-species {z}"
 
 
 def keyed(paths):

@@ -12,12 +12,8 @@ rule md_replica:
     wildcard_constraints:
         replica=r"\d+",
     params:
-        settings=json.dumps(config["md"]["settings"]),
-        species=lambda w: (
-            f"--diffusing-species {config['md']['diffusing_species']}"
-            if "diffusing_species" in config["md"]
-            else ""
-        ),
+        settings=md_settings_json,
+        species=md_species_arg,
     log:
         "logs/{dataset}/md/{model}_replica{replica}.log",
     benchmark:
