@@ -115,7 +115,8 @@ def test_dry_run_lists_the_default_campaign():
         "campaign_summary": "1",
         "md_replica": "10",
         "md_summary": "1",
-        "total": "42",
+        "md_hr_figure": "1",
+        "total": "43",
     }
 
 
@@ -131,7 +132,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["total"] == "102"
+    assert counts["total"] == "103"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -374,6 +375,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
     agg = md[(md.replica == "all") & (md.metric == "stable_percent")]
     assert set(agg.model) == {"schnet_tiny", "ensemble_conserv"}
     assert "| ensemble_conserv |" in (res / "md_table.md").read_text()
+    assert (res / "figures" / "md_hr.png").read_bytes()[:4] == b"\x89PNG"
     atoms.calc = EnsembleCalculator(load_ensemble(res, "mean", subset="schnet_tiny+dp_tiny"))
     mean = ds[keys.BASE_FORCES].sel(model=["schnet_tiny", "dp_tiny"]).values.mean(0)
     np.testing.assert_allclose(atoms.get_forces(), mean[5 * f_test : 5 * f_test + 5], atol=1e-5)

@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--table", required=True, type=Path)
 
+    s = sub.add_parser("plot-hr", help="h(r) of MD trajectories against the test frames")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("evaluate", help="baselines and tidy metrics")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
@@ -208,6 +213,10 @@ def _run(a: argparse.Namespace) -> int:
 
         summarize(a.replicas, a.metrics, a.out, a.table)
         print(a.table.read_text())
+    elif a.cmd == "plot-hr":
+        from elmlff.md.campaign import h_of_r_figure
+
+        h_of_r_figure(a.dataset_dir, a.models, a.out)
     elif a.cmd == "evaluate":
         metas = dict(_keyvalue(m) for m in a.metas)
         pipeline.evaluate(

@@ -38,6 +38,7 @@ localrules:
     metrics_table,
     campaign_summary,
     md_summary,
+    md_hr_figure,
 
 
 def env_file(name):
@@ -170,5 +171,9 @@ def final_outputs():
             f"results/{d}/summary.md",
         ]
         if md_models(d):
-            out += [f"results/{d}/md_summary.csv", f"results/{d}/md_table.md"]
+            out += [
+                f"results/{d}/md_summary.csv",
+                f"results/{d}/md_table.md",
+                f"results/{d}/figures/md_hr.png",
+            ]
     return out

@@ -45,3 +45,26 @@ rule md_summary:
     shell:
         "python -m elmlff md-summary {input.replicas} --metrics {input.metrics}"
         " --out {output.summary} --table {output.table} > {log} 2>&1"
+
+
+rule md_hr_figure:
+    """h(r) of every MD model against the test frames, from the trajectories alone."""
+    input:
+        replicas=md_replica_results,
+        store="results/{dataset}/predictions.zarr",
+    output:
+        report(
+            "results/{dataset}/figures/md_hr.png",
+            caption="../report/md_hr.rst",
+            category="MD",
+            subcategory="{dataset}",
+        ),
+    params:
+        models=lambda w: " ".join(md_models(w.dataset)),
+    log:
+        "logs/{dataset}/md_hr_figure.log",
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff plot-hr results/{wildcards.dataset} --models {params.models}"
+        " --out {output} > {log} 2>&1"

@@ -188,3 +188,59 @@ def summarize(
     )
     atomic_write_text(out_md, text)
     return out
+
+
+def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
+    """h(r) of every model's MD (all replicas' frames) beside the test frames' h(r), one panel
+    per model, from the trajectories and the store under ``results/{dataset}`` only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ase.io import read
+
+    dataset_dir = Path(dataset_dir)
+    ds = store.open_store(dataset_dir / "predictions.zarr")
+    split = Split.load(dataset_dir / "split.json")
+    frames = store.frames_from_dataset(ds)
+    centres = 0.5 * (HR_BINS[1:] + HR_BINS[:-1])
+    ncol = min(len(models), 3)
+    nrow = -(-len(models) // ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False, sharex=True, sharey=True
+    )
+    for ax, model in zip(axes.flat, models, strict=False):
+        trajs = sorted((dataset_dir / "md" / model).glob("replica*.extxyz"))
+        if not trajs:
+            raise ElmlffError(f"no MD trajectories of {model} in {dataset_dir}/md", "run md")
+        pos, ref_h = [], None
+        for t in trajs:
+            traj = read(t, index=":", format="extxyz")
+            pos.append(np.stack([a.positions for a in traj]))
+            if ref_h is None:
+                start = json.loads(t.with_suffix(".json").read_text())["start_frame"]
+                idx = reference_frames(ds, split, start)
+                ref = frames.positions[frames.atom_index(idx)].reshape(len(idx), -1, 3)
+                ref_h = h_of_r(ref)
+        h = h_of_r(np.concatenate([p for p in pos if p.shape[1:] == pos[0].shape[1:]]))
+        err = h_of_r_error(h, ref_h)
+        ax.plot(centres, ref_h, color="black", lw=1.2, label="test frames")
+        ax.plot(centres, h, color="#C44E52", lw=1.0, label=f"MD ({len(trajs)} replicas)")
+        ax.set_title(f"{model}: ∫|Δh| dr = {err:.3f}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
+    for col in range(ncol):  # the lowest visible panel of each column carries the r axis
+        ax = axes[(len(models) - 1 - col) // ncol, col]
+        ax.set_xlabel("r [Å]")
+        ax.tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("h(r) [1/Å]")
+    axes[0][0].legend(fontsize=8)
+    hi = np.flatnonzero(ref_h > 0)
+    axes[0][0].set_xlim(0, min(10.0, HR_BINS[hi[-1] + 1] + 0.5) if len(hi) else 10.0)
+    fig.suptitle(f"{dataset_dir.name}: distribution of interatomic distances in MD", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
