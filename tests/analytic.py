@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from elmlff.bases import frame_tensors
 from elmlff.data.frames import Frames
 
 
@@ -34,13 +35,7 @@ class MorsePotential:
 
     def predict(self, frames: Frames, batch_size: int = 64):
         pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
-        e = self.energy(
-            pos,
-            torch.as_tensor(frames.numbers),
-            torch.as_tensor(frames.n_atoms),
-            torch.as_tensor(frames.cell),
-            torch.as_tensor(frames.pbc),
-        )
+        e = self.energy(pos, *frame_tensors(frames))
         (g,) = torch.autograd.grad(e.sum(), pos)
         return e.detach().numpy(), -g.numpy()
 

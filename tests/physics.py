@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from elmlff.bases import _frame_tensors, forces, hvp
+from elmlff.bases import forces, frame_tensors, hvp
 
 
 def energy_np(pot, frames, positions=None) -> np.ndarray:
     pos = torch.as_tensor(frames.positions if positions is None else positions, dtype=torch.float64)
-    return pot.energy(pos, *_frame_tensors(frames)).detach().numpy()
+    return pot.energy(pos, *frame_tensors(frames)).detach().numpy()
 
 
 class PotentialPhysicsTests:

@@ -67,23 +67,14 @@ class TestConservEnsemblePhysics(PotentialPhysicsTests):
         return fr
 
 
-def _tensors(fr: Frames):
-    return (
-        torch.as_tensor(fr.numbers),
-        torch.as_tensor(fr.n_atoms),
-        torch.as_tensor(fr.cell),
-        torch.as_tensor(fr.pbc),
-    )
-
-
 def test_conserv_forces_include_the_hessian_vector_term_through_the_bases(ensemble_bases, methane):
     """Eq. 6: with base forces detached (the reference code's shortcut) the forces lose the
     (dθ/dF_m)·∇F_m term and are no longer -dE/dx; ours keep it."""
     pot = ConservEnsemble(theta(2, [1, 6]), ensemble_bases)
     one = methane.subset([3])
     pos = torch.as_tensor(one.positions, dtype=torch.float64).requires_grad_(True)
-    b = pot._structure(pos, *_tensors(one))
-    em, fm = base_outputs(ensemble_bases, pos, *_tensors(one), create_graph=True)
+    b = pot._structure(pos, *B.frame_tensors(one))
+    em, fm = base_outputs(ensemble_bases, pos, *B.frame_tensors(one), create_graph=True)
     (full,) = torch.autograd.grad(pot.theta(b, pos, em, fm).sum(), pos, retain_graph=True)
     (detached,) = torch.autograd.grad(pot.theta(b, pos, em, fm.detach()).sum(), pos)
     _, f = pot.predict(one)

@@ -587,13 +587,12 @@ def predict_meta(
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     idx = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
-    frames = store.frames_from_dataset(ds, idx)
-    all_models = ds["model"].values.astype(str).tolist()
-    sel = [all_models.index(m) for m in models]
+    everything = store.frames_from_dataset(ds)
+    frames = everything.subset(idx)
     t0 = time.perf_counter()
     if model.kind == "direct":
-        em = ds[keys.BASE_ENERGY].values[sel][:, idx]
-        fm = ds[keys.BASE_FORCES].values[sel][:, store.frames_from_dataset(ds).atom_index(idx)]
+        blk = _block(ds, everything, idx, models)
+        em, fm = blk["energy"], blk["forces"]
         e = np.full(len(idx), np.nan)
         f = DirectEnsemble(model, []).forces_from(frames, em, fm)
     else:

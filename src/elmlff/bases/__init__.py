@@ -200,7 +200,7 @@ def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.
     import torch
 
     pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
-    e = pot.energy(pos, *_frame_tensors(frames))
+    e = pot.energy(pos, *frame_tensors(frames))
     (g,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
     return -g
 
@@ -211,7 +211,7 @@ def hvp(pot: Potential, frames: Frames, v: np.ndarray) -> np.ndarray:
     import torch
 
     pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
-    e = pot.energy(pos, *_frame_tensors(frames))
+    e = pot.energy(pos, *frame_tensors(frames))
     (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
     (hv,) = torch.autograd.grad((g * torch.as_tensor(v, dtype=g.dtype)).sum(), pos)
     return hv.detach().cpu().numpy()
@@ -225,7 +225,9 @@ def hvp_directions(n_atoms: np.ndarray, seed: int) -> np.ndarray:
     return v / norm[frame, None]
 
 
-def _frame_tensors(frames: Frames) -> tuple[torch.Tensor, ...]:
+def frame_tensors(frames: Frames) -> tuple[torch.Tensor, ...]:
+    """(numbers, n_atoms, cell, pbc) of ``frames`` as tensors, the arguments of
+    :meth:`Potential.energy` after the positions."""
     import torch
 
     return (

@@ -29,12 +29,7 @@ from elmlff.md.observables import (
     rdf_window_collapse,
 )
 from elmlff.md.run import MDSettings, run_md
-
-
-def _log(msg: str) -> None:
-    import time
-
-    print(f"[elmlff {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+from elmlff.pipeline import log
 
 
 def reference_frames(ds, split: Split, like: int) -> np.ndarray:
@@ -78,10 +73,10 @@ def run_replica(
     pairs = bonds(atoms.numbers, atoms.positions)
     ref_lengths = bond_lengths(ref_pos, pairs).mean(axis=0) if len(pairs) else None
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset))
-    _log(f"MD of {model} replica {replica} from test frame {start}: {s}")
+    log(f"MD of {model} replica {replica} from test frame {start}: {s}")
     # frames go to a .partial file as they come (a killed job keeps them there), renamed at the end
     partial = Path(f"{trajectory}.partial")
-    res = run_md(atoms, calc, s, partial, ref_lengths, log=_log)
+    res = run_md(atoms, calc, s, partial, ref_lengths, log=log)
     traj = read(partial, index=":", format="extxyz")
     os.replace(partial, trajectory)
     pos = np.stack([a.positions for a in traj])
@@ -105,7 +100,7 @@ def run_replica(
     if s.thermostat == "nve" and all(t is not None for t in totals):
         out["nve_drift_eV_per_atom_ps"] = energy_drift(np.array(totals), len(atoms), dt_ps)
     atomic_write_text(out_json, json.dumps(out, indent=1, default=float) + "\n")
-    _log(
+    log(
         f"{model} replica {replica}: {res.stopped} after {res.time_ps:.3f} ps, "
         f"{res.steps_per_second:.1f} steps/s, h(r) error {out['hr_mae']:.3f}"
     )

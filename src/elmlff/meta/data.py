@@ -183,16 +183,3 @@ class MetaData:
         return batch_from_frames(
             sub, self.base_energy[m][:, idx], self.base_forces[m][:, atoms], self.cutoff, g, idx
         )
-
-    def batches(
-        self,
-        idx: np.ndarray,
-        batch_size: int,
-        models: list[str] | None = None,
-        rng: np.random.Generator | None = None,
-    ):
-        """Batches of ``batch_size`` frames over ``idx`` (shuffled when ``rng`` is given)."""
-        idx = np.asarray(idx)
-        order = rng.permutation(idx) if rng is not None else idx
-        for s in range(0, len(order), batch_size):
-            yield self.batch(order[s : s + batch_size], models)

@@ -45,15 +45,6 @@ def force_disagreement(base_forces: np.ndarray, n_atoms: np.ndarray) -> tuple[np
     return mean, mx
 
 
-def _tensors(frames: Frames) -> tuple[torch.Tensor, ...]:
-    return (
-        torch.as_tensor(frames.numbers, dtype=torch.long),
-        torch.as_tensor(frames.n_atoms, dtype=torch.long),
-        torch.as_tensor(frames.cell, dtype=torch.float64),
-        torch.as_tensor(frames.pbc, dtype=torch.bool),
-    )
-
-
 def _batched(frames: Frames, batch_size: int):
     for s in range(0, len(frames), batch_size):
         yield frames.subset(np.arange(s, min(s + batch_size, len(frames))))
@@ -82,7 +73,7 @@ def base_predictions(
             parts = []
             for fr in _batched(frames, batch_size):
                 pos = torch.as_tensor(fr.positions, dtype=torch.float64).requires_grad_(True)
-                e = pot.energy(pos, *_tensors(fr))
+                e = pot.energy(pos, *B.frame_tensors(fr))
                 (g,) = torch.autograd.grad(e.sum(), pos)
                 parts.append((e.detach().numpy(), -g.numpy()))
             e, f = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -126,7 +117,7 @@ class ConservEnsemble:
         parts = []
         for fr in _batched(frames, batch_size):
             pos = torch.as_tensor(fr.positions, dtype=torch.float64).requires_grad_(True)
-            e, em, fm = self.outputs(pos, *_tensors(fr), create_graph=False)
+            e, em, fm = self.outputs(pos, *B.frame_tensors(fr), create_graph=False)
             (g,) = torch.autograd.grad(e.sum(), pos)
             parts.append(
                 Prediction(

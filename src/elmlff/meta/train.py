@@ -134,11 +134,13 @@ def fit(
             loss = loss + settings.energy_weight * (e_err**2).mean() / s.energy_sigma**2
         return loss
 
+    val_batches = [data.batch(idx, list(models)) for idx in batches(val_idx, False)]
+
     def validate() -> float:
         sq, n = 0.0, 0
         model.eval()
-        for idx in batches(val_idx, False):
-            f, ref, _ = run(data.batch(idx, list(models)), False, live_val)
+        for b in val_batches:  # built once: the same frames every epoch
+            f, ref, _ = run(b, False, live_val)
             sq += float(((f.detach() - ref) ** 2).sum())
             n += ref.numel()
         model.train()
