@@ -4,6 +4,7 @@
 #   bases     train and predict each base          -> results/{dataset}/bases/{model}/{fit}/
 #   store     merge every base's predictions       -> results/{dataset}/predictions.zarr
 #   metas     meta-models over a subset of bases   -> results/{dataset}/metas/{meta}/{subset}/
+#   subsets   the k-subset study (one job per k)   -> results/{dataset}/subsets/, subsets.csv
 #   evaluate  four baselines + tidy metrics        -> results/{dataset}/metrics.csv, baselines.json
 #   figures   Fig. 2a-style chart + Markdown table -> results/{dataset}/figures/, metrics_table.md
 #   md        MD of chosen models + Table 1        -> results/{dataset}/md/, md_summary.csv
@@ -20,6 +21,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/bases.smk"
 include: "workflow/rules/store.smk"
 include: "workflow/rules/metas.smk"
+include: "workflow/rules/subsets.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/md.smk"

@@ -358,3 +358,101 @@ def test_meta_training_refuses_frames_a_base_trained_on_or_test_frames(tmp_path)
         check_meta_split(
             ds, split, ["a"], np.array([3, 4]), "out_of_sample", {"a": {"full": tmp_path}}
         )
+
+
+# -- subset study: many direct models trained at once ---------------------------------------
+def test_stacked_adam_and_plateau_match_torch():
+    from elmlff.meta.group import StackedAdam, StackedPlateau
+
+    torch.manual_seed(0)
+    w = [torch.randn(4, 3, requires_grad=True) for _ in range(2)]
+    lrs = [1e-2, 3e-3]
+    ref = [torch.optim.Adam([p], lr=lr) for p, lr in zip(w, lrs, strict=True)]
+    stacked = torch.stack([p.detach() for p in w]).requires_grad_(True)
+    lr = torch.tensor(lrs, dtype=torch.float64)
+    opt = StackedAdam({"w": stacked}, lr)
+    for _ in range(6):
+        targets = torch.randn(2, 4, 3)
+        for p, o, t in zip(w, ref, targets, strict=True):
+            o.zero_grad()
+            ((p - t) ** 3).sum().backward()
+            o.step()
+        opt.zero_grad()
+        ((stacked - targets) ** 3).sum().backward()
+        opt.step()
+    np.testing.assert_allclose(stacked.detach(), torch.stack(w).detach(), rtol=1e-5, atol=1e-6)
+    # plateau: model 0 improves, model 1 stalls -> only model 1's rate halves after patience
+    sched = StackedPlateau(lr, factor=0.5, patience=2)
+    torch_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(ref[1], factor=0.5, patience=2)
+    for i, v1 in enumerate([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]):
+        sched.step(np.array([1.0 / (1 + i), v1]))
+        torch_sched.step(v1)
+    assert lr[1].item() == pytest.approx(ref[1].param_groups[0]["lr"])
+    assert lr[1].item() == pytest.approx(lrs[1] / 4)
+    assert lr[0].item() == lrs[0]
+
+
+def test_subsets_trained_together_equal_subsets_trained_one_by_one(biased_problem):
+    from elmlff.meta.group import fit_direct_group
+    from elmlff.subsets import seed
+
+    data = biased_problem
+    fit_idx, val_idx = np.arange(96), np.arange(160, 200)
+    stats = Stats.fit(data.frames.subset(fit_idx))
+    subsets = [["a", "b"], ["a", "biased"], ["b", "biased"]]
+    s = TrainSettings(max_epochs=6, batch_size=16, lr=3e-3, patience=2)
+    params = {"hidden": 16, "layers": 2}
+
+    def models():
+        return [
+            build("direct", 2, data.frames.species, stats, params, seed=seed(0, "+".join(c)))
+            for c in subsets
+        ]
+
+    together = models()
+    infos = fit_direct_group(together, subsets, data, fit_idx, val_idx, s, log=lambda m: None)
+    assert [i["trained_with"] for i in infos] == [3, 3, 3]
+    test = data.frames.subset(np.arange(200, 240))
+    a = data.frames.atom_index(np.arange(200, 240))
+    for c, model, info in zip(subsets, models(), infos, strict=True):
+        alone = fit_direct_group([model], [c], data, fit_idx, val_idx, s, log=lambda m: None)[0]
+        assert alone["epochs_run"] == info["epochs_run"] and alone["trained_with"] == 1
+        assert alone["best_val_force_rmse"] == pytest.approx(info["best_val_force_rmse"], rel=1e-4)
+        m = data.model_index(c)
+        got = [
+            DirectEnsemble(x, []).forces_from(
+                test, data.base_energy[m][:, 200:240], data.base_forces[m][:, a]
+            )
+            for x in (model, together[subsets.index(c)])
+        ]
+        np.testing.assert_allclose(got[0], got[1], atol=1e-4)
+    # the models differ from each other (each learnt its own subset)
+    assert len({round(i["best_val_force_rmse"], 6) for i in infos}) == 3
+
+
+def test_subset_choice_counts_and_groups_by_size():
+    from elmlff.subsets import choose, resolve
+
+    ens = [f"b{i}" for i in range(8)]
+    groups = choose("all", ens)
+    assert sum(len(v) for v in groups.values()) == 255
+    assert {k: len(v) for k, v in groups.items()} == {
+        1: 8,
+        2: 28,
+        3: 56,
+        4: 70,
+        5: 56,
+        6: 28,
+        7: 8,
+        8: 1,
+    }
+    assert groups[8] == ["all"]
+    names = [n for v in groups.values() for n in v]
+    assert len(set(names)) == 255
+    assert all(len(resolve(n, ens)) == k for k, v in groups.items() for n in v)
+    assert choose([2, 7], ens).keys() == {2, 7}
+    assert choose([["b3", "b1"], ["b1", "b3"], ["b5"]], ens) == {1: ["b5"], 2: ["b1+b3"]}
+    with pytest.raises(ElmlffError, match=r"outside 1\.\.8"):
+        choose([0, 9], ens)
+    with pytest.raises(ElmlffError, match="not understood"):
+        choose("some", ens)

@@ -110,13 +110,19 @@ def test_dry_run_lists_the_default_campaign():
         "train_meta": "4",
         "predict_meta": "4",
         "evaluate": "1",
+        "train_subsets": "8",  # one job per k trains all C(8, k) subsets: 255 models
+        "subset_table": "1",
         "force_rmse_figure": "1",
+        "force_rmse_campaign": "1",
+        "subset_raincloud": "1",
+        "parity_figure": "1",
         "metrics_table": "1",
         "campaign_summary": "1",
+        "table_html": "3",
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "43",
+        "total": "58",
     }
 
 
@@ -132,7 +138,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["total"] == "103"
+    assert counts["train_subsets"] == "8" and counts["total"] == "118"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -398,20 +404,91 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert "old" not in text and "| dp_tiny | base |" in text
     assert (res / "benchmarks" / "train_painn_tiny_full.tsv").exists()
     assert "epoch 2/2" in (tmp_path / "logs" / "methane" / "train_painn_tiny_full.log").read_text()
-    # figures are redrawn from results/ alone: deleting them reruns only the figure rules
-    png.unlink()
-    r = smk(
+    # the subset study: every non-empty subset of the 4 bases, one job per k, beside the
+    # baselines of the same bases
+    sub = pd.read_csv(res / "subsets.csv")
+    t = sub[(sub.split == "test") & (sub.metric == "force_rmse_framemean")]
+    metas = t[t.kind == "meta"]
+    assert set(metas.meta) == {"ensemble_direct"} and metas.subset.nunique() == 15
+    assert metas.groupby("k").size().to_dict() == {1: 4, 2: 6, 3: 4, 4: 1}
+    for b in ("best_base", "mean", "weighted_mean", "linear_stacking"):
+        assert t[t.meta == b].subset.nunique() == 15
+    base = test.set_index("model").value
+    single = t[(t.meta == "mean") & (t.k == 1)].set_index("subset").value
+    for m, v in single.items():  # the mean of one base is that base (metrics.csv, by hand)
+        assert v == pytest.approx(base[m], rel=1e-9)
+    whole = t[(t.meta == "mean") & (t.subset == "all")].value.iloc[0]
+    assert whole == pytest.approx(base["mean"], rel=1e-9)
+    # a subset trained in its group equals the same subset trained alone by train_meta
+    one = "schnet_tiny+dp_tiny"
+    smk(
         "--configfile",
         str(cfg),
         "--directory",
         str(tmp_path),
         "--cores",
         "2",
-        "-n",
-        "--quiet",
-        "rules",
+        f"results/methane/metas/ensemble_direct/{one}/predictions.npz",
     )
-    assert "force_rmse_figure" in r.stdout and "train_" not in r.stdout
+    alone = np.load(res / "metas" / "ensemble_direct" / one / "predictions.npz")
+    group = np.load(res / "subsets" / "ensemble_direct" / "k2" / "predictions.npz")
+    i = group["subsets"].tolist().index(one)
+    np.testing.assert_array_equal(alone["frames"], group["frames"])
+    np.testing.assert_allclose(alone["forces"], group["forces"][i], atol=1e-4)
+    info = json.loads((res / "subsets" / "ensemble_direct" / "k2" / "info.json").read_text())
+    assert info["subsets"][one]["trained_with"] == 6
+    assert set(info["trained_on"]) == set(split["roles"]["meta"])
+    # every figure and table, then redrawn from results/ alone: only figure rules run
+    figures = [
+        tmp_path / "results" / "figures" / "force_rmse.png",
+        png,
+        res / "figures" / "subsets_raincloud.png",
+        res / "figures" / "parity.png",
+        res / "figures" / "md_hr.png",
+    ]
+    tables = [res / "report" / f"{t}.html" for t in ("metrics_table", "summary", "md_table")]
+    for f in figures:
+        assert f.stat().st_size > 10_000 and f.read_bytes()[:4] == b"\x89PNG", f
+    for f in tables:
+        assert "<table>" in f.read_text(), f
+    assert "Subset study `ensemble_direct`" in summary and "15 subset models in" in summary
+    for f in [*figures, *tables]:
+        f.unlink()
+    (res / "figures").rmdir()
+    changed = yaml.safe_load(cfg.read_text())
+    changed["training"]["lr"] = 0.5
+    cfg_changed = tmp_path / "changed.yaml"
+    cfg_changed.write_text(yaml.safe_dump(changed))
+    r = smk(
+        "figures",
+        "--profile",
+        str(ROOT / "profiles" / "figures"),
+        "--configfile",
+        str(cfg_changed),  # a changed training setting must not retrain anything here
+        "--directory",
+        str(tmp_path),
+    )
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, re.M))
+    assert ran and ran <= {
+        "figures",
+        "force_rmse_figure",
+        "force_rmse_campaign",
+        "subset_raincloud",
+        "parity_figure",
+        "md_hr_figure",
+        "table_html",
+    }, ran
+    assert all(f.exists() for f in [*figures, *tables])
+    report = tmp_path / "report.html"
+    smk(
+        "--report",
+        str(report),
+        "--configfile",
+        str(cfg_changed),
+        "--directory",
+        str(tmp_path),
+    )
+    assert report.stat().st_size > 100_000
 
 
 @pytest.mark.slow

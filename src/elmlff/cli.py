@@ -100,6 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("train-subsets", help="train a meta-model on many subsets of one size")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help="the meta's config entry as JSON")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--subsets", nargs="+", required=True, help="subset names, one size k")
+    s.add_argument("--ensemble", nargs="+", required=True, help="the data set's bases, in order")
+    s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory (conserv)")
+    s.add_argument("--dataset", default="")
+    s.add_argument("--device", default="auto", help="direct groups: cpu, cuda or auto")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("subset-table", help="subsets.csv from the subset study's groups")
+    s.add_argument("groups", nargs="+", help="META=group directory")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--dataset", default="")
+    s.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("md-replica", help="one MD replica of a trained model")
     s.add_argument("--dataset-dir", required=True, type=Path, help="results/{dataset}")
     s.add_argument("--model", required=True, help="a base, baseline or meta-model name")
@@ -137,6 +156,21 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("table", help="Markdown table of test metrics from metrics.csv files")
     s.add_argument("metrics", nargs="+", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("plot-subsets", help="Fig. 3a raincloud of RMSE against k (subsets.csv)")
+    s.add_argument("subsets", type=Path)
+    s.add_argument("--meta", default=None, help="default: the first meta in the table")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("plot-parity", help="Fig. 3b parity plot of a meta vs the best base")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--meta", default=None, help="default: the lowest test force RMSE")
+    s.add_argument("--out", required=True, type=Path)
+
+    s = sub.add_parser("html", help="an HTML page of a Markdown table (for the report)")
+    s.add_argument("markdown", type=Path)
+    s.add_argument("--title", default="")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("summary", help="costs and test errors per model, from results/ only")
@@ -195,6 +229,29 @@ def _run(a: argparse.Namespace) -> int:
         )
     elif a.cmd == "predict-meta":
         pipeline.predict_meta(a.model, a.store, a.split, _pairs(a.bases), a.out, a.batch_size)
+    elif a.cmd == "train-subsets":
+        from elmlff.study import train_subsets
+
+        train_subsets(
+            a.name,
+            json.loads(a.spec),
+            a.store,
+            a.split,
+            a.subsets,
+            a.ensemble,
+            _pairs(a.bases),
+            a.out,
+            a.dataset,
+            device=_device(a.device),
+        )
+    elif a.cmd == "subset-table":
+        from elmlff.study import subset_table
+
+        groups: dict[str, list[Path]] = {}
+        for item in a.groups:
+            k, v = _keyvalue(item)
+            groups.setdefault(k, []).append(v)
+        subset_table(groups, a.store, a.split, a.out, a.dataset)
     elif a.cmd == "md-replica":
         from elmlff.md.campaign import run_replica
 
@@ -230,6 +287,22 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.plots import metrics_table
 
         print(metrics_table(a.metrics, a.out))
+    elif a.cmd == "plot-subsets":
+        from elmlff.plots import subset_raincloud
+
+        subset_raincloud(a.subsets, a.out, a.meta)
+    elif a.cmd == "plot-parity":
+        from elmlff.plots import parity
+
+        parity(a.dataset_dir, a.out, a.meta)
+    elif a.cmd == "html":
+        from elmlff.io import atomic_write_text
+        from elmlff.plots import markdown_to_html
+
+        if not a.markdown.exists():
+            raise ElmlffError(f"{a.markdown} not found", "make the table first")
+        page = markdown_to_html(a.markdown.read_text(), a.title or a.markdown.stem)
+        atomic_write_text(a.out, page)
     elif a.cmd == "summary":
         from elmlff.summary import campaign_summary, splice
 

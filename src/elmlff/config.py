@@ -103,6 +103,21 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
             f"{source}: run_metas: unknown meta-model(s) {unknown}",
             f"define them under `metas` or use one of {sorted(config.get('metas', {}))}",
         )
+    study = config.get("subsets", {})
+    unknown = [m for m in study.get("metas", []) if m not in config.get("metas", {})]
+    if unknown:
+        raise ElmlffError(
+            f"{source}: subsets.metas: unknown meta-model(s) {unknown}",
+            f"define them under `metas` or use one of {sorted(config.get('metas', {}))}",
+        )
+    select = study.get("select", "all")
+    if isinstance(select, list) and select and isinstance(select[0], list):
+        unknown = sorted({b for c in select for b in c if b not in bases})
+        if unknown:
+            raise ElmlffError(
+                f"{source}: subsets.select: unknown base name(s) {unknown}",
+                "name bases of the ensemble",
+            )
     from elmlff.baselines import BASELINES
 
     known = set(bases) | set(BASELINES) | set(config.get("metas", {}))
@@ -176,6 +191,16 @@ def base_spec(config: MutableMapping[str, Any], name: str):
 def meta_spec(config: MutableMapping[str, Any], name: str) -> dict[str, Any]:
     """A meta-model's config entry (kind, fit_on, params, training)."""
     return dict(config["metas"][name])
+
+
+def subset_groups(config: MutableMapping[str, Any], dataset: str) -> dict[int, list[str]]:
+    """The subset study's subset names of a data set, by size k (empty without a study)."""
+    from elmlff.subsets import choose
+
+    study = config.get("subsets", {})
+    if not study.get("metas"):
+        return {}
+    return choose(study.get("select", "all"), ensemble(config, dataset))
 
 
 def md_spec(config: MutableMapping[str, Any], dataset: str) -> dict[str, Any]:

@@ -499,11 +499,14 @@ def train_meta(
     from elmlff.meta.live import load_bases, load_fit
     from elmlff.meta.params import TrainSettings
     from elmlff.meta.train import fit
+    from elmlff.subsets import name as subset_name
     from elmlff.subsets import resolve
+    from elmlff.subsets import seed as subset_seed
 
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     models = resolve(subset, ensemble)
+    subset = subset_name(models, ensemble)
     fit_on = spec.get("fit_on", "out_of_sample")
     fit_idx, val_idx = _meta_frames(split, fit_on, name), split.roles["val"]
     kind = spec["kind"]
@@ -522,7 +525,9 @@ def train_meta(
         f"{time.perf_counter() - t0:.1f} s ({len(data.graph)} edges)"
     )
     frames = data.frames
-    model = meta.build(kind, len(models), frames.species, Stats.fit(frames.subset(fit_idx)), params)
+    stats = Stats.fit(frames.subset(fit_idx))
+    seed = subset_seed(settings.seed, subset)  # the same weights as in a subset-study group
+    model = meta.build(kind, len(models), frames.species, stats, params, seed=seed)
     live_fit = live_val = fold_of = None
     if needs_live:
         if split.kfold:

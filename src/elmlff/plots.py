@@ -158,3 +158,260 @@ def metrics_table(metrics_csv: Sequence[Path | str], out: Path | str, split: str
     text = "\n".join(lines)
     atomic_write_text(out, text)
     return text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path | str) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=150, format=Path(out).suffix.lstrip(".") or "png")
+
+
+def subset_raincloud(
+    subsets_csv: Path | str,
+    out: Path | str,
+    meta: str | None = None,
+    baseline: str = "mean",
+    metric: str = "force_rmse_framemean",
+    split: str = "test",
+) -> None:
+    """Fig. 3a: test force RMSE of every k-subset meta-model against k, as rainclouds (half
+    violin, box, jittered points) with the plain mean of the same subsets beside each, and the
+    best single base (chosen on val among all bases) as a dashed line."""
+    plt = _pyplot()
+    path = Path(subsets_csv)
+    if not path.exists():
+        raise ElmlffError(f"{path} not found", "run the subset study (rule subset_table)")
+    df = pd.read_csv(path)
+    df = df[(df.metric == metric) & (df.split == split)]
+    metas = list(dict.fromkeys(df[df.kind == "meta"].meta))
+    if not metas:
+        raise ElmlffError(f"no meta-model rows in {path}", "rerun the subset_table rule")
+    meta = meta or metas[0]
+    series = [(meta, "meta"), (baseline, "baseline")]
+    colors = {meta: KIND_COLOR["meta"], baseline: KIND_COLOR["baseline"]}
+    ks = sorted(df.k.unique())
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.95 * len(ks) + 2.0), 4.8))
+    rng = np.random.default_rng(0)
+    allv = 1e3 * df[df.meta.isin([meta, baseline])].value.to_numpy()
+    log = allv.max() / max(allv.min(), 1e-12) > 4
+    medians: dict[str, list[float]] = {meta: [], baseline: []}
+    for k in ks:
+        for side, (name, kind) in zip((-1, 1), series, strict=True):
+            v = 1e3 * df[(df.k == k) & (df.meta == name) & (df.kind == kind)].value.to_numpy()
+            if len(v) == 0:
+                medians[name].append(np.nan)
+                continue
+            medians[name].append(float(np.median(v)))
+            c, x0 = colors[name], k + side * 0.2
+            if len(np.unique(v)) > 2:  # the cloud: a half violin pointing away from k
+                y = np.log10(v) if log else v
+                parts = ax.violinplot([y], positions=[x0], widths=0.36, showextrema=False)
+                for body in parts["bodies"]:
+                    verts = body.get_paths()[0].vertices
+                    keep = verts[:, 0] * side >= x0 * side
+                    verts[~keep, 0] = x0
+                    if log:
+                        verts[:, 1] = 10 ** verts[:, 1]
+                    body.set_facecolor(c)
+                    body.set_edgecolor(c)
+                    body.set_alpha(0.35)
+            ax.boxplot(
+                v,
+                positions=[x0],
+                widths=0.07,
+                showfliers=False,
+                patch_artist=True,
+                boxprops={"facecolor": "white", "edgecolor": c},
+                medianprops={"color": c, "linewidth": 1.5},
+                whiskerprops={"color": c},
+                capprops={"color": c},
+            )
+            jitter = x0 - side * (0.07 + 0.08 * rng.random(len(v)))  # the rain, towards k
+            ax.scatter(jitter, v, s=7, color=c, alpha=0.7, linewidths=0, zorder=3)
+    for name, kind in series:
+        ax.plot(
+            [k + (-0.2 if kind == "meta" else 0.2) for k in ks],
+            medians[name],
+            color=colors[name],
+            lw=1,
+            alpha=0.8,
+            label=f"{LABELS.get(name, name)} (median)",
+        )
+    best = df[(df.meta == "best_base") & (df.subset == "all")]
+    if len(best):
+        ax.axhline(
+            1e3 * best.value.iloc[0],
+            color="black",
+            ls="--",
+            lw=0.8,
+            label="best single base (chosen on val)",
+        )
+    if log:
+        ax.set_yscale("log")
+    counts = df[(df.meta == meta) & (df.kind == "meta")].groupby("k").size()
+    ax.set_xticks(ks, [f"{k}\n({counts.get(k, 0)})" for k in ks])
+    ax.set_xlabel("number of bases k (subsets)")
+    ax.set_ylabel(f"force RMSE, {split} (frame mean) [meV/Å]")
+    ax.set_title(
+        f"{df.dataset.iloc[0]}: {LABELS.get(meta, meta)} vs {LABELS.get(baseline, baseline)} "
+        f"on {df[df.meta == meta].subset.nunique()} subsets"
+    )
+    ax.grid(axis="y", alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+
+
+def parity(
+    dataset_dir: Path | str,
+    out: Path | str,
+    meta: str | None = None,
+    split: str = "test",
+) -> None:
+    """Fig. 3b: a meta-model's force components against the reference on the test split, with
+    insets on a low-force and a high-force window where the MAE of the best base and of the meta
+    are printed. ``meta`` defaults to the meta with the lowest test force RMSE in metrics.csv."""
+    import json
+
+    from elmlff import keys, store
+    from elmlff.data import Split
+
+    plt = _pyplot()
+    d = Path(dataset_dir)
+    df = read_metrics([d / "metrics.csv"])
+    sel = df[
+        (df.kind == "meta") & (df.split == split) & (df.metric == "force_rmse_framemean")
+    ].sort_values("value")
+    if meta is None:
+        if sel.empty:
+            raise ElmlffError(f"no meta-model in {d / 'metrics.csv'}", "train a meta-model")
+        meta = str(sel.model.iloc[0])
+    pred = d / "metas" / meta / "all" / "predictions.npz"
+    if not pred.exists():
+        raise ElmlffError(f"{pred} not found", f"run predict_meta for '{meta}'")
+    weights = json.loads((d / "baselines.json").read_text())["baselines"]["best_base"]["weights"]
+    best = max(weights, key=weights.get)
+    ds = store.open_store(d / "predictions.zarr")
+    frames = store.frames_from_dataset(ds)
+    idx = np.sort(Split.load(d / "split.json").roles[split])
+    atoms = frames.atom_index(idx)
+    ref = frames.forces[atoms].ravel()
+    z = np.load(pred)
+    pos = {int(f): i for i, f in enumerate(z["frames"])}
+    local = frames.subset(z["frames"]).atom_index(np.array([pos[int(f)] for f in idx]))
+    y_meta = z["forces"][local].ravel()
+    m = ds["model"].values.astype(str).tolist().index(best)
+    y_base = ds[keys.BASE_FORCES].values[m][atoms].ravel()
+    a = np.abs(ref)
+    lo_w = float(np.quantile(a, 0.10))
+    hi_w = float(np.quantile(ref, 0.99))
+    windows = {
+        "low": (np.abs(ref) <= lo_w, (-lo_w, lo_w)),
+        "high": (ref >= hi_w, (hi_w, float(ref.max()))),
+    }
+    fig = plt.figure(figsize=(10.0, 6.0))
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.6, 1.0])
+    ax = fig.add_subplot(grid[:, 0])
+    lim = float(max(np.abs(ref).max(), np.abs(y_meta).max(), np.abs(y_base).max())) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.7)
+    name = LABELS.get(meta, meta)
+    for y, c, label in ((y_base, "base", f"best base ({best})"), (y_meta, "meta", name)):
+        ax.scatter(ref, y, s=3, alpha=0.35, color=KIND_COLOR[c], lw=0, label=label)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("reference force component [eV/Å]")
+    ax.set_ylabel("predicted force component [eV/Å]")
+    mae = 1e3 * np.mean(np.abs(y_meta - ref)), 1e3 * np.mean(np.abs(y_base - ref))
+    ax.set_title(
+        f"{d.name}, {split}: {len(idx)} frames, {len(ref)} components\n"
+        f"MAE {name} {mae[0]:.1f}, best base {mae[1]:.1f} meV/Å",
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", fontsize=8, markerscale=3, framealpha=0.9)
+    for row, (wname, (mask, (x0, x1))) in enumerate(windows.items()):
+        ins = fig.add_subplot(grid[row, 1])
+        pad = 0.08 * (x1 - x0)
+        lo, hi = x0 - pad, x1 + pad
+        ins.plot([lo, hi], [lo, hi], color="black", lw=0.6)
+        for y, c in ((y_base, "base"), (y_meta, "meta")):
+            ins.scatter(ref[mask], y[mask], s=4, alpha=0.5, color=KIND_COLOR[c], lw=0)
+        ins.set_xlim(lo, hi)
+        ins.set_ylim(lo, hi)
+        ins.set_aspect("equal")
+        ins.tick_params(labelsize=7)
+        ins.set_xlabel("reference [eV/Å]", fontsize=8)
+        ins.set_ylabel("predicted [eV/Å]", fontsize=8)
+        e_meta = 1e3 * np.mean(np.abs(y_meta[mask] - ref[mask]))
+        e_base = 1e3 * np.mean(np.abs(y_base[mask] - ref[mask]))
+        what = "|F| <= 10 % quantile" if wname == "low" else "F >= 99 % quantile"
+        ins.set_title(
+            f"{wname} force ({what}, {mask.sum()} comp.)\n"
+            f"MAE {name} {e_meta:.1f}, best base {e_base:.1f} meV/Å",
+            fontsize=8,
+        )
+        ax.add_patch(
+            plt.Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ec="0.3", lw=0.8, zorder=4)
+        )
+        ax.annotate(
+            f"{wname} window",
+            (min(hi, lim), lo),
+            xytext=(0, -3),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+
+
+def markdown_to_html(text: str, title: str) -> str:
+    """A standalone HTML page of the Markdown this package writes (headings, pipe tables,
+    paragraphs), for the Snakemake report."""
+    import html
+
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:1em}}"
+        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #bbb;"
+        "padding:3px 7px}td{text-align:right}td:first-child{text-align:left}</style>"
+        "</head><body>",
+    ]
+    rows: list[list[str]] = []
+
+    def flush() -> None:
+        if rows:
+            head, *body = rows
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
+            out.append("</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("|"):
+            cells = [html.escape(c.strip()) for c in s.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+            continue
+        flush()
+        if s.startswith("#"):
+            level = len(s) - len(s.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(s.lstrip('#').strip())}</h{level}>")
+        elif s:
+            out.append(f"<p>{html.escape(s).replace('`', '')}</p>")
+    flush()
+    out.append("</body></html>")
+    return "\n".join(out)

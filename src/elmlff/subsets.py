@@ -6,7 +6,10 @@ ensemble's order (e.g. ``painn+nequip``), so a name is readable and maps back to
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from itertools import combinations
+from typing import Any
 
 from elmlff.errors import ElmlffError
 
@@ -35,3 +38,39 @@ def name(models: Sequence[str], ensemble: Sequence[str]) -> str:
     """The canonical name of a subset (``all`` for the whole ensemble)."""
     models = resolve(SEP.join(models), ensemble)
     return ALL if len(models) == len(ensemble) else SEP.join(models)
+
+
+def seed(base_seed: int, subset: str) -> int:
+    """The seed of a subset's meta-model weights: fixed by the subset's name, so a model is the
+    same whether it trains alone or in a group."""
+    return zlib.crc32(f"{base_seed}:{subset}".encode())
+
+
+def choose(select: Any, ensemble: Sequence[str]) -> dict[int, list[str]]:
+    """Subset names grouped by size k (ascending, each in enumeration order): ``select`` is
+    ``"all"`` (every non-empty subset, 2^M - 1), a list of sizes k, or a list of explicit
+    subsets (each a list of bases)."""
+    m = len(ensemble)
+    if select == ALL:
+        sizes = list(range(1, m + 1))
+    elif isinstance(select, list) and all(isinstance(k, int) for k in select):
+        bad = [k for k in select if not 1 <= k <= m]
+        if bad:
+            raise ElmlffError(
+                f"subset sizes {bad} are outside 1..{m} (the ensemble has {m} bases)",
+                f"choose sizes k between 1 and {m}",
+            )
+        sizes = sorted(set(select))
+    elif isinstance(select, list) and all(isinstance(c, list) for c in select):
+        out: dict[int, list[str]] = {}
+        for c in select:
+            n = name(c, ensemble)
+            if n not in out.setdefault(len(resolve(n, ensemble)), []):
+                out[len(resolve(n, ensemble))].append(n)
+        return dict(sorted(out.items()))
+    else:
+        raise ElmlffError(
+            f"subset selection {select!r} is not understood",
+            "write `all`, a list of sizes k, or a list of lists of bases",
+        )
+    return {k: [name(c, ensemble) for c in combinations(ensemble, k)] for k in sizes}

@@ -74,18 +74,54 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
         )
     total = sum(bench.values())
     n = int(test.n_frames.iloc[0])
+    study = subset_costs(d, bench)
     text = "\n".join(
         [
             f"Data set `{d.name}`: {n} test frames; 95 % bootstrap intervals in brackets.",
             "",
             *rows,
             "",
+            *study,
             f"Summed wall time of the {len(bench)} benchmarked jobs: {total / 60:.1f} min.",
             "",
         ]
     )
     atomic_write_text(out, text)
     return text
+
+
+def subset_costs(dataset_dir: Path, bench: dict[str, float]) -> list[str]:
+    """Markdown lines on the subset study's cost: per meta and size k its models and wall time
+    (``train_subsets_{meta}_k{k}`` benchmarks), and the total against one training of the same
+    meta on every base (``train_meta_{meta}_all``)."""
+    d = Path(dataset_dir)
+    lines: list[str] = []
+    for meta_dir in sorted((d / "subsets").glob("*")):
+        meta = meta_dir.name
+        rows, total, count = [], 0.0, 0
+        for k_dir in sorted(meta_dir.glob("k*"), key=lambda p: int(p.name[1:])):
+            key = f"train_subsets_{meta}_{k_dir.name}"
+            info_path = k_dir / "info.json"
+            if key not in bench or not info_path.exists():
+                continue
+            n = len(json.loads(info_path.read_text())["subsets"])
+            total, count = total + bench[key], count + n
+            rows.append(f"| {k_dir.name[1:]} | {n} | {bench[key]:.0f} | {bench[key] / n:.1f} |")
+        if not rows:
+            continue
+        one = bench.get(f"train_meta_{meta}_all")
+        ratio = f" = {total / one:.1f}x one training on every base ({one:.0f} s)" if one else ""
+        lines += [
+            f"Subset study `{meta}` (one job per size k, models of a size trained together):",
+            "",
+            "| k | models | job wall time [s] | per model [s] |",
+            "|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"{count} subset models in {total:.0f} s{ratio}.",
+            "",
+        ]
+    return lines
 
 
 def splice(readme: Path, marker: str, text: str) -> None:

@@ -3,7 +3,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from elmlff.config import base_spec, ensemble, left_out, md_spec, meta_spec, validate_config
+from elmlff.config import (
+    base_spec,
+    ensemble,
+    left_out,
+    md_spec,
+    meta_spec,
+    subset_groups,
+    validate_config,
+)
 from elmlff.errors import ElmlffError
 from elmlff.smk import rule_environment
 from elmlff.subsets import PATTERN as SUBSET_PATTERN
@@ -35,8 +43,14 @@ localrules:
     merge_store,
     evaluate,
     force_rmse_figure,
+    force_rmse_campaign,
+    subset_raincloud,
+    parity_figure,
     metrics_table,
     campaign_summary,
+    table_html,
+    figures,
+    subset_table,
     md_summary,
     md_hr_figure,
 
@@ -114,6 +128,28 @@ def meta_predictions(wildcards):
     }
 
 
+def subset_names(wildcards):
+    """The study's subset names of size k for this data set."""
+    return subset_groups(config, wildcards.dataset)[int(wildcards.k)]
+
+
+def subset_base_models(wildcards):
+    """Every base fit's model directory when the studied meta runs its bases live (conserv);
+    nothing for Ensemble-direct, which learns from the store alone."""
+    if config["metas"][wildcards.meta]["kind"] != "conserv":
+        return {}
+    return base_models(wildcards)
+
+
+def subset_group_dirs(wildcards):
+    """{group directory: meta} of the data set's subset study (one per meta and size k)."""
+    return {
+        f"results/{wildcards.dataset}/subsets/{m}/k{k}": m
+        for m in config["subsets"]["metas"]
+        for k in subset_groups(config, wildcards.dataset)
+    }
+
+
 def md_model_inputs(wildcards):
     """What loading an MD model needs: its bases, plus baselines.json or the meta's model."""
     from elmlff.baselines import BASELINES
@@ -161,19 +197,37 @@ def keyed(paths):
     return " ".join(f"{k}={v}" for k, v in paths.items())
 
 
+def subset_table_if_any(wildcards):
+    """subsets.csv when the data set has a subset study (its costs go into summary.md)."""
+    if subset_groups(config, wildcards.dataset):
+        return [f"results/{wildcards.dataset}/subsets.csv"]
+    return []
+
+
+def figure_outputs():
+    """Every figure and table, each made from files under results/ only."""
+    out = ["results/figures/force_rmse.png"]
+    for d in DATASETS:
+        tables = ["metrics_table", "summary"]
+        out += [f"results/{d}/figures/force_rmse.png"]
+        if config["run_metas"]:
+            out += [f"results/{d}/figures/parity.png"]
+        if subset_groups(config, d):
+            out += [f"results/{d}/figures/subsets_raincloud.png"]
+        if md_models(d):
+            out += [f"results/{d}/figures/md_hr.png"]
+            tables += ["md_table"]
+        out += [f"results/{d}/{t}.md" for t in tables]
+        out += [f"results/{d}/report/{t}.html" for t in tables]
+    return out
+
+
 def final_outputs():
     out = []
     for d in DATASETS:
-        out += [
-            f"results/{d}/metrics.csv",
-            f"results/{d}/metrics_table.md",
-            f"results/{d}/figures/force_rmse.png",
-            f"results/{d}/summary.md",
-        ]
+        out += [f"results/{d}/metrics.csv"]
+        if subset_groups(config, d):
+            out += [f"results/{d}/subsets.csv"]
         if md_models(d):
-            out += [
-                f"results/{d}/md_summary.csv",
-                f"results/{d}/md_table.md",
-                f"results/{d}/figures/md_hr.png",
-            ]
-    return out
+            out += [f"results/{d}/md_summary.csv"]
+    return out + figure_outputs()

@@ -4,6 +4,7 @@
 * :mod:`elmlff.meta.conserv` - e3nn energy model θ, forces by autograd through the bases.
 * :mod:`elmlff.meta.data` - base predictions + labels + cutoff graphs, built once, batched.
 * :mod:`elmlff.meta.train` - training with early stopping on validation only.
+* :mod:`elmlff.meta.group` - many direct models (one per subset of bases) trained at once.
 * :mod:`elmlff.meta.ensemble` - inference over live bases and the ASE ``EnsembleCalculator``.
 """
 
@@ -20,8 +21,19 @@ KINDS = ("direct", "conserv")
 MODEL_FILE, INFO_FILE = "meta.pt", "meta.json"
 
 
-def build(kind: str, n_models: int, species: list[int], stats, params: dict[str, Any]):
-    """A fresh meta-model of ``kind``."""
+def build(
+    kind: str,
+    n_models: int,
+    species: list[int],
+    stats,
+    params: dict[str, Any],
+    seed: int | None = None,
+):
+    """A fresh meta-model of ``kind`` (initial weights from ``seed`` when given)."""
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
     if kind == "direct":
         from elmlff.meta.direct import EnsembleDirect
 

@@ -1,7 +1,8 @@
 """Training loops of the meta-models: Adam, early stopping and checkpoint choice on the
 validation frames only (never the test frames), progress per epoch on stdout (the rule's log).
 
-* Ensemble-direct learns from the stored base predictions alone (the bases never run).
+* Ensemble-direct learns from the stored base predictions alone (the bases never run), through
+  :func:`elmlff.meta.group.fit_direct_group` (a group of one model).
 * Ensemble-conserv with base forces as inputs (Eq. 6) runs the live bases so that its forces
   include the Hessian-vector products through them. The energy-only variant (Eq. 7) needs only
   E_m and F_m = -dE_m/dx at the data points, so it trains from the store exactly: E_m(x) is
@@ -22,26 +23,9 @@ import torch
 from elmlff import bases as B
 from elmlff.errors import ElmlffError
 from elmlff.meta.data import MetaBatch, MetaData
+from elmlff.meta.group import fit_direct_group, fold_batches
 from elmlff.meta.live import base_outputs
 from elmlff.meta.params import TrainSettings
-
-
-def random_rotation(rng: np.random.Generator) -> torch.Tensor:
-    """A uniformly random proper rotation matrix (3, 3)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return torch.as_tensor(q)
-
-
-def rotate(b: MetaBatch, rot: torch.Tensor) -> MetaBatch:
-    """The batch with every Cartesian quantity rotated (x -> R x)."""
-    r = rot.to(b.positions.dtype).T
-    out = copy.copy(b)
-    out.positions, out.shift, out.cell = b.positions @ r, b.shift @ r, b.cell @ r
-    out.base_forces, out.ref_forces = b.base_forces @ r, b.ref_forces @ r
-    return out
 
 
 class ConservStep:
@@ -81,58 +65,46 @@ def fit(
     """Train ``model`` on frames ``fit_idx``; keep the state with the lowest validation force
     RMSE. ``live_fit`` maps a fold (-1 without K-fold) to the bases that never saw its frames;
     ``fold_of`` gives each store frame's fold. Returns facts for ``meta.json``."""
+    if model.kind == "direct":
+        return fit_direct_group(
+            [model], [list(models)], data, fit_idx, val_idx, settings, fold_of, log
+        )[0]
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     s = model.stats
-    direct = model.kind == "direct"
     dtype = next(model.parameters()).dtype
     fold_of = np.full(len(data.frames), -1) if fold_of is None else np.asarray(fold_of)
-    live = False
-    if not direct:
-        mode = settings.bases
-        if mode == "auto":
-            mode = "live" if model.params["use_forces"] else "store"
-        if mode == "store" and model.params["use_forces"]:
-            raise ElmlffError(
-                "Ensemble-conserv with base forces as inputs cannot train from the store "
-                "(its forces need Hessian-vector products through the bases)",
-                "set the meta's `training.bases: live` (or `auto`)",
-            )
-        live = mode == "live"
-        if live and (live_fit is None or live_val is None):
-            raise ElmlffError("Ensemble-conserv needs the live bases", "pass the base models")
-        step = ConservStep(model)
-        fr, m = data.frames.subset(fit_idx), data.model_index(list(models))
-        blend = model.blend.detach().numpy() @ data.base_energy[m][:, fit_idx]
-        model.init_atom_shift(fr.numbers, fr.n_atoms, fr.energy - blend)
+    mode = settings.bases
+    if mode == "auto":
+        mode = "live" if model.params["use_forces"] else "store"
+    if mode == "store" and model.params["use_forces"]:
+        raise ElmlffError(
+            "Ensemble-conserv with base forces as inputs cannot train from the store "
+            "(its forces need Hessian-vector products through the bases)",
+            "set the meta's `training.bases: live` (or `auto`)",
+        )
+    live = mode == "live"
+    if live and (live_fit is None or live_val is None):
+        raise ElmlffError("Ensemble-conserv needs the live bases", "pass the base models")
+    step = ConservStep(model)
+    fr, m = data.frames.subset(fit_idx), data.model_index(list(models))
+    blend = model.blend.detach().numpy() @ data.base_energy[m][:, fit_idx]
+    model.init_atom_shift(fr.numbers, fr.n_atoms, fr.energy - blend)
 
     def batches(idx, shuffle: bool):
-        """Batches within one fold each (a fold's frames share the bases that left it out)."""
-        groups = [idx[fold_of[idx] == k] for k in np.unique(fold_of[idx])]
-        out = []
-        for g in groups:
-            order = rng.permutation(g) if shuffle else g
-            bs = settings.batch_size
-            out += [order[i : i + bs] for i in range(0, len(g), bs)]
-        if shuffle:
-            out = [out[i] for i in rng.permutation(len(out))]
-        return out
+        return fold_batches(idx, fold_of, settings.batch_size, rng, shuffle)
 
     def run(b: MetaBatch, train: bool, pots=None):
-        """(predicted forces, reference forces, energy error per atom or None)."""
+        """(predicted forces, reference forces, energy error per atom)."""
         b = b.to("cpu", dtype)
-        if direct:
-            if train and settings.augment_rotations:
-                b = rotate(b, random_rotation(rng))
-            return model(b), b.ref_forces, None
         e, f = step(b, create_graph=train, pots=pots if live else None)
         return f, b.ref_forces, (e - b.ref_energy) / b.n_atoms
 
     def loss_of(f, ref, e_err):
-        loss = settings.force_weight * ((f - ref) ** 2).mean() / s.force_rms**2
-        if e_err is not None:
-            loss = loss + settings.energy_weight * (e_err**2).mean() / s.energy_sigma**2
-        return loss
+        return (
+            settings.force_weight * ((f - ref) ** 2).mean() / s.force_rms**2
+            + settings.energy_weight * (e_err**2).mean() / s.energy_sigma**2
+        )
 
     val_batches = [data.batch(idx, list(models)) for idx in batches(val_idx, False)]
 

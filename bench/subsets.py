@@ -1,0 +1,135 @@
+"""Cost of the subset study (every k-subset of the eight bases) relative to one meta training.
+
+Trains the default campaign's Ensemble-direct (config/config.yaml) on the methane frames
+1. on all eight bases, alone, as the ``train_meta`` rule does, and
+2. on all 255 non-empty subsets, grouped by size k as the ``train_subsets`` rule does
+   (one vmapped group per k, graphs and batches shared),
+both for the same fixed number of epochs (no early stopping, so both do the same work per
+model), and prints the wall-time ratio (issue target: < 10) and the naive ratio (255 separate
+trainings, each building its own graphs, estimated from one).
+
+Base predictions come from ``results/methane/predictions.zarr`` when a campaign made it;
+otherwise they are synthetic (the reference forces plus per-base noise and bias): the cost does
+not depend on how good the bases are. A benchmark printing ratios measured in one run, not a
+test: ``python bench/subsets.py [--epochs N] [--sizes 1 2 ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metadata(cfg: dict, cutoff: float):
+    """(MetaData of the methane frames, fit frames, val frames, ensemble)."""
+    from elmlff import store
+    from elmlff.config import ensemble
+    from elmlff.data.split import Split
+    from elmlff.meta.data import MetaData
+    from elmlff.pipeline import load_dataset
+
+    models = ensemble(cfg, "methane")
+    res = ROOT / "results" / "methane"
+    if (res / "predictions.zarr").exists() and (res / "split.json").exists():
+        split = Split.load(res / "split.json")
+        data = MetaData.from_store(store.open_store(res / "predictions.zarr"), cutoff, models)
+        print(f"base predictions: {res / 'predictions.zarr'}")
+        return data, split.meta_fit(), split.roles["val"], models
+    frames, _ = load_dataset("methane", cfg["datasets"]["methane"])
+    sizes = cfg["datasets"]["methane"]["split"]["sizes"]
+    n_fit, n_val = sizes["meta"], sizes["val"]
+    frames = frames.subset(np.arange(n_fit + n_val))
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.9, 1.1, size=len(models))
+    bf = np.stack(
+        [s * frames.forces + rng.normal(scale=0.02, size=frames.forces.shape) for s in scale]
+    )
+    be = np.stack([frames.energy + rng.normal(scale=0.01, size=len(frames)) for _ in models])
+    print("base predictions: synthetic (no campaign store found)")
+    return (
+        MetaData(frames, models, be, bf, cutoff),
+        np.arange(n_fit),
+        np.arange(n_fit, n_fit + n_val),
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="k to run (default all)")
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+    from elmlff import meta
+    from elmlff.config import load_config
+    from elmlff.meta.data import MetaData, Stats
+    from elmlff.meta.group import fit_direct_group
+    from elmlff.meta.params import TrainSettings
+    from elmlff.subsets import choose, resolve
+    from elmlff.subsets import seed as subset_seed
+
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    spec = cfg["metas"]["ensemble_direct"]
+    params = dict(spec.get("params", {}))
+    settings = replace(
+        TrainSettings(**spec.get("training", {})), max_epochs=a.epochs, patience=a.epochs + 1
+    )
+    t0 = time.perf_counter()
+    data, fit_idx, val_idx, ens = metadata(cfg, float(params.get("cutoff", 5.0)))
+    t_setup = time.perf_counter() - t0
+    stats = Stats.fit(data.frames.subset(fit_idx))
+    quiet = lambda m: None  # noqa: E731
+
+    def train(names: list[str]) -> float:
+        subsets = [resolve(n, ens) for n in names]
+        models = [
+            meta.build("direct", len(c), data.frames.species, stats, params, subset_seed(0, n))
+            for c, n in zip(subsets, names, strict=True)
+        ]
+        t = time.perf_counter()
+        fit_direct_group(models, subsets, data, fit_idx, val_idx, settings, log=quiet)
+        return time.perf_counter() - t
+
+    print(
+        f"methane: {len(fit_idx)} fit + {len(val_idx)} val frames, {len(ens)} bases, "
+        f"{settings.max_epochs} epochs each; data + graphs {t_setup:.1f} s; "
+        f"{torch.get_num_threads()} threads"
+    )
+    t_graph = time.perf_counter()
+    MetaData(data.frames, data.models, data.base_energy, data.base_forces, data.cutoff)
+    t_graph = time.perf_counter() - t_graph
+    one = train(["all"])
+    print(f"one eight-base training: {one:.1f} s (+ {t_graph:.2f} s graph build)")
+    groups = choose("all", ens)
+    sizes = a.sizes or list(groups)
+    total, count = 0.0, 0
+    for k in sizes:
+        t = train(groups[k])
+        total, count = total + t, count + len(groups[k])
+        print(
+            f"  k={k}: {len(groups[k]):3d} subsets in one group {t:7.1f} s "
+            f"({1e3 * t / len(groups[k]) / settings.max_epochs:.0f} ms per model-epoch)"
+        )
+    if count != 255:
+        scale = 255 / count
+        print(f"(sizes {sizes} only: {count} subsets; scaled to 255 by model count)")
+        total *= scale
+    naive = 255 * (one + t_graph + t_setup)
+    print(
+        f"all 255 subsets grouped: {total:.1f} s = {total / (one + t_graph):.1f}x one training "
+        f"(target < 10x); 255 separate trainings ~ {naive / (one + t_graph):.0f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
