@@ -26,6 +26,7 @@ test-slurm: setup
 bench: setup
 	$(PY) bench/dag_build.py
 	$(PY) bench/meta_inference.py
+	$(PY) bench/subsets.py --epochs 3
 
 lint: setup
 	$(PY) -m ruff check src tests bench

@@ -19,6 +19,7 @@ from elmlff.md.observables import (
     first_collapse,
     h_of_r,
     h_of_r_error,
+    loop_work,
     rdf,
 )
 from elmlff.md.run import MDSettings, run_md
@@ -125,6 +126,31 @@ def test_nve_run_conserves_energy_and_writes_the_trajectory_frame_by_frame(metha
     assert np.ptp(kinetic) > 5 * np.abs(total - total[0]).max()
     assert frames[3].info["force_std_max"] > 0  # the ensemble disagreement, every frame
     assert res.steps_per_second > 0
+
+
+def test_loop_work_is_zero_for_a_gradient_and_the_circulation_for_a_curl(methane):
+    """∮F·dx: ~0 for the Morse ensemble (F = -dE/dx); for F = A x with A antisymmetric it is
+    -2π r² uᵀAv exactly (the trapezoid rule is exact for this trigonometric integrand)."""
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.calc = _morse_calculator()
+
+    def morse(x):
+        atoms.positions = x
+        return atoms.get_forces()
+
+    x0 = atoms.positions.copy()
+    assert abs(loop_work(morse, x0, radius=0.1, n_points=32)) < 1e-7
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=(15, 15))
+    a = b - b.T
+    q, _ = np.linalg.qr(rng.normal(size=(15, 2)))
+    u, v = q[:, 0], q[:, 1]
+    w = loop_work(lambda x: (a @ x.ravel()).reshape(-1, 3), x0, 0.1, 16, (u, v))
+    assert w == pytest.approx(-2 * np.pi * 0.01 * (u @ a @ v), rel=1e-10)
+    assert abs(w) > 1e-3
+    # the Morse forces plus a small curl: the loop work sees the curl alone
+    w2 = loop_work(lambda x: morse(x) + 0.01 * (a @ x.ravel()).reshape(-1, 3), x0, 0.1, 32, (u, v))
+    assert w2 == pytest.approx(0.01 * w, rel=1e-4)
 
 
 def test_nose_hoover_and_langevin_runs_complete(methane, tmp_path):

@@ -60,10 +60,12 @@ def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tm
     out = r.stdout + r.stderr
     ids = slurm_ids(out)
     assert set(ids) == {"prepare_dataset", "train_schnetpack", "group predict", "train_meta"} | {
-        "predict_meta"
+        "predict_meta",
+        "group subsets",
     }
     assert len(ids["train_schnetpack"]) == 2
     assert len(ids["group predict"]) == 1  # both bases' predictions in one SLURM job
+    assert len(ids["group subsets"]) == 1  # the subset study's k = 1, 2 jobs in one SLURM job
     assert "localrule evaluate" in out and "localrule merge_store" in out  # not submitted
     assert all(s == "COMPLETED" for s in sacct_states([i for v in ids.values() for i in v]))
     job = subprocess.run(
@@ -81,6 +83,9 @@ def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tm
     # a meta-model trains in float32 with the threads its job gets (the SLURM job has other
     # CPUs than the local one): reductions round differently, 2 epochs carry that to ~4e-4
     pd.testing.assert_series_equal(a.value[~base], b.value[~base], rtol=1e-2)
+    a, b = (pd.read_csv(d / res / "subsets.csv") for d in (local, cluster))
+    assert a.subset.nunique() == 3 and a[["subset", "meta"]].equals(b[["subset", "meta"]])
+    pd.testing.assert_series_equal(a.value, b.value, rtol=1e-2)
 
 
 def test_failing_job_is_retried_and_a_broken_one_reported(tmp_path):

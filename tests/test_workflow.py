@@ -435,6 +435,12 @@ def test_tiny_campaign_end_to_end(tmp_path):
     i = group["subsets"].tolist().index(one)
     np.testing.assert_array_equal(alone["frames"], group["frames"])
     np.testing.assert_allclose(alone["forces"], group["forces"][i], atol=1e-4)
+    # any subset model of the study is an ASE calculator too
+    other = "painn_tiny+nequip_tiny"
+    j = group["subsets"].tolist().index(other)
+    atoms = store.frames_from_dataset(ds, [int(group["frames"][0])]).to_atoms()[0]
+    atoms.calc = EnsembleCalculator(load_ensemble(res, "ensemble_direct", subset=other))
+    np.testing.assert_allclose(atoms.get_forces(), group["forces"][j][:5], atol=1e-4)
     info = json.loads((res / "subsets" / "ensemble_direct" / "k2" / "info.json").read_text())
     assert info["subsets"][one]["trained_with"] == 6
     assert set(info["trained_on"]) == set(split["roles"]["meta"])

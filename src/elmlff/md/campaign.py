@@ -24,6 +24,7 @@ from elmlff.md.observables import (
     energy_drift,
     h_of_r,
     h_of_r_error,
+    loop_work,
     rdf,
     rdf_error,
     rdf_window_collapse,
@@ -96,13 +97,59 @@ def run_replica(
         stable_long = out["stable"] and len(pos) >= 10
         # positions in the extxyz are not wrapped by ASE's integrators: the MSD is unwrapped
         out["diffusivity_A2_per_ps"] = diffusivity(pos, dt_ps, mask) if stable_long else np.nan
-    totals = [a.info.get("total_energy") for a in traj]
-    if s.thermostat == "nve" and all(t is not None for t in totals):
-        out["nve_drift_eV_per_atom_ps"] = energy_drift(np.array(totals), len(atoms), dt_ps)
+    out.update(conservation(atoms, calc, s, traj, trajectory))
     atomic_write_text(out_json, json.dumps(out, indent=1, default=float) + "\n")
     log(
         f"{model} replica {replica}: {res.stopped} after {res.time_ps:.3f} ps, "
         f"{res.steps_per_second:.1f} steps/s, h(r) error {out['hr_mae']:.3f}"
+    )
+    return out
+
+
+def conservation(atoms, calc, s: MDSettings, traj: list, trajectory: Path) -> dict[str, Any]:
+    """How conservative the model is, from the start frame: the NVE energy drift (the main run
+    when it is NVE, else a second ``nve_probe_steps`` NVE run with the same velocities; only for
+    models with an energy) and the work ∮F·dx around a closed loop (every model; 0 for a
+    conservative one)."""
+    import dataclasses
+    import tempfile
+
+    from ase.io import read
+
+    out: dict[str, Any] = {"nve_drift_eV_per_atom_ps": None}
+    has_energy = "energy" in calc.results
+    if has_energy and s.thermostat == "nve":
+        totals = [a.info.get("total_energy") for a in traj]
+        dt_ps = s.timestep_fs * 1e-3 * s.record_every
+        out["nve_drift_eV_per_atom_ps"] = energy_drift(np.array(totals), len(atoms), dt_ps)
+    elif has_energy and s.nve_probe_steps:
+        probe = dataclasses.replace(
+            s,
+            thermostat="nve",
+            steps=s.nve_probe_steps,
+            record_every=max(s.nve_probe_steps // 50, 1),
+        )
+        with tempfile.TemporaryDirectory(dir=Path(trajectory).parent) as tmp:
+            res = run_md(atoms, calc, probe, Path(tmp) / "nve.extxyz", log=lambda m: None)
+            nve = read(Path(tmp) / "nve.extxyz", index=":", format="extxyz")
+        totals = np.array([a.info["total_energy"] for a in nve])
+        dt_ps = probe.timestep_fs * 1e-3 * probe.record_every
+        out["nve_drift_eV_per_atom_ps"] = energy_drift(totals, len(atoms), dt_ps)
+        out["nve_probe_ps"] = res.time_ps
+        out["nve_probe_stopped"] = res.stopped
+    probe_atoms = atoms.copy()
+    probe_atoms.calc = calc
+
+    def forces(x: np.ndarray) -> np.ndarray:
+        probe_atoms.positions = x
+        return probe_atoms.get_forces()
+
+    out["loop_work_eV"] = loop_work(forces, atoms.positions, s.loop_radius, 32, seed=s.seed)
+    drift = out["nve_drift_eV_per_atom_ps"]
+    drift = "n/a (no energy)" if drift is None else f"{1e3 * drift:.3g} meV/atom/ps"
+    log(
+        f"conservation: NVE drift {drift}, loop work {1e3 * out['loop_work_eV']:.3g} meV "
+        f"(loop radius {s.loop_radius} Å)"
     )
     return out
 
@@ -118,6 +165,7 @@ SUMMARY_KEYS = (
     "rdf_collapse_time_ps",
     "diffusivity_A2_per_ps",
     "nve_drift_eV_per_atom_ps",
+    "loop_work_eV",
     "mean_temperature_K",
 )
 
@@ -158,8 +206,9 @@ def summarize(
     mae = metrics[(metrics.split == "test") & (metrics.metric == "force_mae_framemean")]
     mae = mae.set_index("model").value
     lines = [
-        "| model | force MAE [meV/Å] | stable [%] | time to collapse [ps] | h(r) error | steps/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | force MAE [meV/Å] | stable [%] | time to collapse [ps] | h(r) error | steps/s "
+        "| NVE drift [meV/atom/ps] | loop work [meV] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     a = agg.pivot_table(index="model", columns="metric", values="value", sort=False)
     for model, r in a.iterrows():
@@ -167,7 +216,9 @@ def summarize(
         lines.append(
             f"| {model} | {1e3 * mae.get(model, np.nan):.2f} | {r['stable_percent']:.0f} | "
             f"{'-' if not np.isfinite(collapse) else f'{collapse:.3f}'} | "
-            f"{r.get('hr_mae', np.nan):.3f} | {r.get('steps_per_second', np.nan):.1f} |"
+            f"{r.get('hr_mae', np.nan):.3f} | {r.get('steps_per_second', np.nan):.1f} | "
+            f"{_meV(r.get('nve_drift_eV_per_atom_ps', np.nan), 'no energy')} | "
+            f"{_meV(np.abs(r.get('loop_work_eV', np.nan)), '-')} |"
         )
     n = per.groupby("model").replica.nunique().max()
     text = "\n".join(
@@ -175,7 +226,11 @@ def summarize(
             f"MD of {len(a)} models x {n} replicas. h(r) error: ∫|h_MD(r) - h_test(r)| dr with h "
             f"a probability density of all interatomic distances on {len(HR_BINS) - 1} bins over "
             "0-10 Å (0 = identical, 2 = disjoint); time to collapse: mean over the replicas that "
-            "collapsed (bond deviation > 0.5 Å).",
+            "collapsed (bond deviation > 0.5 Å); NVE drift: slope of the total energy per atom "
+            "in a run without thermostat from the same start (models with an energy); loop work: "
+            "|∮F·dx| around a closed loop of radius 0.1 Å in configuration space at the start "
+            "frame, mean over replicas (0 for a conservative force field; a direct force model "
+            "has no energy, and this shows its non-conservation).",
             "",
             *lines,
             "",
@@ -183,6 +238,10 @@ def summarize(
     )
     atomic_write_text(out_md, text)
     return out
+
+
+def _meV(v: float, missing: str) -> str:
+    return missing if v is None or not np.isfinite(v) else f"{1e3 * v:.3g}"
 
 
 def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:

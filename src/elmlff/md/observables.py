@@ -11,14 +11,17 @@
 * RDF g_ab(r) for periodic cells (minimum-image neighbour lists through vesin), its MAE, and
   the RDF-window stability criterion (a window whose RDF MAE exceeds a threshold);
 * diffusivity from the mean-squared displacement of unwrapped positions, MSD = 6 D t;
-* NVE energy drift: slope of the total energy per atom against time.
+* NVE energy drift: slope of the total energy per atom against time;
+* loop work ∮ F·dx around a small closed loop in configuration space: zero for a conservative
+  force field, so it measures the non-conservation of a model without an energy (a direct
+  force model), where an NVE drift cannot be computed.
 
 Shapes: ``positions (T, N, 3)`` Å for T frames of one system; times in ps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -172,3 +175,34 @@ def energy_drift(total_energy: np.ndarray, n_atoms: int, dt_ps: float) -> float:
     if len(e) < 2:
         return float("nan")
     return float(np.polyfit(np.arange(len(e)) * dt_ps, e, 1)[0])
+
+
+def loop_work(
+    forces: Callable[[np.ndarray], np.ndarray],
+    positions: np.ndarray,
+    radius: float = 0.1,
+    n_points: int = 32,
+    directions: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int = 0,
+) -> float:
+    """Work of a force field around a closed loop in configuration space, ∮ F·dx (eV): zero for
+    any conservative field F = -∇E, non-zero where the field has a curl (a direct force model).
+
+    The loop is the circle x0 + r (cos θ u + sin θ v) in the plane of two orthonormal
+    3N-dimensional directions (random unless given), integrated by the trapezoid rule in θ,
+    which is spectrally accurate for a smooth periodic integrand. ``forces(x)`` maps positions
+    (N, 3) to forces (N, 3)."""
+    x0 = np.asarray(positions, dtype=float)
+    if directions is None:
+        rng = np.random.default_rng(seed)
+        q, _ = np.linalg.qr(rng.normal(size=(x0.size, 2)))
+        u, v = q[:, 0], q[:, 1]
+    else:
+        u, v = (np.asarray(d, dtype=float).ravel() for d in directions)
+    theta = 2 * np.pi * np.arange(n_points) / n_points
+    work = 0.0
+    for t in theta:
+        x = x0.ravel() + radius * (np.cos(t) * u + np.sin(t) * v)
+        dl = radius * (-np.sin(t) * u + np.cos(t) * v)
+        work += float(np.asarray(forces(x.reshape(x0.shape))).ravel() @ dl)
+    return work * 2 * np.pi / n_points

@@ -36,6 +36,8 @@ class MDSettings:
     friction_per_fs: float = 0.01  # Langevin friction
     delta: float = 0.5  # Å, bond deviation that counts as a collapse
     max_temperature_factor: float = 5.0  # stop above this x the target temperature
+    nve_probe_steps: int = 200  # a second, NVE run from the same start for the energy drift
+    loop_radius: float = 0.1  # Å, radius of the closed loop of the loop-work (curl) check
 
 
 @dataclass

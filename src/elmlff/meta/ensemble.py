@@ -232,7 +232,8 @@ def base_dirs(dataset_dir: Path, models: Sequence[str]) -> dict[str, dict[str, P
 def load_ensemble(dataset_dir: Path, name: str, subset: str = "all", device: str = "cpu"):
     """Any trained model of a campaign by name, ready for :class:`EnsembleCalculator`: a base,
     a baseline (over the whole ensemble from ``baselines.json``; over another ``subset`` fitted
-    here from the store, as evaluation does) or a meta-model (``metas/{name}/{subset}/model``)."""
+    here from the store, as evaluation does) or a meta-model (``metas/{name}/{subset}/model``,
+    or the subset study's ``subsets/{name}/k{k}``)."""
     import json
 
     from elmlff import meta, store
@@ -243,8 +244,14 @@ def load_ensemble(dataset_dir: Path, name: str, subset: str = "all", device: str
 
     dataset_dir = Path(dataset_dir)
     metadir = dataset_dir / "metas" / name / subset / "model"
-    if metadir.exists():
-        model, models = meta.load_model(metadir, device)
+    group = dataset_dir / "subsets" / name / f"k{len(subset.split('+'))}"
+    if metadir.exists() or (subset != "all" and group.exists()):
+        from elmlff.study import load_subset_model
+
+        if metadir.exists():
+            model, models = meta.load_model(metadir, device)
+        else:
+            model, models = load_subset_model(group, subset, device)
         pots = load_bases(base_dirs(dataset_dir, models), models, device)
         cls = ConservEnsemble if model.kind == "conserv" else DirectEnsemble
         return cls(model, pots, name)
