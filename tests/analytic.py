@@ -27,7 +27,7 @@ class MorsePotential:
             i, j = torch.triu_indices(n, n, 1)
             r = (p[i] - p[j]).norm(dim=1)
             z = numbers[start : start + n]
-            r0 = torch.where(z[i] == z[j], self.r0_same, self.r0)
+            r0 = torch.where(z[i] == z[j], *torch.tensor([self.r0_same, self.r0], dtype=p.dtype))
             x = torch.exp(-self.a * (r - r0))
             out.append(self.scale * self.d * (x**2 - 2 * x).sum())
             start += n

@@ -119,10 +119,12 @@ def test_dry_run_lists_the_default_campaign():
         "metrics_table": "1",
         "campaign_summary": "1",
         "table_html": "3",
+        "uncertainty": "1",
+        "uncertainty_figure": "1",
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "58",
+        "total": "60",
     }
 
 
@@ -138,7 +140,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "118"
+    assert counts["train_subsets"] == "8" and counts["total"] == "120"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -444,6 +446,38 @@ def test_tiny_campaign_end_to_end(tmp_path):
     info = json.loads((res / "subsets" / "ensemble_direct" / "k2" / "info.json").read_text())
     assert info["subsets"][one]["trained_with"] == 6
     assert set(info["trained_on"]) == set(split["roles"]["meta"])
+    # uncertainty of the bases on the test frames, and the same from an extxyz file built from
+    # the store and scored by the command line
+    u = pd.read_csv(res / "uncertainty.csv")
+    test_idx = np.sort(split["roles"]["test"])
+    assert u.frame.tolist() == test_idx.tolist()
+    assert {"U0", "U1", "U2", "std_max", "dF", "force_delta", "rmse_direct"} <= set(u.columns)
+    uq = json.loads((res / "uncertainty_summary.json").read_text())
+    assert sum(uq["weights"].values()) == pytest.approx(1.0)
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from elmlff.cli import main as cli
+
+    fr = store.frames_from_dataset(ds)
+    out = []
+    for f, atoms in zip(test_idx, fr.subset(test_idx).to_atoms(), strict=True):
+        a = fr.atom_index([f])
+        for m in ds["model"].values:
+            atoms.arrays[f"forces_{m}"] = ds[keys.BASE_FORCES].sel(model=m).values[a]
+        atoms.calc = SinglePointCalculator(atoms, forces=fr.forces[a])
+        out.append(atoms)
+    write(tmp_path / "test.extxyz", out, format="extxyz")
+    val = df[(df.split == "val") & (df.metric == "force_rmse")].set_index("model").value
+    rmse = [f"{m}={val[m]!r}" for m in ds["model"].values]
+    scored = tmp_path / "scored.csv"
+    assert (
+        cli(["uq", "score", str(tmp_path / "test.extxyz"), "--out", str(scored), "--rmse", *rmse])
+        == 0
+    )
+    got = pd.read_csv(scored)
+    for col in ("U0", "U1", "U2", "std_mean", "std_max", "dF", "dF_w"):
+        np.testing.assert_allclose(got[col], u[col], rtol=1e-5, atol=1e-7)
     # every figure and table, then redrawn from results/ alone: only figure rules run
     figures = [
         tmp_path / "results" / "figures" / "force_rmse.png",
@@ -451,6 +485,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
         res / "figures" / "subsets_raincloud.png",
         res / "figures" / "parity.png",
         res / "figures" / "md_hr.png",
+        res / "figures" / "uncertainty.png",
     ]
     tables = [res / "report" / f"{t}.html" for t in ("metrics_table", "summary", "md_table")]
     for f in figures:
@@ -483,6 +518,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
         "parity_figure",
         "md_hr_figure",
         "table_html",
+        "uncertainty_figure",
     }, ran
     assert all(f.exists() for f in [*figures, *tables])
     report = tmp_path / "report.html"

@@ -173,6 +173,32 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--title", default="")
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("uq", help="uncertainty of ensembles")
+    uq = s.add_subparsers(dest="uq_cmd", required=True)
+    u = uq.add_parser("score", help="U0/U1/U2 and baselines of models' forces in an extxyz file")
+    u.add_argument("file", type=Path, help="frames with per-atom arrays forces_<model>")
+    u.add_argument("--out", required=True, type=Path, help="per-frame CSV")
+    u.add_argument("--summary", type=Path, help="JSON: weights, Spearman rho with 95 %% CI")
+    u.add_argument("--models", nargs="*", default=None, help="default: every forces_<model>")
+    u.add_argument("--rmse", nargs="*", default=[], help="MODEL=force RMSE in eV/Å (weights)")
+    u.add_argument("--ref-key", default="forces", help="per-atom array of reference forces")
+    u.add_argument("--bootstrap", type=int, default=1000)
+    u = uq.add_parser("stage", help="uncertainty.csv of a campaign's test frames")
+    u.add_argument("--store", required=True, type=Path)
+    u.add_argument("--split", required=True, type=Path)
+    u.add_argument("--metrics", required=True, type=Path)
+    u.add_argument("--pair", nargs="*", default=[], help="direct=PATH conserv=PATH predictions")
+    u.add_argument("--dataset", default="")
+    u.add_argument("--bootstrap", type=int, default=1000)
+    u.add_argument("--out", required=True, type=Path)
+    u.add_argument("--summary", required=True, type=Path)
+    u.add_argument("--coverage", required=True, type=Path)
+    u = uq.add_parser("plot", help="U against the true error (hexbin) and coverage curves")
+    u.add_argument("table", type=Path)
+    u.add_argument("--coverage", required=True, type=Path)
+    u.add_argument("--summary", required=True, type=Path)
+    u.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("summary", help="costs and test errors per model, from results/ only")
     s.add_argument("dataset_dir", type=Path)
     s.add_argument("--out", required=True, type=Path)
@@ -303,6 +329,8 @@ def _run(a: argparse.Namespace) -> int:
             raise ElmlffError(f"{a.markdown} not found", "make the table first")
         page = markdown_to_html(a.markdown.read_text(), a.title or a.markdown.stem)
         atomic_write_text(a.out, page)
+    elif a.cmd == "uq":
+        _run_uq(a)
     elif a.cmd == "summary":
         from elmlff.summary import campaign_summary, splice
 
@@ -311,6 +339,42 @@ def _run(a: argparse.Namespace) -> int:
             splice(a.readme, f"summary:{a.dataset_dir.name}", text)
         print(text)
     return 0
+
+
+def _run_uq(a: argparse.Namespace) -> None:
+    from elmlff.uq import score
+
+    if a.uq_cmd == "score":
+        rmse = {}
+        for item in a.rmse:
+            k, _, v = item.partition("=")
+            try:
+                rmse[k] = float(v)
+            except ValueError:
+                raise ElmlffError(f"bad --rmse {item!r}", "write MODEL=RMSE (eV/Å)") from None
+        table, summ = score.score_extxyz(
+            a.file, a.out, a.summary, rmse or None, a.models, a.ref_key, a.bootstrap
+        )
+        print(f"{len(table)} frames -> {a.out}")
+        if len(summ):
+            print(summ.to_string(index=False))
+    elif a.uq_cmd == "stage":
+        pair = dict(_keyvalue(x) for x in a.pair)
+        score.score_store(
+            a.store,
+            a.split,
+            a.metrics,
+            a.out,
+            a.summary,
+            a.coverage,
+            a.dataset,
+            pair or None,
+            a.bootstrap,
+        )
+    elif a.uq_cmd == "plot":
+        from elmlff.uq.plots import uncertainty_figure
+
+        uncertainty_figure(a.table, a.coverage, a.summary, a.out)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ localrules:
     metrics_table,
     campaign_summary,
     table_html,
+    uncertainty,
+    uncertainty_figure,
     figures,
     subset_table,
     md_summary,
@@ -125,6 +127,22 @@ def meta_predictions(wildcards):
     """{meta: predictions} of every meta-model the campaign runs, on the whole ensemble."""
     return {
         m: f"results/{wildcards.dataset}/metas/{m}/all/predictions.npz" for m in config["run_metas"]
+    }
+
+
+def force_delta_pair(wildcards):
+    """{direct, conserv: predictions} of the first direct and first conserv meta the campaign
+    runs (their force delta U_Δ); empty unless both kinds run."""
+    first = {}
+    for m in config["run_metas"]:
+        spec = config["metas"][m]
+        if spec.get("fit_on", "out_of_sample") == "out_of_sample":
+            first.setdefault(spec["kind"], m)
+    if len(first) < 2:
+        return {}
+    return {
+        k: f"results/{wildcards.dataset}/metas/{first[k]}/all/predictions.npz"
+        for k in ("direct", "conserv")
     }
 
 
@@ -214,6 +232,7 @@ def figure_outputs():
             out += [f"results/{d}/figures/parity.png"]
         if subset_groups(config, d):
             out += [f"results/{d}/figures/subsets_raincloud.png"]
+        out += [f"results/{d}/figures/uncertainty.png"]
         if md_models(d):
             out += [f"results/{d}/figures/md_hr.png"]
             tables += ["md_table"]
@@ -225,7 +244,7 @@ def figure_outputs():
 def final_outputs():
     out = []
     for d in DATASETS:
-        out += [f"results/{d}/metrics.csv"]
+        out += [f"results/{d}/metrics.csv", f"results/{d}/uncertainty.csv"]
         if subset_groups(config, d):
             out += [f"results/{d}/subsets.csv"]
         if md_models(d):

@@ -26,3 +26,29 @@ rule evaluate:
         " --dataset {wildcards.dataset} --bootstrap {params.bootstrap} --seed {params.seed}"
         " --metrics {output.metrics} --baselines {output.baselines} --metas {params.metas}"
         " > {log} 2>&1"
+
+
+rule uncertainty:
+    """U0/U1/U2 and deepmd-style force deviations of the bases on every test frame against the
+    ensemble mean's error, Spearman rho, coverage; the direct-vs-conserv force delta."""
+    input:
+        store="results/{dataset}/predictions.zarr",
+        split="results/{dataset}/split.json",
+        metrics="results/{dataset}/metrics.csv",
+        pair=lambda w: list(force_delta_pair(w).values()),
+    output:
+        table="results/{dataset}/uncertainty.csv",
+        summary="results/{dataset}/uncertainty_summary.json",
+        coverage="results/{dataset}/uncertainty_coverage.csv",
+    params:
+        pair=lambda w: keyed(force_delta_pair(w)),
+        bootstrap=config["evaluation"]["bootstrap"],
+    log:
+        "logs/{dataset}/uncertainty.log",
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff uq stage --store {input.store} --split {input.split}"
+        " --metrics {input.metrics} --pair {params.pair} --dataset {wildcards.dataset}"
+        " --bootstrap {params.bootstrap} --out {output.table} --summary {output.summary}"
+        " --coverage {output.coverage} > {log} 2>&1"

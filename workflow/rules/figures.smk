@@ -136,3 +136,25 @@ rule figures:
     input:
         figure_outputs(),
     default_target: False
+
+
+rule uncertainty_figure:
+    """U1 against the true error (hexbin), accuracy-coverage curves, force delta."""
+    input:
+        table="results/{dataset}/uncertainty.csv",
+        coverage="results/{dataset}/uncertainty_coverage.csv",
+        summary="results/{dataset}/uncertainty_summary.json",
+    output:
+        report(
+            "results/{dataset}/figures/uncertainty.png",
+            caption="../report/uncertainty.rst",
+            category="Uncertainty",
+            subcategory="{dataset}",
+        ),
+    log:
+        "logs/{dataset}/uncertainty_figure.log",
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff uq plot {input.table} --coverage {input.coverage}"
+        " --summary {input.summary} --out {output} > {log} 2>&1"
