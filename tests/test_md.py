@@ -197,3 +197,32 @@ def test_an_exploding_run_is_stopped_and_recorded_not_crashed(methane, tmp_path,
     res = run_md(atoms, calc, s, tmp_path / "boom.extxyz", log=lambda m: None)
     assert res.stopped.startswith(stopped) and res.steps < 200
     assert (tmp_path / "boom.extxyz").stat().st_size > 0  # what it had is kept
+
+
+def test_uncertainty_monitor_records_u_and_stops_when_it_stays_high(methane, tmp_path):
+    """The calculator reports U (here U0, uniform weights) every step; with a threshold below
+    the ensemble's U the run stops after u_stop_frames recorded frames, and the warning time is
+    computed from the recorded frames."""
+    from ase.io import read
+
+    from elmlff.md.campaign import uncertainty_warning
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.pbc = False
+    calc = _morse_calculator()
+    s = MDSettings(temperature_K=300, steps=100, record_every=10, u_threshold=1e-6, u_stop_frames=3)
+    res = run_md(atoms, calc, s, tmp_path / "u.extxyz", log=lambda m: None)
+    assert res.stopped == "uncertainty" and res.steps == 30
+    frames = read(tmp_path / "u.extxyz", index=":")
+    u = [f.info["uncertainty"] for f in frames]
+    assert len(u) == 4 and min(u) > 0
+    # U0 of the two Morse bases at the first frame, by hand: sqrt(mean_k max_j |F_jk - <F_j>|^2)
+    atoms.calc = None
+    pots = calc.ensemble.bases
+    fk = np.stack([p.predict(methane.subset([0]))[1] for p in pots])
+    worst = np.linalg.norm(fk - fk.mean(0), axis=2).max(axis=1)
+    assert u[0] == pytest.approx(np.sqrt((worst**2).mean()), rel=1e-6)
+    w = uncertainty_warning(frames, u_c=u[2] - 1e-12, collapse_ps=0.5)
+    assert w["u_cross_time_ps"] == pytest.approx(frames[2].info["time_ps"])
+    assert w["u_warning_ps"] == pytest.approx(0.5 - frames[2].info["time_ps"])
+    assert uncertainty_warning(frames, u_c=10.0, collapse_ps=0.5)["u_warning_ps"] is None

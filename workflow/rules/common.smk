@@ -173,7 +173,11 @@ def md_model_inputs(wildcards):
     from elmlff.baselines import BASELINES
 
     name, d = wildcards.model, wildcards.dataset
-    out = {"store": f"results/{d}/predictions.zarr", "split": f"results/{d}/split.json"}
+    out = {
+        "store": f"results/{d}/predictions.zarr",
+        "split": f"results/{d}/split.json",
+        "metrics": f"results/{d}/metrics.csv",  # val RMSEs: the uncertainty monitor's weights
+    }
     bases = base_models(wildcards)
     if name in config["metas"]:
         out["meta"] = f"results/{d}/metas/{name}/all/model"

@@ -3,6 +3,7 @@ Table-1-like table ("Forces are not Enough" protocol), all from files under ``re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -74,6 +75,11 @@ def run_replica(
     pairs = bonds(atoms.numbers, atoms.positions)
     ref_lengths = bond_lengths(ref_pos, pairs).mean(axis=0) if len(pairs) else None
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset))
+    bases = [p.name for p in calc.ensemble.bases]
+    if len(bases) >= 2:  # the uncertainty monitor: U1 every step, U_c from the val frames
+        calc.uq_weights, u_c = uncertainty_reference(dataset_dir, ds, split, bases)
+        if s.u_threshold <= 0:
+            s = dataclasses.replace(s, u_threshold=u_c)
     log(f"MD of {model} replica {replica} from test frame {start}: {s}")
     # frames go to a .partial file as they come (a killed job keeps them there), renamed at the end
     partial = Path(f"{trajectory}.partial")
@@ -84,7 +90,9 @@ def run_replica(
     dt_ps = s.timestep_fs * 1e-3 * s.record_every
     out = {"dataset": dataset_dir.name, "model": model, "replica": replica, "start_frame": start}
     out.update(res.to_dict())
-    out["stable"] = res.stopped == "completed"
+    # a run the uncertainty monitor stopped neither completed nor collapsed: stability unknown
+    out["stable"] = None if res.stopped == "uncertainty" else res.stopped == "completed"
+    out.update(uncertainty_warning(traj, s.u_threshold, res.collapse_time_ps))
     out["hr_mae"] = h_of_r_error(h_of_r(pos), h_of_r(ref_pos)) if len(pos) > 1 else np.nan
     if atoms.pbc.all():
         _, g = rdf(pos, atoms.cell[:], atoms.numbers, r_max=6.0)
@@ -106,12 +114,50 @@ def run_replica(
     return out
 
 
+def uncertainty_reference(
+    dataset_dir: Path, ds, split: Split, bases: Sequence[str]
+) -> tuple[np.ndarray, float]:
+    """(U1 weights ∝ 1/val force RMSE of ``bases`` from metrics.csv, U_c = the largest U1 of
+    those bases on the val frames of the store): U above anything seen on validation data."""
+    from elmlff import keys
+    from elmlff.uq.metrics import ensemble_uncertainty, inverse_rmse_weights
+
+    metrics = pd.read_csv(Path(dataset_dir) / "metrics.csv")
+    val = metrics[(metrics.split == "val") & (metrics.metric == "force_rmse")]
+    rmse = val.set_index("model").value.reindex(list(bases)).to_numpy()
+    w = inverse_rmse_weights(rmse, bases)
+    frames = store.frames_from_dataset(ds)
+    idx = np.sort(split.roles["val"])
+    names = ds["model"].values.astype(str).tolist()
+    f = ds[keys.BASE_FORCES].values[[names.index(b) for b in bases]][:, frames.atom_index(idx)]
+    u = ensemble_uncertainty(f, frames.n_atoms[idx], w).U1.to_numpy()
+    return w, float(u.max())
+
+
+def uncertainty_warning(traj: list, u_c: float, collapse_ps: float | None) -> dict[str, Any]:
+    """When U first exceeded U_c in the recorded frames, and (for a collapse) how long before
+    the collapse that was (positive: U warned in time)."""
+    u = np.array([a.info.get("uncertainty", np.nan) for a in traj])
+    t = np.array([a.info.get("time_ps", np.nan) for a in traj])
+    if not np.isfinite(u).any() or u_c <= 0:
+        return {}
+    above = np.flatnonzero(u > u_c)
+    cross = float(t[above[0]]) if len(above) else None
+    out: dict[str, Any] = {
+        "u_threshold": u_c,
+        "u_max": float(np.nanmax(u)),
+        "u_cross_time_ps": cross,
+    }
+    if collapse_ps is not None:
+        out["u_warning_ps"] = None if cross is None else collapse_ps - cross
+    return out
+
+
 def conservation(atoms, calc, s: MDSettings, traj: list, trajectory: Path) -> dict[str, Any]:
     """How conservative the model is, from the start frame: the NVE energy drift (the main run
     when it is NVE, else a second ``nve_probe_steps`` NVE run with the same velocities; only for
     models with an energy) and the work ∮F·dx around a closed loop (every model; 0 for a
     conservative one)."""
-    import dataclasses
     import tempfile
 
     from ase.io import read
@@ -167,6 +213,10 @@ SUMMARY_KEYS = (
     "nve_drift_eV_per_atom_ps",
     "loop_work_eV",
     "mean_temperature_K",
+    "u_threshold",
+    "u_max",
+    "u_cross_time_ps",
+    "u_warning_ps",
 )
 
 
@@ -207,8 +257,8 @@ def summarize(
     mae = mae.set_index("model").value
     lines = [
         "| model | force MAE [meV/Å] | stable [%] | time to collapse [ps] | h(r) error | steps/s "
-        "| NVE drift [meV/atom/ps] | loop work [meV] |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| NVE drift [meV/atom/ps] | loop work [meV] | U > U_c before collapse [ps] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     a = agg.pivot_table(index="model", columns="metric", values="value", sort=False)
     for model, r in a.iterrows():
@@ -218,7 +268,8 @@ def summarize(
             f"{'-' if not np.isfinite(collapse) else f'{collapse:.3f}'} | "
             f"{r.get('hr_mae', np.nan):.3f} | {r.get('steps_per_second', np.nan):.1f} | "
             f"{_meV(r.get('nve_drift_eV_per_atom_ps', np.nan), 'no energy')} | "
-            f"{_meV(np.abs(r.get('loop_work_eV', np.nan)), '-')} |"
+            f"{_meV(np.abs(r.get('loop_work_eV', np.nan)), '-')} | "
+            f"{_ps(r.get('u_warning_ps', np.nan))} |"
         )
     n = per.groupby("model").replica.nunique().max()
     text = "\n".join(
@@ -230,7 +281,10 @@ def summarize(
             "in a run without thermostat from the same start (models with an energy); loop work: "
             "|∮F·dx| around a closed loop of radius 0.1 Å in configuration space at the start "
             "frame, mean over replicas (0 for a conservative force field; a direct force model "
-            "has no energy, and this shows its non-conservation).",
+            "has no energy, and this shows its non-conservation); U > U_c before collapse: how "
+            "long before a collapse the ensemble force deviation U1 of the model's bases first "
+            "exceeded U_c (the largest U1 on the val frames), mean over collapsed replicas "
+            "(- when none collapsed or the model runs one base).",
             "",
             *lines,
             "",
@@ -238,6 +292,10 @@ def summarize(
     )
     atomic_write_text(out_md, text)
     return out
+
+
+def _ps(v: float) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
 
 def _meV(v: float, missing: str) -> str:

@@ -3,7 +3,8 @@ killed run keeps what it had) and early stops that are results, not crashes.
 
 A run stops early, and says when and why, on: a bond collapse (the stability criterion of
 :mod:`elmlff.md.observables`), non-finite forces or positions, a temperature outside
-``[0, max_temperature_factor x target]``, or an exception from the calculator.
+``[0, max_temperature_factor x target]``, an exception from the calculator, or (when asked) an
+ensemble uncertainty U above ``u_threshold`` on ``u_stop_frames`` recorded frames in a row.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class MDSettings:
     max_temperature_factor: float = 5.0  # stop above this x the target temperature
     nve_probe_steps: int = 200  # a second, NVE run from the same start for the energy drift
     loop_radius: float = 0.1  # Å, radius of the closed loop of the loop-work (curl) check
+    u_threshold: float = 0.0  # eV/Å, U_c of the uncertainty monitor (0: the max U on val frames)
+    u_stop_frames: int = 0  # stop when U > U_c on this many recorded frames in a row (0: never)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def _frame(atoms, step: int, time_ps: float, results: dict[str, Any]):
         temperature_K=float(atoms.get_temperature()),
         force_max=float(np.linalg.norm(forces, axis=1).max()),
     )
-    for k in ("force_std_mean", "force_std_max"):
+    for k in ("force_std_mean", "force_std_max", "uncertainty"):
         if k in results:
             out.info[k] = float(results[k])
     return out
@@ -142,6 +145,7 @@ def run_md(
     trajectory.parent.mkdir(parents=True, exist_ok=True)
     trajectory.unlink(missing_ok=True)
     stopped, collapse, done, wall, timed, temps, n_frames = "completed", None, 0, 0.0, 0, [], 0
+    above = 0  # recorded frames in a row with U > U_c
     with open(trajectory, "w") as fh:
         atoms.get_forces()
         write(fh, _frame(atoms, 0, 0.0, calc.results), format="extxyz")
@@ -171,6 +175,11 @@ def run_md(
                 break
             if pairs.size and np.abs(bond_lengths(atoms.positions, pairs)[0] - ref).max() > s.delta:
                 stopped, collapse = "collapse", done * dt_ps
+                break
+            u = calc.results.get("uncertainty")
+            above = above + 1 if u is not None and s.u_threshold > 0 and u > s.u_threshold else 0
+            if s.u_stop_frames and above >= s.u_stop_frames:
+                stopped = "uncertainty"
                 break
             if done % max(s.steps // 10, s.record_every) < s.record_every:
                 log(f"MD step {done}/{s.steps} ({done * dt_ps:.3f} ps) T = {temp:.0f} K")

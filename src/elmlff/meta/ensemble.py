@@ -176,14 +176,17 @@ class EnsembleCalculator(Calculator):
 
     ``results`` holds ``forces``, ``energy`` where defined, and per step the base disagreement
     ``force_std_mean`` / ``force_std_max`` (eV/Å), ``base_energies`` (M,) and ``base_forces``
-    (M, N, 3), for MD monitors and uncertainty.
+    (M, N, 3), for MD monitors and uncertainty; with two or more bases also ``uncertainty``, the
+    ensemble force deviation U of :mod:`elmlff.uq.metrics` with ``uq_weights`` (U1 when they
+    are ∝ 1/RMSE, U0 when uniform, the default).
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces"]
 
-    def __init__(self, ensemble, **kwargs) -> None:
+    def __init__(self, ensemble, uq_weights: np.ndarray | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ensemble = ensemble
+        self.uq_weights = uq_weights
         self.has_energy = not isinstance(ensemble, DirectEnsemble)
         if not self.has_energy:
             self.implemented_properties = ["forces"]
@@ -208,6 +211,13 @@ class EnsembleCalculator(Calculator):
             "force_std_mean": float(std_mean[0]),
             "force_std_max": float(std_max[0]),
         }
+        m = len(p.base_forces)
+        if m >= 2:
+            from elmlff.uq.metrics import ensemble_uncertainty
+
+            w = np.full(m, 1.0 / m) if self.uq_weights is None else self.uq_weights
+            u = ensemble_uncertainty(p.base_forces, fr.n_atoms, w)
+            self.results["uncertainty"] = float(u.U1.iloc[0])
         if p.energy is not None:
             self.results["energy"] = self.results["free_energy"] = float(p.energy[0])
         elif "energy" in properties:
