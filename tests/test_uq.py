@@ -198,3 +198,72 @@ def test_uq_score_refuses_missing_forces_and_bad_weights(methane, tmp_path, caps
     _write_extxyz(path, frames, forces, ["a", "b"], ref=False)
     assert main(["uq", "score", str(path), "--out", str(tmp_path / "u.csv")]) == 0
     assert "dF" not in pd.read_csv(tmp_path / "u.csv")
+
+
+# -- adversarial sampling and selection for labelling ---------------------------------------
+def _morse_bases():
+    return [
+        MorsePotential("a", r0=1.09, r0_same=1.78),
+        MorsePotential("b", scale=1.3, a=1.0, r0_same=1.70),
+        MorsePotential("c", scale=0.8, r0=1.12, r0_same=1.85),
+    ]
+
+
+def test_differentiable_u_equals_u1_and_the_attack_raises_it(methane, tmp_path):
+    import torch
+
+    from elmlff.baselines import LinearCombiner
+    from elmlff.bases import frame_tensors
+    from elmlff.meta.ensemble import EnsembleCalculator, LinearEnsemble
+    from elmlff.uq.adversarial import AttackSettings, attack, differentiable_u, label
+
+    pots = _morse_bases()
+    w = inverse_rmse_weights([0.01, 0.03, 0.02])
+    fr = methane.subset(range(4))
+    pos = torch.as_tensor(fr.positions, dtype=torch.float64).requires_grad_(True)
+    u, _ = differentiable_u(pots, w, pos, *frame_tensors(fr))
+    f = np.stack([p.predict(fr)[1] for p in pots])
+    np.testing.assert_allclose(
+        u.detach().numpy(), ensemble_uncertainty(f, fr.n_atoms, w).U1, rtol=1e-10
+    )
+    hot = AttackSettings(steps=6, max_step=0.02, temperature_K=5000)  # U dominates the step
+    traj, table = attack(fr, pots, w, hot, log=lambda m: None)
+    assert len(traj) == 7 and len(table) == 28
+    first, last = table[table.step == 0], table[table.step == 6]
+    assert (last.U.to_numpy() > first.U.to_numpy()).all()
+    assert (last.max_displacement <= 6 * 0.02 + 1e-9).all() and (last.max_displacement > 0).all()
+    # labelled by a reference calculator (here an exact Morse): ΔF of the ensemble mean
+    ref = EnsembleCalculator(
+        LinearEnsemble(LinearCombiner("ref", ["r"], [1.0]), [MorsePotential("r")])
+    )
+    lab = label(traj[:2], pots, w, ref)
+    assert len(lab) == 8 and (lab.dF > 0).all()
+    np.testing.assert_allclose(lab.U1[:4], first.U, rtol=1e-8)
+    # cold, the energy term dominates: the frames move down in energy instead
+    cold = AttackSettings(steps=6, max_step=0.02, temperature_K=30)
+    _, table = attack(fr, pots, w, cold, log=lambda m: None)
+    assert table[table.step == 6].dE.mean() < -0.005
+
+
+def test_selection_for_labelling_by_threshold_and_count(methane, tmp_path):
+    from ase.io import read, write
+
+    from elmlff.uq.adversarial import select_for_labelling
+
+    atoms = methane.subset(range(5)).to_atoms()
+    for i, a in enumerate(atoms):
+        a.info["uncertainty"] = [0.1, 0.5, 0.3, 0.05, 0.4][i]
+    write(tmp_path / "md.extxyz", atoms[:3], format="extxyz")
+    write(tmp_path / "more.extxyz", atoms[3:], format="extxyz")
+    pool = [tmp_path / "md.extxyz", tmp_path / "more.extxyz"]
+    assert select_for_labelling(pool, tmp_path / "top.extxyz", top=2) == 2
+    got = read(tmp_path / "top.extxyz", index=":")
+    assert [a.info["U_selected"] for a in got] == [0.5, 0.4]
+    assert got[1].info["selected_from"].endswith("more.extxyz")
+    assert select_for_labelling(pool, tmp_path / "hi.extxyz", u_c=0.2) == 3
+    with pytest.raises(ElmlffError, match="one of --u-c, --top"):
+        select_for_labelling(pool, tmp_path / "x.extxyz")
+    del atoms[0].info["uncertainty"]
+    write(tmp_path / "bad.extxyz", atoms[:1], format="extxyz")
+    with pytest.raises(ElmlffError, match="frame 0 has no 'uncertainty'"):
+        select_for_labelling([tmp_path / "bad.extxyz"], tmp_path / "x.extxyz", top=1)

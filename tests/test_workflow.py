@@ -87,6 +87,8 @@ def tiny_config(tmp: Path, **over) -> Path:
         "replicas": 1,
         "settings": {"steps": 50, "record_every": 10, "temperature_K": 300},
     }
+    cfg["uncertainty"]["adversarial"] = {"starts": 2, "steps": 3, "max_step": 0.02}
+    cfg["uncertainty"]["select"] = {"top": 5}
     for k, v in over.items():
         cfg[k] = v
     path = tmp / "tiny.yaml"
@@ -121,10 +123,12 @@ def test_dry_run_lists_the_default_campaign():
         "table_html": "3",
         "uncertainty": "1",
         "uncertainty_figure": "1",
+        "adversarial": "1",
+        "select_for_labelling": "1",
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "60",
+        "total": "62",
     }
 
 
@@ -140,7 +144,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "120"
+    assert counts["train_subsets"] == "8" and counts["total"] == "122"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -478,6 +482,22 @@ def test_tiny_campaign_end_to_end(tmp_path):
     got = pd.read_csv(scored)
     for col in ("U0", "U1", "U2", "std_mean", "std_max", "dF", "dF_w"):
         np.testing.assert_allclose(got[col], u[col], rtol=1e-5, atol=1e-7)
+    # adversarial samples through the live bases (U only: no reference calculator), and the
+    # most uncertain frames of them and of the ensemble's MD, ready for labelling
+    adv = pd.read_csv(res / "uq" / "adversarial.csv")
+    assert len(adv) == 2 * 4 and set(adv.start_frame) <= set(test_idx.tolist())
+    summary_adv = json.loads((res / "uq" / "adversarial.json").read_text())
+    assert "U only" in summary_adv["note"] and summary_adv["U_end_mean"] > 0
+    picked = read(res / "uq" / "to_label.extxyz", index=":")
+    assert len(picked) == 5
+    u_sel = [a.info["U_selected"] for a in picked]
+    assert u_sel == sorted(u_sel, reverse=True)
+    # the ensemble's MD recorded U every frame, and the summary says when U crossed U_c
+    md_traj = read(res / "md" / "ensemble_conserv" / "replica0.extxyz", index=":")
+    assert all(a.info["uncertainty"] > 0 for a in md_traj)
+    rep = json.loads((res / "md" / "ensemble_conserv" / "replica0.json").read_text())
+    assert rep["u_threshold"] > 0 and "loop_work_eV" in rep
+    assert abs(rep["loop_work_eV"]) < 1e-4 and rep["nve_drift_eV_per_atom_ps"] is not None
     # every figure and table, then redrawn from results/ alone: only figure rules run
     figures = [
         tmp_path / "results" / "figures" / "force_rmse.png",

@@ -193,6 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--out", required=True, type=Path)
     u.add_argument("--summary", required=True, type=Path)
     u.add_argument("--coverage", required=True, type=Path)
+    u = uq.add_parser("adversarial", help="move test frames up in U (live bases), label them")
+    u.add_argument("--dataset-dir", required=True, type=Path, help="results/{dataset}")
+    u.add_argument("--starts", type=int, default=8)
+    u.add_argument("--settings", default="{}", help="AttackSettings as JSON")
+    u.add_argument("--reference", default=None, help="module:Class of an ASE calculator")
+    u.add_argument("--reference-kwargs", default="{}", help="its arguments as JSON")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--out", required=True, type=Path, help="sampled frames (extxyz)")
+    u.add_argument("--table", required=True, type=Path)
+    u.add_argument("--summary", required=True, type=Path)
+    u = uq.add_parser("select", help="the most uncertain frames of a pool, for labelling")
+    u.add_argument("files", nargs="+", type=Path, help="extxyz with U in info")
+    u.add_argument("--u-c", type=float, default=None, help="keep frames with U above this")
+    u.add_argument("--top", type=int, default=None, help="keep the N most uncertain")
+    u.add_argument("--key", default="uncertainty", help="info key of U (else 'U')")
+    u.add_argument("--out", required=True, type=Path)
     u = uq.add_parser("plot", help="U against the true error (hexbin) and coverage curves")
     u.add_argument("table", type=Path)
     u.add_argument("--coverage", required=True, type=Path)
@@ -371,6 +387,26 @@ def _run_uq(a: argparse.Namespace) -> None:
             pair or None,
             a.bootstrap,
         )
+    elif a.uq_cmd == "adversarial":
+        from elmlff.uq.adversarial import AttackSettings, adversarial_stage
+
+        adversarial_stage(
+            a.dataset_dir,
+            a.out,
+            a.table,
+            a.summary,
+            a.starts,
+            AttackSettings(**json.loads(a.settings)),
+            a.reference,
+            json.loads(a.reference_kwargs),
+            a.seed,
+        )
+        print(a.summary.read_text())
+    elif a.uq_cmd == "select":
+        from elmlff.uq.adversarial import select_for_labelling
+
+        n = select_for_labelling(a.files, a.out, a.key, a.u_c, a.top)
+        print(f"{n} frames for labelling -> {a.out}")
     elif a.uq_cmd == "plot":
         from elmlff.uq.plots import uncertainty_figure
 

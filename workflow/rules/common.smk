@@ -51,6 +51,7 @@ localrules:
     table_html,
     uncertainty,
     uncertainty_figure,
+    select_for_labelling,
     figures,
     subset_table,
     md_summary,
@@ -144,6 +145,27 @@ def force_delta_pair(wildcards):
         k: f"results/{wildcards.dataset}/metas/{first[k]}/all/predictions.npz"
         for k in ("direct", "conserv")
     }
+
+
+def labelling_pool(d):
+    """Frames of data set ``d`` that carry U: adversarial samples and the MD trajectories of
+    models with two or more bases (ensembles record U every step)."""
+    pool = []
+    if config["uncertainty"]["adversarial"]["starts"]:
+        pool.append(f"results/{d}/uq/adversarial.extxyz")
+    singles = set(ensemble(config, d))
+    for m in md_models(d):
+        if m not in singles and m != "best_base":
+            pool += [
+                f"results/{d}/md/{m}/replica{r}.extxyz"
+                for r in range(md_spec(config, d)["replicas"])
+            ]
+    return pool
+
+
+def select_args(wildcards):
+    """--top N or --u-c X from the config's uncertainty.select."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config["uncertainty"]["select"].items())
 
 
 def subset_names(wildcards):
@@ -249,6 +271,8 @@ def final_outputs():
     out = []
     for d in DATASETS:
         out += [f"results/{d}/metrics.csv", f"results/{d}/uncertainty.csv"]
+        if labelling_pool(d):
+            out += [f"results/{d}/uq/to_label.extxyz"]
         if subset_groups(config, d):
             out += [f"results/{d}/subsets.csv"]
         if md_models(d):

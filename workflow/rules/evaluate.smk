@@ -52,3 +52,59 @@ rule uncertainty:
         " --metrics {input.metrics} --pair {params.pair} --dataset {wildcards.dataset}"
         " --bootstrap {params.bootstrap} --out {output.table} --summary {output.summary}"
         " --coverage {output.coverage} > {log} 2>&1"
+
+
+rule adversarial:
+    """Test frames moved up in U - ΔE/kT through the live bases (and labelled where a reference
+    calculator is configured)."""
+    input:
+        store="results/{dataset}/predictions.zarr",
+        split="results/{dataset}/split.json",
+        metrics="results/{dataset}/metrics.csv",
+        bases=lambda w: list(base_models(w).values()),
+    output:
+        frames="results/{dataset}/uq/adversarial.extxyz",
+        table="results/{dataset}/uq/adversarial.csv",
+        summary="results/{dataset}/uq/adversarial.json",
+    params:
+        starts=config["uncertainty"]["adversarial"]["starts"],
+        settings=lambda w: json.dumps(
+            {k: v for k, v in config["uncertainty"]["adversarial"].items() if k != "starts"}
+        ),
+        reference=lambda w: (
+            f"--reference {config['uncertainty']['reference']}"
+            if config["uncertainty"]["reference"]
+            else ""
+        ),
+        kwargs=json.dumps(config["uncertainty"]["reference_kwargs"]),
+    log:
+        "logs/{dataset}/adversarial.log",
+    benchmark:
+        "results/{dataset}/benchmarks/adversarial.tsv"
+    conda:
+        env_file("meta")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "python -m elmlff uq adversarial --dataset-dir results/{wildcards.dataset}"
+        " --starts {params.starts} --settings {params.settings:q} {params.reference}"
+        " --reference-kwargs {params.kwargs:q} --out {output.frames} --table {output.table}"
+        " --summary {output.summary} > {log} 2>&1"
+
+
+rule select_for_labelling:
+    """The most uncertain frames of the MD trajectories and adversarial samples, as extxyz."""
+    input:
+        pool=lambda w: labelling_pool(w.dataset),
+    output:
+        "results/{dataset}/uq/to_label.extxyz",
+    params:
+        select=select_args,
+    log:
+        "logs/{dataset}/select_for_labelling.log",
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff uq select {input.pool} {params.select} --out {output} > {log} 2>&1"
