@@ -255,7 +255,18 @@ def subset_raincloud(
             label="best single base (chosen on val)",
         )
     if log:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    pad = 1.12 if log else 1.0
+    span = allv.max() - allv.min()
+    ax.set_ylim(
+        allv.min() / pad if log else allv.min() - 0.05 * span,
+        allv.max() * pad if log else allv.max() + 0.05 * span,
+    )
     counts = df[(df.meta == meta) & (df.kind == "meta")].groupby("k").size()
     ax.set_xticks(ks, [f"{k}\n({counts.get(k, 0)})" for k in ks])
     ax.set_xlabel("number of bases k (subsets)")
