@@ -267,3 +267,17 @@ def test_selection_for_labelling_by_threshold_and_count(methane, tmp_path):
     write(tmp_path / "bad.extxyz", atoms[:1], format="extxyz")
     with pytest.raises(ElmlffError, match="frame 0 has no 'uncertainty'"):
         select_for_labelling([tmp_path / "bad.extxyz"], tmp_path / "x.extxyz", top=1)
+
+
+def test_the_attack_raises_u_of_a_tiny_trained_ensemble(methane, tiny_schnet):
+    """A trained SchNet and a Morse base: U (through SchNet's second derivatives) rises."""
+    from elmlff import bases as B
+    from elmlff.uq.adversarial import AttackSettings, attack
+
+    pots = [B.load(tiny_schnet), MorsePotential("morse")]
+    fr = methane.subset(range(100, 103))
+    s = AttackSettings(steps=5, max_step=0.01, temperature_K=5000)
+    _, table = attack(fr, pots, np.array([0.5, 0.5]), s, log=lambda m: None)
+    u = table.pivot(index="step", columns="frame", values="U")
+    assert (u.iloc[-1] > u.iloc[0]).all()
+    assert (np.diff(u.to_numpy(), axis=0) > -1e-6).mean() > 0.8  # nearly every step goes up

@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--split", required=True, type=Path)
     u.add_argument("--metrics", required=True, type=Path)
     u.add_argument("--pair", nargs="*", default=[], help="direct=PATH conserv=PATH predictions")
+    u.add_argument("--rmse", default="{}", help="JSON {base: force RMSE} over the val RMSEs")
     u.add_argument("--dataset", default="")
     u.add_argument("--bootstrap", type=int, default=1000)
     u.add_argument("--out", required=True, type=Path)
@@ -386,6 +387,7 @@ def _run_uq(a: argparse.Namespace) -> None:
             a.dataset,
             pair or None,
             a.bootstrap,
+            rmse_given=json.loads(a.rmse),
         )
     elif a.uq_cmd == "adversarial":
         from elmlff.uq.adversarial import AttackSettings, adversarial_stage

@@ -43,6 +43,7 @@ rule uncertainty:
     params:
         pair=lambda w: keyed(force_delta_pair(w)),
         bootstrap=config["evaluation"]["bootstrap"],
+        rmse=json.dumps(config["uncertainty"]["rmse"]),
     log:
         "logs/{dataset}/uncertainty.log",
     conda:
@@ -50,7 +51,8 @@ rule uncertainty:
     shell:
         "python -m elmlff uq stage --store {input.store} --split {input.split}"
         " --metrics {input.metrics} --pair {params.pair} --dataset {wildcards.dataset}"
-        " --bootstrap {params.bootstrap} --out {output.table} --summary {output.summary}"
+        " --bootstrap {params.bootstrap} --rmse {params.rmse:q} --out {output.table}"
+        " --summary {output.summary}"
         " --coverage {output.coverage} > {log} 2>&1"
 
 

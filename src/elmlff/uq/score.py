@@ -26,6 +26,7 @@ from elmlff.uq.metrics import (
     force_delta,
     inverse_rmse_weights,
     spearman,
+    threshold_curve,
 )
 
 #: which error each uncertainty is judged against (U2 uses the weighted mean force)
@@ -63,6 +64,16 @@ def coverage(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([*parts, oracle], ignore_index=True)
 
 
+def threshold_table(table: pd.DataFrame, column: str = "U1") -> pd.DataFrame:
+    """Force RMSE of the ensemble mean over the frames with U ≤ U_c and the fraction kept, for
+    U_c at the 10 %, 20 %, ..., 100 % quantiles of U."""
+    u = table[column].to_numpy()
+    sq = table["rmse_mean"].to_numpy() ** 2 * 3 * table["n_atoms"].to_numpy()
+    return threshold_curve(
+        u, sq, 3 * table["n_atoms"].to_numpy(), np.quantile(u, np.linspace(0.1, 1, 10))
+    )
+
+
 def _write(df: pd.DataFrame, out: Path) -> None:
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
@@ -80,9 +91,11 @@ def score_store(
     pair: Mapping[str, Path] | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    rmse_given: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """``uncertainty.csv`` for the test frames of a store: the bases are the ensemble, weights
-    from their val force RMSE in ``metrics.csv``. ``pair`` (``direct``, ``conserv``: meta
+    from their val force RMSE in ``metrics.csv`` unless ``rmse_given`` names a base's RMSE (a
+    pretrained model's published error, say). ``pair`` (``direct``, ``conserv``: meta
     ``predictions.npz``) adds the force delta between Ensemble-direct and Ensemble-conserv."""
     from elmlff import keys, store
     from elmlff.data import Split
@@ -101,7 +114,11 @@ def score_store(
         raise ElmlffError(
             f"no val force RMSE for bases {missing} in {metrics_csv}", "rerun evaluate"
         )
-    rmse = val[models].to_numpy()
+    given = dict(rmse_given or {})
+    unknown = sorted(set(given) - set(models))
+    if unknown:
+        raise ElmlffError(f"uncertainty.rmse names {unknown}, not bases of the store", "fix it")
+    rmse = np.array([given.get(m, val[m]) for m in models], dtype=float)
     w = inverse_rmse_weights(rmse, models)
     table = ensemble_uncertainty(
         ds[keys.BASE_FORCES].values[:, atoms], frames.n_atoms[idx], w, frames.forces[atoms]
@@ -128,7 +145,9 @@ def score_store(
         "frames": "test",
         "n_frames": len(idx),
         "models": models,
-        "val_force_rmse": dict(zip(models, rmse.tolist(), strict=True)),
+        "force_rmse_for_weights": dict(zip(models, rmse.tolist(), strict=True)),
+        "rmse_from": {m: "config" if m in given else "val" for m in models},
+        "threshold_U1": threshold_table(table).to_dict(orient="records"),
         "weights": dict(zip(models, w.tolist(), strict=True)),
         "force_delta_cost": table.attrs.get("force_delta_cost"),
         "spearman": summ.to_dict(orient="records"),
