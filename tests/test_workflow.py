@@ -88,6 +88,7 @@ def tiny_config(tmp: Path, **over) -> Path:
         "settings": {"steps": 50, "record_every": 10, "temperature_K": 300},
     }
     cfg["uncertainty"]["adversarial"] = {"starts": 2, "steps": 3, "max_step": 0.02}
+    cfg["uncertainty"]["reference"] = "ase.calculators.emt:EMT"  # labels the samples (H, C)
     cfg["uncertainty"]["select"] = {"top": 5}
     for k, v in over.items():
         cfg[k] = v
@@ -473,7 +474,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
         out.append(atoms)
     write(tmp_path / "test.extxyz", out, format="extxyz")
     val = df[(df.split == "val") & (df.metric == "force_rmse")].set_index("model").value
-    rmse = [f"{m}={val[m]!r}" for m in ds["model"].values]
+    rmse = [f"{m}={float(val[m])!r}" for m in ds["model"].values]
     scored = tmp_path / "scored.csv"
     assert (
         cli(["uq", "score", str(tmp_path / "test.extxyz"), "--out", str(scored), "--rmse", *rmse])
@@ -482,12 +483,15 @@ def test_tiny_campaign_end_to_end(tmp_path):
     got = pd.read_csv(scored)
     for col in ("U0", "U1", "U2", "std_mean", "std_max", "dF", "dF_w"):
         np.testing.assert_allclose(got[col], u[col], rtol=1e-5, atol=1e-7)
-    # adversarial samples through the live bases (U only: no reference calculator), and the
-    # most uncertain frames of them and of the ensemble's MD, ready for labelling
+    # adversarial samples through the live bases, labelled by the configured reference
+    # calculator (ASE's EMT here), and the most uncertain frames of them and of the ensemble's
+    # MD, ready for labelling
     adv = pd.read_csv(res / "uq" / "adversarial.csv")
     assert len(adv) == 2 * 4 and set(adv.start_frame) <= set(test_idx.tolist())
+    assert (adv.dF > 0).all()
     summary_adv = json.loads((res / "uq" / "adversarial.json").read_text())
-    assert "U only" in summary_adv["note"] and summary_adv["U_end_mean"] > 0
+    assert summary_adv["reference"] == "ase.calculators.emt:EMT" and "note" not in summary_adv
+    assert summary_adv["spearman_U1_dF"]["n"] == 8 and summary_adv["U_end_mean"] > 0
     picked = read(res / "uq" / "to_label.extxyz", index=":")
     assert len(picked) == 5
     u_sel = [a.info["U_selected"] for a in picked]

@@ -147,9 +147,16 @@ def force_delta_pair(wildcards):
     }
 
 
+def has_uncertainty(d):
+    """The uncertainty stage needs an ensemble of two or more bases."""
+    return len(ensemble(config, d)) >= 2
+
+
 def labelling_pool(d):
     """Frames of data set ``d`` that carry U: adversarial samples and the MD trajectories of
     models with two or more bases (ensembles record U every step)."""
+    if not has_uncertainty(d):
+        return []
     pool = []
     if config["uncertainty"]["adversarial"]["starts"]:
         pool.append(f"results/{d}/uq/adversarial.extxyz")
@@ -258,7 +265,8 @@ def figure_outputs():
             out += [f"results/{d}/figures/parity.png"]
         if subset_groups(config, d):
             out += [f"results/{d}/figures/subsets_raincloud.png"]
-        out += [f"results/{d}/figures/uncertainty.png"]
+        if has_uncertainty(d):
+            out += [f"results/{d}/figures/uncertainty.png"]
         if md_models(d):
             out += [f"results/{d}/figures/md_hr.png"]
             tables += ["md_table"]
@@ -270,7 +278,9 @@ def figure_outputs():
 def final_outputs():
     out = []
     for d in DATASETS:
-        out += [f"results/{d}/metrics.csv", f"results/{d}/uncertainty.csv"]
+        out += [f"results/{d}/metrics.csv"]
+        if has_uncertainty(d):
+            out += [f"results/{d}/uncertainty.csv"]
         if labelling_pool(d):
             out += [f"results/{d}/uq/to_label.extxyz"]
         if subset_groups(config, d):

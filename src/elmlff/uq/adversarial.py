@@ -75,6 +75,8 @@ def attack(
     counts the given frames from 0."""
     if settings.steps < 1 or settings.max_step <= 0:
         raise ElmlffError("adversarial sampling needs steps >= 1 and max_step > 0", "fix them")
+    if len(pots) < 2:
+        raise ElmlffError("adversarial sampling needs an ensemble of 2 or more bases", "add bases")
     from elmlff.bases import frame_tensors
 
     numbers, n_atoms, cell, pbc = frame_tensors(frames)
@@ -89,7 +91,7 @@ def attack(
         if e0 is None:
             e0 = e.detach()
         u_, e_ = u.detach(), e.detach()
-        objective = torch.log(u) - beta * (e - e0)
+        objective = torch.log(u.clamp_min(1e-12)) - beta * (e - e0)
         (g,) = torch.autograd.grad(objective.sum(), pos)
         snap = frames.subset(np.arange(len(frames)))
         snap.positions = x.numpy().copy()
