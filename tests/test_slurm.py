@@ -62,6 +62,7 @@ def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tm
     assert set(ids) == {"prepare_dataset", "train_schnetpack", "group predict", "train_meta"} | {
         "predict_meta",
         "group subsets",
+        "adversarial",  # runs the live bases: a cluster job; the uncertainty table is local
     }
     assert len(ids["train_schnetpack"]) == 2
     assert len(ids["group predict"]) == 1  # both bases' predictions in one SLURM job
@@ -83,6 +84,8 @@ def test_slurm_run_equals_local_run_groups_small_jobs_and_asks_for_gpus(tiny, tm
     # a meta-model trains in float32 with the threads its job gets (the SLURM job has other
     # CPUs than the local one): reductions round differently, 2 epochs carry that to ~4e-4
     pd.testing.assert_series_equal(a.value[~base], b.value[~base], rtol=1e-2)
+    a, b = (pd.read_csv(d / res / "uncertainty.csv") for d in (local, cluster))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
     a, b = (pd.read_csv(d / res / "subsets.csv") for d in (local, cluster))
     assert a.subset.nunique() == 3 and a[["subset", "meta"]].equals(b[["subset", "meta"]])
     pd.testing.assert_series_equal(a.value, b.value, rtol=1e-2)

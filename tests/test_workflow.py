@@ -564,6 +564,9 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
     d["datasets"]["methane"]["split"]["kfold"] = 2
     d["training"]["max_epochs"] = 1
     d["run_metas"] = ["ensemble_direct", "ensemble_conserv"]  # in-sample needs kfold 0
+    # the subset study of a conserv meta too (one base: the one subset 'all'), through the
+    # fold-specific live bases
+    d["subsets"] = {"metas": ["ensemble_direct", "ensemble_conserv"], "select": "all"}
     cfg.write_text(yaml.safe_dump(d))
     smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2")
     res = tmp_path / "results" / "methane"
@@ -589,6 +592,14 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
     assert mi["bases_in_training"] == "live"
     df = pd.read_csv(res / "metrics.csv")
     assert {"ensemble_direct", "ensemble_conserv"} <= set(df[df.split == "test"].model)
+    # the subset study's conserv model (trained in its group job) is train_meta's model
+    sub = pd.read_csv(res / "subsets.csv")
+    assert set(sub[sub.kind == "meta"].meta) == {"ensemble_direct", "ensemble_conserv"}
+    group = np.load(res / "subsets" / "ensemble_conserv" / "k1" / "predictions.npz")
+    alone = np.load(res / "metas" / "ensemble_conserv" / "all" / "predictions.npz")
+    assert np.isfinite(group["energy"]).all()
+    np.testing.assert_allclose(group["forces"][0], alone["forces"], atol=1e-5)
+    np.testing.assert_allclose(group["energy"][0], alone["energy"], atol=1e-5)
 
 
 @pytest.mark.slow
