@@ -172,7 +172,8 @@ def labelling_pool(d):
 
 def select_args(wildcards):
     """--top N or --u-c X from the config's uncertainty.select."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config["uncertainty"]["select"].items())
+    select = config["uncertainty"]["select"]
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in select.items())
 
 
 def subset_names(wildcards):
