@@ -217,7 +217,8 @@ def subset_table(
     """``subsets.csv`` (tidy: ``dataset, subset, k, models, meta, kind, split, metric, value``)
     from the group directories of each meta (``groups``: meta name -> directories): every
     subset's meta-model and, for the same bases, the four baselines (``kind`` baseline)."""
-    from elmlff.pipeline import _block, fit_baselines
+    from elmlff.baselines import fit_all
+    from elmlff.pipeline import _block
 
     ds = store.open_store(store_path)
     split = Split.load(split_path)
@@ -225,6 +226,11 @@ def subset_table(
     ensemble = ds["model"].values.astype(str).tolist()
     roles = {r: np.asarray(split.roles[r]) for r in ("val", "test")}
     blocks = {r: _block(ds, frames, idx) for r, idx in roles.items()}
+    fit_block = _block(ds, frames, split.meta_fit())  # read once; baselines slice the bases
+
+    def of(block: dict, m: list[int]) -> dict:
+        return {**block, "energy": block["energy"][m], "forces": block["forces"][m]}
+
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -266,10 +272,11 @@ def subset_table(
                 if subset in seen:
                     continue
                 seen.add(subset)
-                for c in fit_baselines(ds, split, models):
+                m = [ensemble.index(x) for x in models]
+                # as pipeline.fit_baselines: fitted on the meta frames, best base chosen on val
+                for c in fit_all(models, of(fit_block, m), of(blocks["val"], m)):
                     for role in roles:
                         b = blocks[role]
-                        m = [ensemble.index(x) for x in c.models]
                         e, f = c.apply(b["energy"][m], b["forces"][m], b["n_atoms"])
                         add(subset, models, c.name, "baseline", role, e, f)
     df = pd.DataFrame(rows)
