@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def train_subsets(
     from elmlff.meta.live import load_bases, load_fit
     from elmlff.meta.params import TrainSettings
     from elmlff.meta.train import fit
-    from elmlff.pipeline import _block, _meta_frames, check_meta_split, log
+    from elmlff.pipeline import _meta_frames, check_meta_split, log
 
     ds = store.open_store(store_path)
     split = Split.load(split_path)
@@ -116,18 +117,17 @@ def train_subsets(
             lv = pick(live_val, c) if live else None
             infos.append(fit(model, data, fit_idx, val_idx, c, settings, lf, lv, fold_of, log=log))
     t1 = time.perf_counter()
-    everything = store.frames_from_dataset(ds)
     energy = np.full((len(models), len(pred_idx)), np.nan)
     forces = np.zeros((len(models), len(pred_frames.forces), 3), dtype=np.float32)
+    atoms = frames.atom_index(pred_idx)
     for i, (model, c) in enumerate(zip(models, chosen, strict=True)):
-        if kind == "direct":
-            blk = _block(ds, everything, pred_idx, c)
+        if kind == "direct":  # from the stored base predictions already in memory
+            m = data.model_index(c)
             forces[i] = DirectEnsemble(model, []).forces_from(
-                pred_frames, blk["energy"], blk["forces"]
+                pred_frames, data.base_energy[m][:, pred_idx], data.base_forces[m][:, atoms]
             )
         else:
-            bases_c = load_bases({m: basedirs[m] for m in c}, c)
-            p = ConservEnsemble(model, bases_c).predict_all(pred_frames, batch_size)
+            p = ConservEnsemble(model, pick(live_val, c)).predict_all(pred_frames, batch_size)
             energy[i], forces[i] = p.energy, p.forces
     seconds = time.perf_counter() - t1
     if not np.isfinite(forces).all():
@@ -139,7 +139,7 @@ def train_subsets(
             {
                 "kind": kind,
                 "species": frames.species,
-                "stats": models[0].stats.__dict__,
+                "stats": asdict(models[0].stats),
                 "params": models[0].params,
                 "subsets": [
                     {"subset": n, "models": c, "state_dict": m.state_dict()}
