@@ -316,10 +316,9 @@ def parity(
     idx = np.sort(Split.load(d / "split.json").roles[split])
     atoms = frames.atom_index(idx)
     ref = frames.forces[atoms].ravel()
-    z = np.load(pred)
-    pos = {int(f): i for i, f in enumerate(z["frames"])}
-    local = frames.subset(z["frames"]).atom_index(np.array([pos[int(f)] for f in idx]))
-    y_meta = z["forces"][local].ravel()
+    from elmlff.pipeline import _meta_predictions
+
+    y_meta = _meta_predictions(meta, pred, frames)[1][atoms].ravel()
     m = ds["model"].values.astype(str).tolist().index(best)
     y_base = ds[keys.BASE_FORCES].values[m][atoms].ravel()
     a = np.abs(ref)

@@ -77,7 +77,7 @@ def run_replica(
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset))
     bases = [p.name for p in calc.ensemble.bases]
     if len(bases) >= 2:  # the uncertainty monitor: U1 every step, U_c from the val frames
-        calc.uq_weights, u_c = uncertainty_reference(dataset_dir, ds, split, bases)
+        calc.uq_weights, u_c = uncertainty_reference(dataset_dir, ds, frames, split, bases)
         if s.u_threshold <= 0:
             s = dataclasses.replace(s, u_threshold=u_c)
     log(f"MD of {model} replica {replica} from test frame {start}: {s}")
@@ -115,18 +115,14 @@ def run_replica(
 
 
 def uncertainty_reference(
-    dataset_dir: Path, ds, split: Split, bases: Sequence[str]
+    dataset_dir: Path, ds, frames, split: Split, bases: Sequence[str]
 ) -> tuple[np.ndarray, float]:
     """(U1 weights ∝ 1/val force RMSE of ``bases`` from metrics.csv, U_c = the largest U1 of
     those bases on the val frames of the store): U above anything seen on validation data."""
     from elmlff import keys
-    from elmlff.uq.metrics import ensemble_uncertainty, inverse_rmse_weights
+    from elmlff.uq.metrics import ensemble_uncertainty, val_rmse_weights
 
-    metrics = pd.read_csv(Path(dataset_dir) / "metrics.csv")
-    val = metrics[(metrics.split == "val") & (metrics.metric == "force_rmse")]
-    rmse = val.set_index("model").value.reindex(list(bases)).to_numpy()
-    w = inverse_rmse_weights(rmse, bases)
-    frames = store.frames_from_dataset(ds)
+    _, w = val_rmse_weights(Path(dataset_dir) / "metrics.csv", list(bases))
     idx = np.sort(split.roles["val"])
     names = ds["model"].values.astype(str).tolist()
     f = ds[keys.BASE_FORCES].values[[names.index(b) for b in bases]][:, frames.atom_index(idx)]

@@ -239,16 +239,14 @@ def adversarial_stage(
     from elmlff.io import atomic_path
     from elmlff.meta.ensemble import base_dirs
     from elmlff.meta.live import load_bases
-    from elmlff.uq.metrics import inverse_rmse_weights, spearman
+    from elmlff.uq.metrics import spearman, val_rmse_weights
 
     d = Path(dataset_dir)
     s = settings or AttackSettings()
     ds = store.open_store(d / "predictions.zarr")
     split = Split.load(d / "split.json")
     models = ds["model"].values.astype(str).tolist()
-    metrics = pd.read_csv(d / "metrics.csv")
-    val = metrics[(metrics.split == "val") & (metrics.metric == "force_rmse")]
-    w = inverse_rmse_weights(val.set_index("model").value.reindex(models).to_numpy(), models)
+    _, w = val_rmse_weights(d / "metrics.csv", models)
     pots = load_bases(base_dirs(d, models), models)
     test = np.sort(split.roles["test"])
     starts = np.sort(np.random.default_rng(seed).choice(test, min(n_starts, len(test)), False))

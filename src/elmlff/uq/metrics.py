@@ -47,6 +47,27 @@ def inverse_rmse_weights(rmse: Sequence[float], models: Sequence[str] | None = N
     return w / w.sum()
 
 
+def val_rmse_weights(
+    metrics_csv, models: Sequence[str], given: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(force RMSE, U1/U2 weights ∝ 1/RMSE) of ``models``: each base's val force RMSE from a
+    campaign's ``metrics.csv``, unless ``given`` names it (a pretrained model's published error)."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(models))
+    if unknown:
+        raise ElmlffError(f"force RMSEs given for {unknown}, not bases of the ensemble", "fix them")
+    metrics = pd.read_csv(metrics_csv)
+    val = metrics[(metrics.split == "val") & (metrics.metric == "force_rmse")]
+    val = val.set_index("model").value
+    missing = [m for m in models if m not in given and m not in val.index]
+    if missing:
+        raise ElmlffError(
+            f"no val force RMSE for bases {missing} in {metrics_csv}", "rerun evaluate"
+        )
+    rmse = np.array([given.get(m, val.get(m)) for m in models], dtype=float)
+    return rmse, inverse_rmse_weights(rmse, models)
+
+
 def _max_per_frame(values: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
     """Max over each frame's atoms of ``values (..., A)`` -> ``(..., F)``."""
     starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])

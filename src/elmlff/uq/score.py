@@ -27,6 +27,7 @@ from elmlff.uq.metrics import (
     inverse_rmse_weights,
     spearman,
     threshold_curve,
+    val_rmse_weights,
 )
 
 #: which error each uncertainty is judged against (U2 uses the weighted mean force)
@@ -106,33 +107,20 @@ def score_store(
     models = ds["model"].values.astype(str).tolist()
     idx = np.sort(split.roles["test"])
     atoms = frames.atom_index(idx)
-    metrics = pd.read_csv(metrics_csv)
-    val = metrics[(metrics.split == "val") & (metrics.metric == "force_rmse")]
-    val = val.set_index("model").value
-    missing = [m for m in models if m not in val.index]
-    if missing:
-        raise ElmlffError(
-            f"no val force RMSE for bases {missing} in {metrics_csv}", "rerun evaluate"
-        )
     given = dict(rmse_given or {})
-    unknown = sorted(set(given) - set(models))
-    if unknown:
-        raise ElmlffError(f"uncertainty.rmse names {unknown}, not bases of the store", "fix it")
-    rmse = np.array([given.get(m, val[m]) for m in models], dtype=float)
-    w = inverse_rmse_weights(rmse, models)
+    rmse, w = val_rmse_weights(metrics_csv, models, given)
     table = ensemble_uncertainty(
         ds[keys.BASE_FORCES].values[:, atoms], frames.n_atoms[idx], w, frames.forces[atoms]
     )
     table.insert(0, "frame", idx)
     table.insert(0, "dataset", dataset)
     if pair:
-        f = {}
-        sec = {}
+        from elmlff.pipeline import _meta_predictions
+
+        f, sec = {}, {}
         for kind in ("direct", "conserv"):
+            f[kind] = _meta_predictions(kind, pair[kind], frames)[1][atoms]
             z = np.load(pair[kind])
-            where = {int(x): i for i, x in enumerate(z["frames"])}
-            local = frames.subset(z["frames"]).atom_index(np.array([where[int(x)] for x in idx]))
-            f[kind] = z["forces"][local]
             sec[kind] = float(z["seconds"]) / len(z["frames"])
         sub = frames.subset(idx)
         table["force_delta"] = force_delta(f["direct"], f["conserv"], sub.n_atoms)
