@@ -8,10 +8,16 @@ both for the same fixed number of epochs (no early stopping, so both do the same
 model), and prints the wall-time ratio (issue target: < 10) and the naive ratio (255 separate
 trainings, each building its own graphs, estimated from one).
 
+On a CPU it then prints the floor this machine sets on that ratio: the matrix-product FLOPs of
+one model-epoch (counted with ``torch.utils.flop_counter``) times 255, at the rate the CPU reaches
+on the GAT's node-update shapes and at its large-matrix peak, against one training's epoch. The
+grouped models are independent (no work is shared but the inputs), so no grouping beats that
+floor; the gather, scatter and elementwise work of the attention comes on top.
+
 Base predictions come from ``results/methane/predictions.zarr`` when a campaign made it;
 otherwise they are synthetic (the reference forces plus per-base noise and bias): the cost does
 not depend on how good the bases are. A benchmark printing ratios measured in one run, not a
-test: ``python bench/subsets.py [--epochs N] [--sizes 1 2 ...]``.
+test: ``python bench/subsets.py [--epochs N] [--sizes 1 2 ...] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="k to run (default all)")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -93,11 +100,15 @@ def main() -> None:
     def train(names: list[str]) -> float:
         subsets = [resolve(n, ens) for n in names]
         models = [
-            meta.build("direct", len(c), data.frames.species, stats, params, subset_seed(0, n))
+            meta.build("direct", len(c), data.frames.species, stats, params, subset_seed(0, n)).to(
+                a.device
+            )
             for c, n in zip(subsets, names, strict=True)
         ]
+        _sync(a.device)
         t = time.perf_counter()
         fit_direct_group(models, subsets, data, fit_idx, val_idx, settings, log=quiet)
+        _sync(a.device)
         return time.perf_counter() - t
 
     print(
@@ -108,8 +119,9 @@ def main() -> None:
     t_graph = time.perf_counter()
     MetaData(data.frames, data.models, data.base_energy, data.base_forces, data.cutoff)
     t_graph = time.perf_counter() - t_graph
-    one = train(["all"])
-    print(f"one eight-base training: {one:.1f} s (+ {t_graph:.2f} s graph build)")
+    train(["all"])  # warm-up: the first training pays for lazy initialisation
+    one = float(np.median([train(["all"]) for _ in range(3)]))
+    print(f"one eight-base training: {one:.2f} s, median of 3 (+ {t_graph:.2f} s graph build)")
     groups = choose("all", ens)
     sizes = a.sizes or list(groups)
     total, count = 0.0, 0
@@ -131,6 +143,61 @@ def main() -> None:
         f"each loading the store and building graphs ({t_setup:.1f} s; the process start comes "
         "on top)"
     )
+    if a.device == "cpu":
+        floor(data, fit_idx, val_idx, stats, params, settings, one)
+
+
+def floor(data, fit_idx, val_idx, stats, params: dict, settings, one: float) -> None:
+    """Print the lowest ratio this machine allows: the matrix-multiply FLOPs of 255 trainings
+    at the rate its CPU reaches on the model's matrix shapes and at its large-matrix peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from elmlff import meta
+
+    model = meta.build("direct", 8, data.frames.species, stats, params, 0)
+    b = data.batch(fit_idx[: settings.batch_size]).to("cpu", torch.float32)
+    with FlopCounterMode(display=False) as fc:
+        ((model(b) - b.ref_forces) ** 2).mean().backward()
+    step = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(b)
+    n_fit = -(-len(fit_idx) // settings.batch_size)
+    n_val = -(-len(val_idx) // settings.batch_size)
+    per_epoch = n_fit * step + n_val * fc.get_total_flops()  # one model, one epoch
+    hidden = int(params.get("hidden", 64))
+    rates = {
+        "70 x the GAT node update": _gflops((70, b.positions.shape[0], hidden, hidden)),
+        "a 2048^3 product, the CPU's peak": _gflops((1, 2048, 2048, 2048)),
+    }
+    t_one = one / settings.max_epochs
+    print(
+        f"compute floor: {per_epoch / 1e9:.2f} GFLOP of matrix products per model-epoch "
+        f"(one eight-base epoch takes {1e3 * t_one:.0f} ms)"
+    )
+    for what, rate in rates.items():
+        t = 255 * per_epoch / (rate * 1e9)
+        print(
+            f"  at {rate:.0f} GFLOP/s ({what}): 255 models need >= {1e3 * t:.0f} ms per epoch "
+            f"= {t / t_one:.1f}x one training, before any memory-bound (gather, scatter, "
+            "elementwise) work"
+        )
+
+
+def _gflops(shape: tuple[int, int, int, int]) -> float:
+    """GFLOP/s of torch.bmm on (B, N, K) x (B, K, M) float32 matrices on this CPU."""
+    nb, n, k, m = shape
+    x, w = torch.randn(nb, n, k), torch.randn(nb, k, m)
+    torch.bmm(x, w)
+    reps = max(3, int(2e9 / (2 * nb * n * k * m)))
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.bmm(x, w)
+    return 2 * nb * n * k * m * reps / (time.perf_counter() - t) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

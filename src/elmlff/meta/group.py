@@ -174,23 +174,25 @@ def fit_direct_group(
         data.batch(i).to(device, dtype)
         for i in fold_batches(val_idx, fold_of, settings.batch_size, rng, False)
     ]
-    everyone = torch.arange(n)
 
     @torch.no_grad()
-    def validate() -> np.ndarray:
-        sq = torch.zeros(n, dtype=torch.float64)
+    def validate(act: torch.Tensor) -> np.ndarray:
+        """Val force RMSE of the models ``act`` (NaN for the others: stopped, not evaluated)."""
+        sq = torch.zeros(len(act), dtype=torch.float64)
         count = 0
         for b in val_batches:
-            f = forward(b, everyone)
+            f = forward(b, act)
             sq += ((f - b.ref_forces) ** 2).sum(dim=(1, 2)).double().cpu()
             count += b.ref_forces.numel()
-        return np.sqrt(sq.numpy() / count)
+        out = np.full(n, np.nan)
+        out[act.numpy()] = np.sqrt(sq.numpy() / count)
+        return out
 
     lr = torch.full((n,), settings.lr, dtype=torch.float64)
     opt = StackedAdam(params, lr)
     sched = StackedPlateau(lr, factor=0.5, patience=max(settings.patience // 3, 2))
     t0 = time.perf_counter()
-    v0 = validate()
+    v0 = validate(torch.arange(n))
     best = v0.copy()
     best_state = {k: v.detach().clone() for k, v in params.items()}
     best_epoch, wait = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
@@ -215,9 +217,9 @@ def fit_direct_group(
             opt.step()
             total[act.numpy()] += loss.detach().double().cpu().numpy()
             nb += 1
-        v = validate()
+        v = validate(act)
         sched.step(np.where(active, v, np.inf))  # a stopped model's rate is 0 already
-        better = active & (v < best)
+        better = active & (np.nan_to_num(v, nan=np.inf) < best)
         if better.any():
             rows = torch.as_tensor(np.flatnonzero(better))
             for k, p in params.items():
