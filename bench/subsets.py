@@ -132,29 +132,30 @@ def main() -> None:
             f"  k={k}: {len(groups[k]):3d} subsets in one group {t:7.1f} s "
             f"({1e3 * t / len(groups[k]) / settings.max_epochs:.0f} ms per model-epoch)"
         )
-    if count != 255:
-        scale = 255 / count
-        print(f"(sizes {sizes} only: {count} subsets; scaled to 255 by model count)")
-        total *= scale
-    naive = 255 * (one + t_graph + t_setup)
+    n_all = sum(len(g) for g in groups.values())  # 2^M - 1: 255 for the eight bases
+    if count != n_all:
+        print(f"(sizes {sizes} only: {count} subsets; scaled to {n_all} by model count)")
+        total *= n_all / count
+    naive = n_all * (one + t_graph + t_setup)
     print(
-        f"all 255 subsets grouped: {total:.1f} s = {total / (one + t_graph):.1f}x one training "
-        f"(target < 10x); 255 separate trainings: 255x, or {naive / (one + t_graph):.0f}x with "
+        f"all {n_all} subsets grouped: {total:.1f} s = {total / (one + t_graph):.1f}x one "
+        f"training (target < 10x); {n_all} separate trainings: {n_all}x, or "
+        f"{naive / (one + t_graph):.0f}x with "
         f"each loading the store and building graphs ({t_setup:.1f} s; the process start comes "
         "on top)"
     )
     if a.device == "cpu":
-        floor(data, fit_idx, val_idx, stats, params, settings, one)
+        floor(data, fit_idx, val_idx, stats, params, settings, one, n_all)
 
 
-def floor(data, fit_idx, val_idx, stats, params: dict, settings, one: float) -> None:
-    """Print the lowest ratio this machine allows: the matrix-multiply FLOPs of 255 trainings
+def floor(data, fit_idx, val_idx, stats, params: dict, settings, one: float, n_all: int) -> None:
+    """Print the lowest ratio this machine allows: the matrix-multiply FLOPs of n_all trainings
     at the rate its CPU reaches on the model's matrix shapes and at its large-matrix peak."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from elmlff import meta
 
-    model = meta.build("direct", 8, data.frames.species, stats, params, 0)
+    model = meta.build("direct", len(data.models), data.frames.species, stats, params, 0)
     b = data.batch(fit_idx[: settings.batch_size]).to("cpu", torch.float32)
     with FlopCounterMode(display=False) as fc:
         ((model(b) - b.ref_forces) ** 2).mean().backward()
@@ -175,9 +176,9 @@ def floor(data, fit_idx, val_idx, stats, params: dict, settings, one: float) -> 
         f"(one eight-base epoch takes {1e3 * t_one:.0f} ms)"
     )
     for what, rate in rates.items():
-        t = 255 * per_epoch / (rate * 1e9)
+        t = n_all * per_epoch / (rate * 1e9)
         print(
-            f"  at {rate:.0f} GFLOP/s ({what}): 255 models need >= {1e3 * t:.0f} ms per epoch "
+            f"  at {rate:.0f} GFLOP/s ({what}): {n_all} models need >= {1e3 * t:.0f} ms per epoch "
             f"= {t / t_one:.1f}x one training, before any memory-bound (gather, scatter, "
             "elementwise) work"
         )

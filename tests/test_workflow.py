@@ -387,7 +387,11 @@ def test_tiny_campaign_end_to_end(tmp_path):
     md = pd.read_csv(res / "md_summary.csv")
     agg = md[(md.replica == "all") & (md.metric == "stable_percent")]
     assert set(agg.model) == {"schnet_tiny", "ensemble_conserv"}
-    assert "| ensemble_conserv |" in (res / "md_table.md").read_text()
+    table = (res / "md_table.md").read_text()
+    assert "| ensemble_conserv |" in table
+    from elmlff.md.run import MDSettings
+
+    assert f"radius {MDSettings().loop_radius:g} Å" in table  # from the runs, not typed in
     assert (res / "figures" / "md_hr.png").read_bytes()[:4] == b"\x89PNG"
     atoms.calc = EnsembleCalculator(load_ensemble(res, "mean", subset="schnet_tiny+dp_tiny"))
     mean = ds[keys.BASE_FORCES].sel(model=["schnet_tiny", "dp_tiny"]).values.mean(0)

@@ -260,14 +260,16 @@ def subset_table(
                 raise ElmlffError(f"{pred} not found", "run the train_subsets rule")
             z = np.load(pred)
             info = json.loads((Path(d) / INFO_FILE).read_text())
+            # each role's frames and atoms within the group's predictions (same for every subset)
             where = {int(f): i for i, f in enumerate(z["frames"])}
             atoms_of = frames.subset(z["frames"])
+            local = {r: np.array([where[int(f)] for f in idx]) for r, idx in roles.items()}
+            atoms = {r: atoms_of.atom_index(i) for r, i in local.items()}
+            energy, forces = z["energy"], z["forces"]
             for s, subset in enumerate(z["subsets"].astype(str)):
                 models = info["subsets"][subset]["models"]
-                for role, idx in roles.items():
-                    local = np.array([where[int(f)] for f in idx])
-                    e = z["energy"][s][local]
-                    f = z["forces"][s][atoms_of.atom_index(local)]
+                for role in roles:
+                    e, f = energy[s][local[role]], forces[s][atoms[role]]
                     add(subset, models, meta_name, "meta", role, e, f)
                 if subset in seen:
                     continue

@@ -65,8 +65,9 @@ def choose(select: Any, ensemble: Sequence[str]) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
         for c in select:
             n = name(c, ensemble)
-            if n not in out.setdefault(len(resolve(n, ensemble)), []):
-                out[len(resolve(n, ensemble))].append(n)
+            same_k = out.setdefault(len(resolve(n, ensemble)), [])
+            if n not in same_k:
+                same_k.append(n)
         return dict(sorted(out.items()))
     else:
         raise ElmlffError(

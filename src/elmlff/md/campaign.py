@@ -187,6 +187,7 @@ def conservation(atoms, calc, s: MDSettings, traj: list, trajectory: Path) -> di
         return probe_atoms.get_forces()
 
     out["loop_work_eV"] = loop_work(forces, atoms.positions, s.loop_radius, 32, seed=s.seed)
+    out["loop_radius_A"] = s.loop_radius
     drift = out["nve_drift_eV_per_atom_ps"]
     drift = "n/a (no energy)" if drift is None else f"{1e3 * drift:.3g} meV/atom/ps"
     log(
@@ -208,6 +209,7 @@ SUMMARY_KEYS = (
     "diffusivity_A2_per_ps",
     "nve_drift_eV_per_atom_ps",
     "loop_work_eV",
+    "loop_radius_A",
     "mean_temperature_K",
     "u_threshold",
     "u_max",
@@ -221,11 +223,12 @@ def summarize(
 ) -> pd.DataFrame:
     """``md_summary.csv`` (tidy: dataset, model, replica, metric, value; replica ``all`` holds
     the aggregates) and a Table-1-like Markdown table (force MAE from ``metrics.csv``)."""
-    rows = []
+    rows, radii = [], set()
     for p in replica_jsons:
         if not Path(p).exists():
             raise ElmlffError(f"MD result {p} not found", "run the md_replica rule")
         d = json.loads(Path(p).read_text())
+        radii.add(d.get("loop_radius_A"))
         for k in SUMMARY_KEYS:
             if k in d:
                 v = d[k]
@@ -275,9 +278,10 @@ def summarize(
             "0-10 Å (0 = identical, 2 = disjoint); time to collapse: mean over the replicas that "
             "collapsed (bond deviation > 0.5 Å); NVE drift: slope of the total energy per atom "
             "in a run without thermostat from the same start (models with an energy); loop work: "
-            "|∮F·dx| around a closed loop of radius 0.1 Å in configuration space at the start "
-            "frame, mean over replicas (0 for a conservative force field; a direct force model "
-            "has no energy, and this shows its non-conservation); U > U_c before collapse: how "
+            f"|∮F·dx| around a closed loop of radius {_radius(radii)} in configuration space at "
+            "the start frame, mean over replicas (0 for a conservative force field; a direct "
+            "force model has no energy, and this shows its non-conservation); U > U_c before "
+            "collapse: how "
             "long before a collapse the ensemble force deviation U1 of the model's bases first "
             "exceeded U_c (the largest U1 on the val frames), mean over collapsed replicas "
             "(- when none collapsed or the model runs one base).",
@@ -352,3 +356,11 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
+
+
+def _radius(radii: set) -> str:
+    """The loop radius of the runs ('x Å'; else where to find it)."""
+    known = {r for r in radii if r is not None}
+    if len(known) == 1:
+        return f"{known.pop():g} Å"
+    return "loop_radius_A (per run, in md_summary.csv)" if known else "md_settings.loop_radius"

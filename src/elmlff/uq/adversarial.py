@@ -136,8 +136,9 @@ def write_samples(path: Path, trajectory: list[Frames], table: pd.DataFrame) -> 
 
     atoms = []
     for step, fr in enumerate(trajectory):
+        rows = table[table.step == step]
         for i, a in enumerate(fr.to_atoms()):
-            r = table[(table.step == step)].iloc[i]
+            r = rows.iloc[i]
             a.calc = None
             a.info.update(
                 {"source_frame": int(r.frame), "step": step, "U": r.U, "energy_mean": r.energy}
