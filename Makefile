@@ -32,9 +32,10 @@ lint: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m snakemake --lint
 
-# splice results/methane/summary.md (made by the workflow) into README.md's marked block
+# splice results/methane/summary.md (made by the workflow's campaign_summary) into README.md
 readme-table: setup
-	$(PY) -m elmlff summary results/methane --out results/methane/summary.md --readme README.md
+	$(PY) -m snakemake results/methane/summary.md
+	$(PY) -m elmlff splice results/methane/summary.md --into README.md --marker summary:methane
 
 dag: setup
 	$(PY) -m snakemake --dag | dot -Tsvg > results/dag.svg

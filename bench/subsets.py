@@ -66,6 +66,7 @@ def metadata(cfg: dict, cutoff: float):
         MetaData(frames, models, be, bf, cutoff),
         np.arange(n_fit),
         np.arange(n_fit, n_fit + n_val),
+        models,
     )
 
 
@@ -78,21 +79,18 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     from elmlff import meta
-    from elmlff.config import load_config
+    from elmlff.config import load_config, meta_spec
     from elmlff.meta.data import MetaData, Stats
     from elmlff.meta.group import fit_direct_group
-    from elmlff.meta.params import TrainSettings
     from elmlff.subsets import choose, resolve
     from elmlff.subsets import seed as subset_seed
 
     cfg = load_config(ROOT / "config" / "config.yaml")
-    spec = cfg["metas"]["ensemble_direct"]
-    params = dict(spec.get("params", {}))
-    settings = replace(
-        TrainSettings(**spec.get("training", {})), max_epochs=a.epochs, patience=a.epochs + 1
-    )
+    spec = meta_spec(cfg, "ensemble_direct")
+    params = spec.params
+    settings = replace(spec.settings, max_epochs=a.epochs, patience=a.epochs + 1)
     t0 = time.perf_counter()
-    data, fit_idx, val_idx, ens = metadata(cfg, float(params.get("cutoff", 5.0)))
+    data, fit_idx, val_idx, ens = metadata(cfg, spec.cutoff)
     t_setup = time.perf_counter() - t0
     stats = Stats.fit(data.frames.subset(fit_idx))
     quiet = lambda m: None  # noqa: E731

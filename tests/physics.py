@@ -7,10 +7,12 @@ A test class inherits :class:`PotentialPhysicsTests` and provides two fixtures: 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from elmlff.bases import forces, frame_tensors, hvp
+from elmlff.bases import Potential, forces, frame_tensors, hvp
+from elmlff.errors import ElmlffError
 
 
 def energy_np(pot, frames, positions=None) -> np.ndarray:
@@ -20,6 +22,25 @@ def energy_np(pot, frames, positions=None) -> np.ndarray:
 
 class PotentialPhysicsTests:
     """Energy/force physics every base must satisfy."""
+
+    def test_keeps_the_potential_contract(self, potential, frames):
+        """What callers rely on: float64 energies (F,) and forces (A, 3) for frames of any
+        mix, a differentiable ``energy()`` that keeps its graph, and a one-line error (not a
+        silent number) for an element the potential never saw."""
+        assert isinstance(potential, Potential)
+        assert set(np.unique(frames.numbers)) <= set(potential.species)
+        e, f = potential.predict(frames)
+        assert e.shape == (len(frames),) and f.shape == frames.forces.shape
+        assert e.dtype == np.float64 and f.dtype == np.float64
+        assert np.isfinite(e).all() and np.isfinite(f).all()
+        pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
+        out = potential.energy(pos, *frame_tensors(frames))
+        assert out.shape == (len(frames),) and out.requires_grad
+        alien = frames.subset([0])
+        alien.numbers = alien.numbers.copy()
+        alien.numbers[0] = 79  # gold: in no test set
+        with pytest.raises(ElmlffError, match=r"Z=\[79\]"):
+            potential.predict(alien)
 
     fd_step = 1e-4  # Å
     fd_atol = 1e-5  # eV/Å, float64 central differences

@@ -45,7 +45,7 @@ def test_nep_in_lists_types_and_hyper_parameters():
     assert rows["l_max"] == "4 2 0"
 
 
-def test_loss_and_prediction_outputs_are_parsed(tmp_path):
+def test_loss_output_is_parsed(tmp_path):
     loss = np.array(
         [
             [100, 1.2, 0.1, 0.1, 0.05, 0.30, 0.0, 0.06, 0.32, 0.0],
@@ -59,17 +59,23 @@ def test_loss_and_prediction_outputs_are_parsed(tmp_path):
     np.savetxt(tmp_path / "loss_bad.out", loss[:, :7])
     with pytest.raises(ElmlffError, match="7 columns, expected 10"):
         nep.read_loss(tmp_path / "loss_bad.out")
-    np.savetxt(tmp_path / "energy_test.out", [[-4.1, -4.0], [-4.2, -4.25]])
-    np.savetxt(tmp_path / "force_test.out", np.arange(12.0).reshape(2, 6))
-    out = nep.read_energy_force(tmp_path / "energy_test.out", tmp_path / "force_test.out")
-    assert out["energy_per_atom_ref"].tolist() == [-4.0, -4.25]
-    np.testing.assert_array_equal(out["forces_ref"], [[3, 4, 5], [9, 10, 11]])
+
+
+def test_nep_record_is_not_differentiable_and_needs_gpumd():
+    rec = B.FAMILIES["nep"]
+    assert (rec.executable, rec.distribution, rec.env_file) == ("nep", "calorine", "envs/nep.yaml")
+    pot = nep.NEPPotential("n", "nep.txt", {"species": [1, 6]})
+    assert pot.family == "nep" and not B.is_differentiable(pot)
+    with pytest.raises(ElmlffError, match="no differentiable torch energy"):
+        pot.energy(None, None, None, None, None)
+    assert B.distribution("nep") == "calorine" and "calorine" in B.distributions()
 
 
 def test_nep_is_left_out_without_gpumd(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     ok, why = B.family_available("nep")
-    assert not ok and "`nep` executable is not on PATH" in why
+    assert not ok and why == B.FAMILIES["nep"].missing_hint
+    assert "`nep` executable is not on PATH" in why
     assert B.family_available("schnetpack") == (True, "")
     from elmlff.config import ensemble, left_out, validate_config
 

@@ -29,9 +29,14 @@ class TestSchNetPhysics(PotentialPhysicsTests):
     pass
 
 
-def test_potential_satisfies_protocol(potential):
-    assert isinstance(potential, B.Potential)
-    assert potential.species == [1, 6]
+def test_training_leaves_no_file_in_the_working_directory(methane, tmp_path, monkeypatch):
+    """schnetpack's data module writes `splitting.lock` into the working directory: training
+    runs it in the base's scratch directory, so the base's folder is all that appears."""
+    monkeypatch.chdir(tmp_path)
+    spec = B.BaseSpec("one_epoch", "schnetpack", {"n_rbf": 4, "n_atom_basis": 4}, {"max_epochs": 1})
+    B.get_family("schnetpack").train(spec, methane.subset(range(8)), methane.subset([8, 9]), "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["best_model"]
 
 
 class TestPaiNNPhysics(PotentialPhysicsTests):

@@ -9,6 +9,7 @@ from analytic import MorsePotential
 from ase.calculators.calculator import Calculator, all_changes
 
 from elmlff.baselines import LinearCombiner
+from elmlff.calculator import EnsembleCalculator
 from elmlff.errors import ElmlffError
 from elmlff.md.observables import (
     HR_BINS,
@@ -23,7 +24,7 @@ from elmlff.md.observables import (
     rdf,
 )
 from elmlff.md.run import MDSettings, run_md
-from elmlff.meta.ensemble import EnsembleCalculator, LinearEnsemble
+from elmlff.meta.ensemble import LinearEnsemble
 
 
 def test_h_of_r_of_a_fixed_geometry_equals_a_hand_count():

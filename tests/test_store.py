@@ -38,11 +38,15 @@ def test_store_round_trips_with_varying_atom_counts(tmp_path):
     assert back[keys.BASE_FORCES].attrs["units"] == "eV/Å"
     assert back.attrs["config_hash"] == store.config_hash({"x": 1})
     assert "torch" in back.attrs["package_versions"]
-    e3, f3 = store.base_frames(back, "a", np.array([3]))
-    assert e3.tolist() == [e[0, 3]] and f3.shape == (4, 3)
+    blk = store.block(back, g, np.array([3]), ["b", "a"])
+    assert blk["energy"].tolist() == [[e[1, 3]], [e[0, 3]]] and blk["forces"].shape == (2, 4, 3)
+    np.testing.assert_array_equal(blk["forces"][0], fo[1][g.atom_index([3])])
+    np.testing.assert_array_equal(blk["ref_forces"], f.forces[g.atom_index([3])])
 
 
 def test_every_variable_is_documented():
+    """Every variable of a full store (HVPs included) is in keys.VARIABLES with its dims, unit
+    and description, and nothing in keys.VARIABLES is missing from the store."""
     f = random_frames(n_frames=5, sizes=(2,))
     ds = store.with_bases(
         store.reference_dataset(f, small_split()),
@@ -51,11 +55,12 @@ def test_every_variable_is_documented():
         np.zeros((1, 10, 3)),
         np.zeros((1, 5), bool),
     )
+    ds = store.with_hvp(ds, np.zeros((1, 10, 3)), np.ones((10, 3)), seed=0)
+    assert set(ds.data_vars) == set(keys.VARIABLES)
     for name, var in ds.data_vars.items():
-        assert "units" in var.attrs, name
-        if name in keys.VARIABLES:
-            assert var.dims == keys.VARIABLES[name].dims
-    assert "`base_forces`" in keys.variables_markdown()
+        assert var.dims == keys.VARIABLES[name].dims, name
+        assert var.attrs["units"] == keys.VARIABLES[name].unit, name
+        assert var.attrs["description"] == keys.VARIABLES[name].doc, name
 
 
 def test_bad_base_predictions_are_rejected():

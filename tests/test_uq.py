@@ -214,7 +214,8 @@ def test_differentiable_u_equals_u1_and_the_attack_raises_it(methane, tmp_path):
 
     from elmlff.baselines import LinearCombiner
     from elmlff.bases import frame_tensors
-    from elmlff.meta.ensemble import EnsembleCalculator, LinearEnsemble
+    from elmlff.calculator import EnsembleCalculator
+    from elmlff.meta.ensemble import LinearEnsemble
     from elmlff.uq.adversarial import AttackSettings, attack, differentiable_u, label
 
     pots = _morse_bases()

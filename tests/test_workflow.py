@@ -149,8 +149,10 @@ def test_paper_scale_dry_run_lists_the_same_stages():
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
-    """Both profiles parse; the SLURM one dry-runs (minus conda, which this machine lacks) and
-    gives training one GPU with memory and runtime that grow with each attempt."""
+    """Both profiles parse; the SLURM one names no model family (the rules take each family's
+    resources from its record) and dry-runs (minus conda, which this machine lacks): training
+    gets one GPU with memory and runtime that grow with each attempt, and the predictions of
+    every base travel as one group job."""
     for name in ("default", "slurm"):
         prof = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
         assert isinstance(prof, dict) and prof
@@ -159,15 +161,26 @@ def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
     assert slurm["retries"] >= 1 and "slurm_partition" in slurm["default-resources"]
     from elmlff.bases import FAMILIES
 
-    for fam in FAMILIES:
-        res = slurm["set-resources"][f"train_{fam}"]
-        assert res["gpu"] == 1 and "attempt" in res["mem_mb"] and "attempt" in res["runtime"]
+    rules = {f"{kind}_{fam}" for fam in FAMILIES for kind in ("train", "predict")}
+    assert not rules & set(slurm["set-resources"]), "family resources belong to the records"
+    assert not any(g.split("=")[0] in rules for g in slurm.get("groups", []))
+    nequip = FAMILIES["nequip"].train_resources
+    assert nequip.gpu == 1
+    for attempt in (1, 3):  # what the rule asks for at each attempt
+        res = {k: v(None, attempt) if callable(v) else v for k, v in nequip.rule().items()}
+        assert res["mem_mb"] == nequip.mem_mb * attempt
+        assert res["runtime"] == nequip.runtime * attempt
     del slurm["software-deployment-method"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(slurm))
     r = smk("-n", "--forceall", "--profile", str(tmp_path))
     block = r.stdout.split("rule train_nequip:", 1)[1].split("Shell command", 1)[0]
     res = set(re.search(r"resources: (.*)", block).group(1).split(", "))
-    assert {"gpu=1", "cpus_per_gpu=4", "mem_mb=16000", "runtime=480"} <= res
+    assert {
+        "gpu=1",
+        f"cpus_per_gpu={nequip.cpus_per_gpu}",
+        f"mem_mb={nequip.mem_mb}",
+        f"runtime={nequip.runtime}",
+    } <= res
     # the eight prediction jobs travel to SLURM as one group job
     assert len(re.findall(r"Group job predict\b", r.stdout + r.stderr)) == 1
     assert len(re.findall(r"Group job predict_meta\b", r.stdout + r.stderr)) == 1
@@ -176,15 +189,6 @@ def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
 def test_lint_is_clean():
     r = smk("--lint", check=False)
     assert "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
-
-
-#: the package each family's env must install
-FAMILY_PACKAGE = {
-    "schnetpack": "schnetpack",
-    "deepmd": "deepmd-kit",
-    "nequip": "nequip",
-    "nep": "calorine",
-}
 
 
 def _pins(lines) -> dict[str, str]:
@@ -198,22 +202,25 @@ def _pins(lines) -> dict[str, str]:
 
 def test_every_model_rule_names_an_existing_conda_env_pinned_like_the_venv():
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    assert "env_file(_family)" in text  # per-family rules name envs/{family}.yaml
+    bases = (ROOT / "workflow" / "rules" / "bases.smk").read_text()
+    # the per-family rules run in their record's env file (envs/{family}.yaml)
+    assert len(re.findall(r"conda:\s+family_env\(_family\)", bases)) == 2
+    assert "FAMILIES[family].env_file" in bases  # family_env() returns the record's file
     assert set(re.findall(r'env_file\("(\w+)"\)', text)) == {"elmlff", "meta"}
     from elmlff.bases import FAMILIES
 
-    assert set(FAMILY_PACKAGE) == set(FAMILIES)
     local = _pins((ROOT / "envs" / "pip" / "constraints.txt").read_text().splitlines())
-    for env in ["elmlff", "meta", *FAMILIES]:
-        path = ROOT / "envs" / f"{env}.yaml"
+    envs = {"elmlff": None, "meta": None} | {f: rec.distribution for f, rec in FAMILIES.items()}
+    for env, dist in envs.items():
+        path = ROOT / (FAMILIES[env].env_file if env in FAMILIES else f"envs/{env}.yaml")
         deps = yaml.safe_load(path.read_text())["dependencies"]
         pins = _pins(next(d for d in deps if isinstance(d, dict))["pip"])
         assert pins["torch"] == "2.13.0", path
         for pkg, version in pins.items():
             if pkg in local:
                 assert version == local[pkg], f"{path}: {pkg}=={version}, venv has {local[pkg]}"
-        if env in FAMILY_PACKAGE:
-            assert FAMILY_PACKAGE[env] in pins, f"{path} does not install {FAMILY_PACKAGE[env]}"
+        if dist is not None:
+            assert dist in pins, f"{path} does not install {dist}"
 
 
 def test_family_envs_provide_every_distribution_their_adapter_imports():
@@ -246,16 +253,21 @@ def test_family_envs_provide_every_distribution_their_adapter_imports():
         imported(src / "bases" / "__init__.py"),
     )
     core -= {"matplotlib", "seaborn"}  # figures run in envs/elmlff.yaml only
-    for family in FAMILIES:
-        env = yaml.safe_load((ROOT / "envs" / f"{family}.yaml").read_text())["dependencies"]
+
+    def adapter(rec) -> Path:  # the file of the record's entry point
+        return ROOT / "src" / (rec.entry.split(":")[0].replace(".", "/") + ".py")
+
+    for rec in FAMILIES.values():
+        env = yaml.safe_load((ROOT / rec.env_file).read_text())["dependencies"]
         pins = set(_pins(next(d for d in env if isinstance(d, dict))["pip"]))
-        missing = sorted((core | imported(src / "bases" / f"{family}.py")) - pins)
-        assert not missing, f"envs/{family}.yaml lacks {missing}"
-    # the meta env runs every torch base live beside torch-geometric and e3nn
+        missing = sorted((core | imported(adapter(rec)) | {rec.distribution}) - pins)
+        assert not missing, f"{rec.env_file} lacks {missing}"
+    # the meta env runs every differentiable (torch) base live beside torch-geometric and e3nn
     env = yaml.safe_load((ROOT / "envs" / "meta.yaml").read_text())["dependencies"]
     pins = set(_pins(next(d for d in env if isinstance(d, dict))["pip"]))
     need = core.union(*(imported(p) for p in (src / "meta").glob("*.py")))
-    need |= set().union(*(imported(src / "bases" / f"{f}.py") for f in FAMILIES if f != "nep"))
+    torch_bases = [rec for rec in FAMILIES.values() if rec.differentiable]
+    need |= set().union(*(imported(adapter(rec)) | {rec.distribution} for rec in torch_bases))
     assert not sorted(need - pins), f"envs/meta.yaml lacks {sorted(need - pins)}"
 
 
@@ -368,7 +380,8 @@ def test_tiny_campaign_end_to_end(tmp_path):
     log = (tmp_path / "logs" / "methane" / "metas" / "train_ensemble_conserv_all.log").read_text()
     assert "epoch 2/2" in log
     # any trained model is an ASE calculator; it reproduces the workflow's test predictions
-    from elmlff.meta.ensemble import EnsembleCalculator, load_ensemble
+    from elmlff.calculator import EnsembleCalculator
+    from elmlff.loader import load_ensemble
 
     f_test = split["roles"]["test"][0]
     atoms = store.frames_from_dataset(ds, [f_test]).to_atoms()[0]

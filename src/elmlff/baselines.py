@@ -11,10 +11,14 @@ out-of-fold predictions under K-fold cross-fitting):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from elmlff import store
+from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.metrics import force_rmse
 
@@ -43,6 +47,18 @@ class LinearCombiner:
         d = asdict(self)
         d["weights"] = dict(zip(self.models, np.asarray(self.weights).tolist(), strict=True))
         return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LinearCombiner:
+        """Rebuild a baseline from its :meth:`to_json` (an entry of ``baselines.json``)."""
+        models = list(d["weights"])
+        return cls(
+            d["name"],
+            models,
+            np.array([d["weights"][m] for m in models]),
+            d.get("energy_offset_per_atom", 0.0),
+            d.get("info", {}),
+        )
 
 
 def _check(forces: np.ndarray, ref: np.ndarray) -> None:
@@ -124,3 +140,14 @@ def fit_all(
             fit["n_atoms"],
         ),
     ]
+
+
+def fit_baselines(ds, split: Split, models: list[str]) -> list[LinearCombiner]:
+    """The four baselines over the bases ``models`` (any subset of the store's), fitted on the
+    out-of-sample (meta) frames of the store ``ds``, best base chosen on val."""
+    frames = store.frames_from_dataset(ds)
+    return fit_all(
+        models,
+        store.block(ds, frames, split.meta_fit(), models),
+        store.block(ds, frames, split.roles["val"], models),
+    )

@@ -33,6 +33,12 @@ def _keyvalue(item: str) -> tuple[str, Path]:
     return key, Path(path)
 
 
+def _meta_spec(text: str):
+    from elmlff.meta.params import MetaSpec
+
+    return MetaSpec(**json.loads(text)).check()
+
+
 def _device(name: str) -> str:
     if name == "auto":
         import torch
@@ -82,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("train-meta", help="train a meta-model on a subset of bases")
-    s.add_argument("--name", required=True)
-    s.add_argument("--spec", required=True, help="the meta's config entry as JSON")
+    s.add_argument("--spec", required=True, help="the meta's MetaSpec as JSON")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--subset", default="all")
@@ -101,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("train-subsets", help="train a meta-model on many subsets of one size")
-    s.add_argument("--name", required=True)
-    s.add_argument("--spec", required=True, help="the meta's config entry as JSON")
+    s.add_argument("--spec", required=True, help="the meta's MetaSpec as JSON")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--subsets", nargs="+", required=True, help="subset names, one size k")
@@ -218,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("summary", help="costs and test errors per model, from results/ only")
     s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--readme", type=Path, help="also splice it into this file's marked block")
+
+    s = sub.add_parser("splice", help="put a generated Markdown file into a marked block")
+    s.add_argument("markdown", type=Path, help="e.g. results/methane/summary.md")
+    s.add_argument("--into", required=True, type=Path, help="e.g. README.md")
+    s.add_argument("--marker", required=True, help="<!-- MARKER --> ... <!-- /MARKER -->")
 
     a = p.parse_args(argv)
     try:
@@ -260,8 +269,7 @@ def _run(a: argparse.Namespace) -> int:
         )
     elif a.cmd == "train-meta":
         pipeline.train_meta(
-            a.name,
-            json.loads(a.spec),
+            _meta_spec(a.spec),
             a.store,
             a.split,
             a.subset,
@@ -276,8 +284,7 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.study import train_subsets
 
         train_subsets(
-            a.name,
-            json.loads(a.spec),
+            _meta_spec(a.spec),
             a.store,
             a.split,
             a.subsets,
@@ -349,12 +356,15 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "uq":
         _run_uq(a)
     elif a.cmd == "summary":
-        from elmlff.summary import campaign_summary, splice
+        from elmlff.summary import campaign_summary
 
-        text = campaign_summary(a.dataset_dir, a.out)
-        if a.readme:
-            splice(a.readme, f"summary:{a.dataset_dir.name}", text)
-        print(text)
+        print(campaign_summary(a.dataset_dir, a.out, a.benchmarks))
+    elif a.cmd == "splice":
+        from elmlff.summary import splice
+
+        if not a.markdown.exists():
+            raise ElmlffError(f"{a.markdown} not found", "make it first (snakemake makes it)")
+        splice(a.into, a.marker, a.markdown.read_text())
     return 0
 
 

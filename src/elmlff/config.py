@@ -87,16 +87,10 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
                 f"{source}: {where}: unknown base name(s) {unknown}",
                 f"define them under `bases` or use one of {sorted(bases)}",
             )
-    from elmlff.meta.params import PARAMS, field_names
+    from elmlff.meta.params import MetaSpec
 
     for name, meta in config.get("metas", {}).items():
-        allowed = field_names(PARAMS[meta["kind"]])
-        unknown = sorted(set(meta.get("params", {})) - set(allowed))
-        if unknown:
-            raise ElmlffError(
-                f"{source}: metas.{name}.params: unknown key(s) {unknown} for kind {meta['kind']}",
-                f"use some of {allowed}",
-            )
+        MetaSpec.from_config(name, meta).check(source)
     unknown = [m for m in config.get("run_metas", []) if m not in config.get("metas", {})]
     if unknown:
         raise ElmlffError(
@@ -188,9 +182,11 @@ def base_spec(config: MutableMapping[str, Any], name: str):
     )
 
 
-def meta_spec(config: MutableMapping[str, Any], name: str) -> dict[str, Any]:
-    """A meta-model's config entry (kind, fit_on, params, training)."""
-    return dict(config["metas"][name])
+def meta_spec(config: MutableMapping[str, Any], name: str):
+    """The :class:`~elmlff.meta.params.MetaSpec` of a meta-model."""
+    from elmlff.meta.params import MetaSpec
+
+    return MetaSpec.from_config(name, config["metas"][name])
 
 
 def subset_groups(config: MutableMapping[str, Any], dataset: str) -> dict[int, list[str]]:

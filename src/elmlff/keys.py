@@ -30,6 +30,7 @@ FORCES: Final = "forces"
 SOURCE_INDEX: Final = "source_index"
 SOURCE_PART: Final = "source_part"
 SPLIT: Final = "split"
+FOLD: Final = "fold"
 # Per base (written by the store stage).
 BASE_ENERGY: Final = "base_energy"
 BASE_FORCES: Final = "base_forces"
@@ -50,6 +51,7 @@ VARIABLES: Final[dict[str, Var]] = {
     SOURCE_INDEX: Var(("frame",), "1", "frame index within its source part, as read"),
     SOURCE_PART: Var(("frame",), "1", "source part (file or folder) the frame came from"),
     SPLIT: Var(("frame",), "1", "role: train | meta | val | test (or cv<k> under K-fold)"),
+    FOLD: Var(("frame",), "1", "K-fold cross-fitting fold (-1 outside folds or no K-fold)"),
     BASE_ENERGY: Var(("model", "frame"), "eV", "each base's predicted total energy"),
     BASE_FORCES: Var(("model", "atom", "xyz"), "eV/Å", "each base's predicted forces"),
     BASE_IN_SAMPLE: Var(
@@ -58,12 +60,3 @@ VARIABLES: Final[dict[str, Var]] = {
     HVP_DIRECTION: Var(("atom", "xyz"), "1", "direction v (unit norm per frame) of the HVPs"),
     BASE_HVP: Var(("model", "atom", "xyz"), "eV/Å²", "each base's Hessian-vector product H·v"),
 }
-
-
-def variables_markdown() -> str:
-    """The table of :data:`VARIABLES` as Markdown, for READMEs and store docs."""
-    rows = ["| variable | dims | unit | meaning |", "|---|---|---|---|"]
-    rows += [
-        f"| `{k}` | ({', '.join(v.dims)}) | {v.unit} | {v.doc} |" for k, v in VARIABLES.items()
-    ]
-    return "\n".join(rows)

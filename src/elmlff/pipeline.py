@@ -1,10 +1,13 @@
-"""The workflow's stages as plain functions; ``elmlff.cli`` exposes each to a Snakemake rule."""
+"""The workflow's stages as plain functions (data, bases, store, evaluation, meta-models);
+``elmlff.cli`` exposes each to a Snakemake rule. Helpers live with what they serve: leak guards
+in :mod:`elmlff.guards`, the store's blocks in :mod:`elmlff.store`, baselines in
+:mod:`elmlff.baselines`, meta-training jobs in :mod:`elmlff.meta.jobs`."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +15,16 @@ import numpy as np
 import pandas as pd
 
 from elmlff import bases as B
-from elmlff import keys, store
-from elmlff.baselines import LinearCombiner, fit_all
+from elmlff import store
+from elmlff.baselines import fit_baselines
 from elmlff.data import Frames, Split, make_split, read
 from elmlff.data.split import ROLES
 from elmlff.errors import ElmlffError
+from elmlff.guards import check_no_leak
 from elmlff.io import atomic_path, atomic_write_text
+from elmlff.log import log
+from elmlff.meta.params import MetaSpec
 from elmlff.metrics import UNITS, metrics, per_frame
-
-
-def log(msg: str) -> None:
-    print(f"[elmlff {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -269,50 +271,6 @@ def merge(
 
 
 # -- evaluation ---------------------------------------------------------------------------
-def _block(
-    ds, frames: Frames, idx: np.ndarray, models: list[str] | None = None
-) -> dict[str, np.ndarray]:
-    """Base predictions and labels of frames ``idx`` (bases ``models``, default all)."""
-    a = frames.atom_index(idx)
-    names = ds["model"].values.astype(str).tolist()
-    m = [names.index(x) for x in models] if models is not None else slice(None)
-    return {
-        "energy": ds[keys.BASE_ENERGY].values[m][:, idx],
-        "forces": ds[keys.BASE_FORCES].values[m][:, a],
-        "ref_energy": frames.energy[idx],
-        "ref_forces": frames.forces[a],
-        "n_atoms": frames.n_atoms[idx],
-    }
-
-
-def fit_baselines(ds, split: Split, models: list[str]) -> list[LinearCombiner]:
-    """The four baselines over the bases ``models`` (any subset of the store's), fitted on the
-    out-of-sample (meta) frames, best base chosen on val."""
-    frames = store.frames_from_dataset(ds)
-    return fit_all(
-        models,
-        _block(ds, frames, split.meta_fit(), models),
-        _block(ds, frames, split.roles["val"], models),
-    )
-
-
-def check_no_leak(ds, split: Split) -> None:
-    """No base trained on a frame that meta-models or baselines fit on, or on a test frame."""
-    ins = ds[keys.BASE_IN_SAMPLE].values
-    for what, idx in (
-        ("meta-fit", split.meta_fit()),
-        ("val", split.roles["val"]),
-        ("test", split.roles["test"]),
-    ):
-        bad = ins[:, idx].any(axis=1)
-        if bad.any():
-            models = ds["model"].values[bad].tolist()
-            raise ElmlffError(
-                f"bases {models} were trained on {what} frames",
-                "retrain the bases on the split's train frames only",
-            )
-
-
 def evaluate(
     store_path: Path,
     split_path: Path,
@@ -326,6 +284,8 @@ def evaluate(
     """Fit the four baselines on out-of-sample (meta) predictions and write tidy metrics for
     every base, baseline and meta-model (``metas``: name -> val/test predictions) on every
     split they cover (test holds the final numbers)."""
+    from elmlff.meta import read_predictions
+
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     check_no_leak(ds, split)
@@ -333,13 +293,13 @@ def evaluate(
     models = ds["model"].values.astype(str).tolist()
     fit_idx, val_idx = split.meta_fit(), split.roles["val"]
     combiners = fit_baselines(ds, split, models)
-    meta_preds = {name: _meta_predictions(name, p, frames) for name, p in (metas or {}).items()}
+    meta_preds = {name: read_predictions(name, p, frames) for name, p in (metas or {}).items()}
     rows = []
     for role in ROLES:
         idx = split.roles[role]
         if len(idx) == 0:
             continue
-        blk = _block(ds, frames, idx)
+        blk = store.block(ds, frames, idx)
         preds: list[tuple[str, str, np.ndarray, np.ndarray]] = [
             (m, "base", blk["energy"][i], blk["forces"][i]) for i, m in enumerate(models)
         ]
@@ -396,181 +356,48 @@ def evaluate(
     return df
 
 
-def _meta_predictions(name: str, path: Path, frames: Frames) -> tuple[np.ndarray, np.ndarray]:
-    """A meta's predictions on the store's frame/atom axes (NaN where it did not predict)."""
-    if not Path(path).exists():
-        raise ElmlffError(f"meta '{name}': predictions {path} not found", "run predict_meta")
-    z = np.load(path)
-    e = np.full(len(frames), np.nan)
-    f = np.full((len(frames.forces), 3), np.nan)
-    e[z["frames"]] = z["energy"]
-    f[frames.atom_index(z["frames"])] = z["forces"]
-    if not np.isfinite(z["forces"]).all():
-        raise ElmlffError(f"meta '{name}' predicted NaN/inf forces ({path})", "retrain it")
-    return e, f
-
-
-def combiner_from_json(d: Mapping[str, Any]) -> LinearCombiner:
-    """Rebuild a baseline from ``baselines.json``."""
-    models = list(d["weights"])
-    return LinearCombiner(
-        d["name"],
-        models,
-        np.array([d["weights"][m] for m in models]),
-        d.get("energy_offset_per_atom", 0.0),
-        d.get("info", {}),
-    )
-
-
 # -- meta-models --------------------------------------------------------------------------
-def _meta_frames(split: Split, fit_on: str, name: str) -> np.ndarray:
-    """Frames a meta-model learns from: out-of-sample (meta split / out-of-fold) or, for the
-    in-sample ablation, as many of the bases' own training frames (seeded draw), so that only
-    where the predictions come from differs."""
-    oos = split.meta_fit()
-    if fit_on == "out_of_sample":
-        return oos
-    if split.kfold:
-        raise ElmlffError(
-            f"meta '{name}': the in-sample ablation needs one full fit per base (kfold 0)",
-            "drop it from `run_metas` or set the data set's `split.kfold: 0`",
-        )
-    train = split.roles["train"]
-    rng = np.random.default_rng(split.seed)
-    return np.sort(rng.choice(train, size=min(len(train), len(oos)), replace=False))
-
-
-def check_meta_split(
-    ds, split: Split, models: list[str], fit_idx: np.ndarray, fit_on: str, basedirs=None
-) -> None:
-    """Refuse a meta-training set that touches val/test, or (out-of-sample) any frame a base
-    that predicted it was trained on: from the store's ``base_in_sample`` and, for live bases,
-    from each fit's ``base.json``."""
-    val, test = split.roles["val"], split.roles["test"]
-    for what, idx in (("val", val), ("test", test)):
-        both = np.intersect1d(fit_idx, idx)
-        if len(both):
-            raise ElmlffError(
-                f"{len(both)} meta-training frames are also {what} frames (first {both[:3]})",
-                "rebuild the split (snakemake reruns the data stage)",
-            )
-    if len(np.intersect1d(val, test)):
-        raise ElmlffError("val and test frames overlap", "rebuild the split")
-    all_models = ds["model"].values.astype(str).tolist()
-    ins = ds[keys.BASE_IN_SAMPLE].values[[all_models.index(m) for m in models]]
-    if fit_on == "out_of_sample" and ins[:, fit_idx].any():
-        bad = [m for m, row in zip(models, ins[:, fit_idx], strict=True) if row.any()]
-        raise ElmlffError(
-            f"bases {bad} were trained on frames the meta-model would learn from",
-            "retrain the bases on the split's train frames only",
-        )
-    if ins[:, np.concatenate([val, test])].any():
-        raise ElmlffError("a base was trained on val/test frames", "retrain the bases")
-    if basedirs is None:
-        return
-    folds = split.folds if split.kfold else [fit_idx]
-    for m in models:
-        for fit, d in basedirs[m].items():
-            trained = np.asarray(B.read_info(d)["trained_on"], dtype=np.int64)
-            own = folds[int(fit[2:])] if fit.startswith("cv") else fit_idx
-            if fit_on == "out_of_sample" and len(np.intersect1d(trained, own)):
-                raise ElmlffError(
-                    f"base '{m}' fit {fit} trained on frames its meta-training frames include",
-                    "retrain the bases on the split's train frames only",
-                )
-            if len(np.intersect1d(trained, np.concatenate([val, test]))):
-                raise ElmlffError(f"base '{m}' fit {fit} trained on val/test frames", "retrain")
-
-
 def train_meta(
-    name: str,
-    spec: Mapping[str, Any],
+    spec: MetaSpec,
     store_path: Path,
     split_path: Path,
     subset: str,
-    ensemble: list[str],
+    ensemble: Sequence[str],
     basedirs: Mapping[str, Mapping[str, Path]],
     out: Path,
     dataset: str = "",
 ) -> None:
-    """Train one meta-model (``spec``: kind, params, training, fit_on) on a subset of bases."""
+    """Train one meta-model on a subset of bases (``all``: the whole ensemble): the subset
+    study's job with one subset, saved as ``meta.pt`` + ``meta.json``."""
     from elmlff import meta
-    from elmlff.meta.data import MetaData, Stats
-    from elmlff.meta.live import load_bases, load_fit
-    from elmlff.meta.params import TrainSettings
-    from elmlff.meta.train import fit
-    from elmlff.subsets import name as subset_name
-    from elmlff.subsets import resolve
-    from elmlff.subsets import seed as subset_seed
+    from elmlff.meta import jobs
 
-    ds = store.open_store(store_path)
-    split = Split.load(split_path)
-    models = resolve(subset, ensemble)
-    subset = subset_name(models, ensemble)
-    fit_on = spec.get("fit_on", "out_of_sample")
-    fit_idx, val_idx = _meta_frames(split, fit_on, name), split.roles["val"]
-    kind = spec["kind"]
-    params = dict(spec.get("params", {}))
-    settings = TrainSettings(**spec.get("training", {}))
-    needs_live = kind == "conserv" and (
-        settings.bases == "live" or (settings.bases == "auto" and params.get("use_forces", True))
-    )
-    check_meta_split(ds, split, models, fit_idx, fit_on, basedirs if needs_live else None)
-    t0 = time.perf_counter()
-    cutoff = float(params.get("cutoff", 5.0))
-    data = MetaData.from_store(ds, cutoff, models)
-    log(
-        f"meta '{name}' ({kind}) on {len(models)} bases {models}: {len(fit_idx)} {fit_on} "
-        f"training frames, {len(val_idx)} val frames; graphs built in "
-        f"{time.perf_counter() - t0:.1f} s ({len(data.graph)} edges)"
-    )
-    frames = data.frames
-    stats = Stats.fit(frames.subset(fit_idx))
-    seed = subset_seed(settings.seed, subset)  # the same weights as in a subset-study group
-    model = meta.build(kind, len(models), frames.species, stats, params, seed=seed)
-    live_fit = live_val = fold_of = None
-    if needs_live:
-        if split.kfold:
-            live_fit = {k: load_fit(basedirs, models, f"cv{k}") for k in range(split.kfold)}
-            fold_of = split.fold_of(len(frames))
-        else:
-            live_fit = {-1: load_fit(basedirs, models, "full")}
-        live_val = load_bases(basedirs, models)
-    info = fit(
-        model, data, fit_idx, val_idx, models, settings, live_fit, live_val, fold_of, log=log
-    )
+    job = jobs.prepare(spec, store_path, split_path, [subset], ensemble, basedirs)
+    (model,), (info,) = jobs.train(job)
+    models = job.subsets[0]
     with atomic_path(out) as tmp:
         meta.save(
             model,
             models,
             tmp,
             {
-                "name": name,
-                "kind": kind,
+                "name": spec.name,
+                "kind": spec.kind,
                 "dataset": dataset,
-                "subset": subset,
+                "subset": job.names[0],
                 "models": models,
-                "fit_on": fit_on,
-                "package": _package_version("torch-geometric" if kind == "direct" else "e3nn"),
+                "fit_on": spec.fit_on,
+                "package": store.package_version(spec.package),
                 "params": model.params,
-                "trained_on": fit_idx.tolist(),
-                "validated_on": val_idx.tolist(),
+                "trained_on": job.fit_idx.tolist(),
+                "validated_on": job.val_idx.tolist(),
                 **info,
             },
         )
     log(
-        f"meta '{name}' done: best val force RMSE {1e3 * info['best_val_force_rmse']:.2f} meV/Å "
-        f"at epoch {info['best_epoch']} ({info['train_seconds']:.0f} s)"
+        f"meta '{spec.name}' done: best val force RMSE {1e3 * info['best_val_force_rmse']:.2f} "
+        f"meV/Å at epoch {info['best_epoch']} ({info['train_seconds']:.0f} s)"
     )
-
-
-def _package_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"{dist} {version(dist)}"
-    except PackageNotFoundError:
-        return dist
 
 
 def predict_meta(
@@ -596,7 +423,7 @@ def predict_meta(
     frames = everything.subset(idx)
     t0 = time.perf_counter()
     if model.kind == "direct":
-        blk = _block(ds, everything, idx, models)
+        blk = store.block(ds, everything, idx, models)
         em, fm = blk["energy"], blk["forces"]
         e = np.full(len(idx), np.nan)
         f = DirectEnsemble(model, []).forces_from(frames, em, fm)

@@ -295,30 +295,30 @@ def parity(
 
     from elmlff import keys, store
     from elmlff.data import Split
+    from elmlff.layout import DatasetLayout
+    from elmlff.meta import read_predictions
 
     plt = _pyplot()
-    d = Path(dataset_dir)
-    df = read_metrics([d / "metrics.csv"])
+    lay = DatasetLayout.of(dataset_dir)
+    df = read_metrics([lay.metrics])
     sel = df[
         (df.kind == "meta") & (df.split == split) & (df.metric == "force_rmse_framemean")
     ].sort_values("value")
     if meta is None:
         if sel.empty:
-            raise ElmlffError(f"no meta-model in {d / 'metrics.csv'}", "train a meta-model")
+            raise ElmlffError(f"no meta-model in {lay.metrics}", "train a meta-model")
         meta = str(sel.model.iloc[0])
-    pred = d / "metas" / meta / "all" / "predictions.npz"
+    pred = Path(lay.meta_predictions(meta))
     if not pred.exists():
         raise ElmlffError(f"{pred} not found", f"run predict_meta for '{meta}'")
-    weights = json.loads((d / "baselines.json").read_text())["baselines"]["best_base"]["weights"]
+    weights = json.loads(Path(lay.baselines).read_text())["baselines"]["best_base"]["weights"]
     best = max(weights, key=weights.get)
-    ds = store.open_store(d / "predictions.zarr")
+    ds = store.open_store(lay.store)
     frames = store.frames_from_dataset(ds)
-    idx = np.sort(Split.load(d / "split.json").roles[split])
+    idx = np.sort(Split.load(lay.split).roles[split])
     atoms = frames.atom_index(idx)
     ref = frames.forces[atoms].ravel()
-    from elmlff.pipeline import _meta_predictions
-
-    y_meta = _meta_predictions(meta, pred, frames)[1][atoms].ravel()
+    y_meta = read_predictions(meta, pred, frames)[1][atoms].ravel()
     m = ds["model"].values.astype(str).tolist().index(best)
     y_base = ds[keys.BASE_FORCES].values[m][atoms].ravel()
     a = np.abs(ref)
@@ -343,7 +343,7 @@ def parity(
     ax.set_ylabel("predicted force component [eV/Å]")
     mae = 1e3 * np.mean(np.abs(y_meta - ref)), 1e3 * np.mean(np.abs(y_base - ref))
     ax.set_title(
-        f"{d.name}, {split}: {len(idx)} frames, {len(ref)} components\n"
+        f"{lay.dataset}, {split}: {len(idx)} frames, {len(ref)} components\n"
         f"MAE {name} {mae[0]:.1f}, best base {mae[1]:.1f} meV/Å",
         fontsize=10,
     )

@@ -26,20 +26,8 @@ from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_path
 
-PACKAGES = (
-    "torch",
-    "schnetpack",
-    "deepmd-kit",
-    "nequip",
-    "calorine",
-    "torch-geometric",
-    "e3nn",
-    "ase",
-    "xarray",
-    "zarr",
-    "numpy",
-    "snakemake",
-)
+#: distributions whose versions every store records (beside each base family's own)
+CORE_PACKAGES = ("torch", "torch-geometric", "e3nn", "ase", "xarray", "zarr", "numpy", "snakemake")
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -73,8 +61,10 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def provenance(cfg: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Attributes recording how a store was made."""
+    from elmlff.bases import distributions
+
     versions = {}
-    for p in PACKAGES:
+    for p in (*CORE_PACKAGES, *distributions()):
         try:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
@@ -111,16 +101,9 @@ def reference_dataset(
         keys.SOURCE_INDEX: frames.source_index,
         keys.SOURCE_PART: frames.source_part.astype(str),
         keys.SPLIT: split.labels(nf),
+        keys.FOLD: split.fold_of(nf),
     }
     ds = xr.Dataset({k: _var(k, v) for k, v in data.items()})
-    ds["fold"] = xr.Variable(
-        ("frame",),
-        split.fold_of(nf),
-        attrs={
-            "units": "1",
-            "description": "K-fold cross-fitting fold (-1 outside folds or no K-fold)",
-        },
-    )
     ds.attrs.update(attrs or {})
     ds.attrs["split_seed"] = split.seed
     ds.attrs["split_method"] = split.method
@@ -212,13 +195,27 @@ def open_store(path: Path | str) -> xr.Dataset:
         return ds.load()
 
 
-def base_frames(
-    ds: xr.Dataset, model: str, frames: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(energy (F,), forces (A, 3)) of one base, optionally for some frames only."""
-    e = ds[keys.BASE_ENERGY].sel(model=model).values
-    f = ds[keys.BASE_FORCES].sel(model=model).values
-    if frames is None:
-        return e, f
-    ref = frames_from_dataset(ds)
-    return e[frames], f[ref.atom_index(frames)]
+def block(
+    ds: xr.Dataset, frames: Frames, idx: np.ndarray, models: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Base predictions and labels of the store frames ``idx`` (bases ``models``, default all):
+    ``energy (M, F)``, ``forces (M, A, 3)``, ``ref_energy``, ``ref_forces``, ``n_atoms``.
+    ``frames`` is :func:`frames_from_dataset` of ``ds`` (read once by the caller)."""
+    a = frames.atom_index(idx)
+    names = ds["model"].values.astype(str).tolist()
+    m = [names.index(x) for x in models] if models is not None else slice(None)
+    return {
+        "energy": ds[keys.BASE_ENERGY].values[m][:, idx],
+        "forces": ds[keys.BASE_FORCES].values[m][:, a],
+        "ref_energy": frames.energy[idx],
+        "ref_forces": frames.forces[a],
+        "n_atoms": frames.n_atoms[idx],
+    }
+
+
+def package_version(dist: str) -> str:
+    """``"dist version"`` of an installed distribution (``dist`` alone if it is not)."""
+    try:
+        return f"{dist} {metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return dist

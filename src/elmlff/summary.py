@@ -1,57 +1,64 @@
-"""A campaign summary (costs and test errors per base) made from files under results/ only."""
+"""A campaign summary (costs and test errors per model, the subset study's cost) made from files
+under results/ only: metrics.csv, the store's provenance, each model's info and the Snakemake
+``benchmark:`` files the rule declares as inputs (so the summed wall time never depends on which
+jobs happened to have finished)."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from elmlff import store
-from elmlff.bases import PACKAGES
+from elmlff import bases as B
+from elmlff import meta, store
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text
+from elmlff.layout import GROUP_INFO, DatasetLayout
 
 
-def benchmark_seconds(bench_dir: Path) -> dict[str, float]:
+def benchmark_seconds(files: Sequence[Path]) -> dict[str, float]:
     """Wall seconds per job from Snakemake ``benchmark:`` files (``{job}.tsv``)."""
     out = {}
-    for tsv in sorted(Path(bench_dir).glob("*.tsv")):
-        out[tsv.stem] = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+    for tsv in files:
+        if not Path(tsv).exists():
+            raise ElmlffError(f"benchmark file {tsv} not found", "run the job that writes it")
+        out[Path(tsv).stem] = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
     return out
 
 
-def campaign_summary(dataset_dir: Path, out: Path) -> str:
+def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -> str:
     """Markdown: per base and meta-model its package, training and prediction cost, epochs and
     test force RMSE; per baseline its test force RMSE; and the summed wall time of every
     benchmarked job. (A meta's prediction cost is for its val + test frames: Ensemble-direct
     from the stored base predictions, Ensemble-conserv with the bases run live.)"""
-    d = Path(dataset_dir)
-    metrics = d / "metrics.csv"
+    lay = DatasetLayout.of(dataset_dir)
+    metrics = Path(lay.metrics)
     if not metrics.exists():
         raise ElmlffError(f"{metrics} not found", "run the evaluate rule first")
     df = pd.read_csv(metrics)
     test = df[(df.split == "test") & (df.metric == "force_rmse_framemean")].set_index("model")
-    bench = benchmark_seconds(d / "benchmarks")
-    versions = json.loads(store.open_store(d / "predictions.zarr").attrs["package_versions"])
+    bench = benchmark_seconds(benchmarks)
+    versions = json.loads(store.open_store(lay.store).attrs["package_versions"])
     rows = [
         "| model | kind | package | epochs | train [s] | predict [ms/structure] "
         "| test force RMSE [meV/Å] |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for model, r in test[test.kind == "base"].iterrows():
-        infos = [
-            json.loads(p.read_text()) for p in sorted(d.glob(f"bases/{model}/*/model/base.json"))
-        ]
+        fits = lay.trained_bases([model])[model]
+        infos = [B.read_info(fits[f]) for f in fits]
         train = sum(v for k, v in bench.items() if k.startswith(f"train_{model}_"))
-        preds = [np.load(p) for p in sorted(d.glob(f"bases/{model}/*/predictions.npz"))]
+        preds = [np.load(lay.base_predictions(model, f)) for f in fits]
         ms = (
             1e3
             * sum(float(p["seconds"]) for p in preds)
             / max(sum(len(p["frames"]) for p in preds), 1)
         )
-        pkg = PACKAGES.get(infos[0]["family"], "?") if infos else "?"
+        pkg = B.distribution(infos[0]["family"])
         pkg = f"{pkg} {versions.get(pkg, '')}".strip()
         epochs = "/".join(str(i.get("epochs", "?")) for i in infos)
         rows.append(
@@ -60,10 +67,9 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
         )
     for model, r in test[test.kind != "base"].iterrows():
         cost, pkg = "| | | |", "elmlff"
-        mdir = d / "metas" / model / "all"
-        if r.kind == "meta" and (mdir / "model" / "meta.json").exists():
-            info = json.loads((mdir / "model" / "meta.json").read_text())
-            p = np.load(mdir / "predictions.npz")
+        if r.kind == "meta":
+            info = meta.read_info(lay.meta_model(model))
+            p = np.load(lay.meta_predictions(model))
             train = bench.get(f"train_meta_{model}_all", info.get("train_seconds", 0.0))
             ms = 1e3 * float(p["seconds"]) / max(len(p["frames"]), 1)
             cost = f"| {info.get('epochs_run', '?')} | {train:.0f} | {ms:.2f} |"
@@ -74,10 +80,10 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
         )
     total = sum(bench.values())
     n = int(test.n_frames.iloc[0])
-    study = subset_costs(d, bench)
+    study = subset_costs(lay, bench)
     text = "\n".join(
         [
-            f"Data set `{d.name}`: {n} test frames; 95 % bootstrap intervals in brackets.",
+            f"Data set `{lay.dataset}`: {n} test frames; 95 % bootstrap intervals in brackets.",
             "",
             *rows,
             "",
@@ -90,29 +96,27 @@ def campaign_summary(dataset_dir: Path, out: Path) -> str:
     return text
 
 
-def subset_costs(dataset_dir: Path, bench: dict[str, float]) -> list[str]:
+def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
     """Markdown lines on the subset study's cost: per meta and size k its models and wall time
     (``train_subsets_{meta}_k{k}`` benchmarks), and the total against one training of the same
     meta on every base (``train_meta_{meta}_all``)."""
-    d = Path(dataset_dir)
+    groups: dict[str, dict[int, float]] = {}
+    for job, sec in bench.items():
+        m = re.fullmatch(r"train_subsets_(.+)_k(\d+)", job)
+        if m:
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = sec
     lines: list[str] = []
-    for meta_dir in sorted((d / "subsets").glob("*")):
-        meta = meta_dir.name
+    for meta_name in sorted(groups):
         rows, total, count = [], 0.0, 0
-        for k_dir in sorted(meta_dir.glob("k*"), key=lambda p: int(p.name[1:])):
-            key = f"train_subsets_{meta}_{k_dir.name}"
-            info_path = k_dir / "info.json"
-            if key not in bench or not info_path.exists():
-                continue
-            n = len(json.loads(info_path.read_text())["subsets"])
-            total, count = total + bench[key], count + n
-            rows.append(f"| {k_dir.name[1:]} | {n} | {bench[key]:.0f} | {bench[key] / n:.1f} |")
-        if not rows:
-            continue
-        one = bench.get(f"train_meta_{meta}_all")
+        for k, sec in sorted(groups[meta_name].items()):
+            info = Path(lay.subset_group(meta_name, k)) / GROUP_INFO
+            n = len(json.loads(info.read_text())["subsets"])
+            total, count = total + sec, count + n
+            rows.append(f"| {k} | {n} | {sec:.0f} | {sec / n:.1f} |")
+        one = bench.get(f"train_meta_{meta_name}_all")
         ratio = f" = {total / one:.1f}x one training on every base ({one:.0f} s)" if one else ""
         lines += [
-            f"Subset study `{meta}` (one job per size k, models of a size trained together):",
+            f"Subset study `{meta_name}` (one job per size k, models of a size trained together):",
             "",
             "| k | models | job wall time [s] | per model [s] |",
             "|---:|---:|---:|---:|",

@@ -1,29 +1,37 @@
-# One train and one predict rule per model family, each in its family's conda env.
+# One train and one predict rule per model family; its record (elmlff.bases.FAMILIES) gives
+# the conda env and the cluster resources (memory and runtime grow with each attempt).
+from elmlff.bases import FAMILIES
+
+
+def family_env(family):
+    """The family's conda env file, relative to this rule file."""
+    return f"../../{FAMILIES[family].env_file}"
+
+
 for _family in families():
 
     rule:
         name:
             f"train_{_family}"
         input:
-            store="results/{dataset}/reference.zarr",
-            split="results/{dataset}/split.json",
+            store=L.reference,
+            split=L.split,
         output:
-            directory("results/{dataset}/bases/{model}/{fit}/model"),
+            directory(L.base_model("{model}", "{fit}")),
         wildcard_constraints:
             model="|".join(models_of_family(_family)),
             fit=r"full|cv\d+",
         params:
             spec=base_json,
         log:
-            "logs/{dataset}/train_{model}_{fit}.log",
+            L.log("train_{model}_{fit}"),
         benchmark:
-            "results/{dataset}/benchmarks/train_{model}_{fit}.tsv"
+            L.benchmark("train_{model}_{fit}")
         conda:
-            env_file(_family)
+            family_env(_family)
         threads: 2
         resources:
-            mem_mb=8000,
-            runtime=240,
+            **FAMILIES[_family].train_resources.rule(),
         shell:
             "python -m elmlff train --spec {params.spec:q} --store {input.store} --split {input.split}"
             " --fit {wildcards.fit} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
@@ -32,11 +40,11 @@ for _family in families():
         name:
             f"predict_{_family}"
         input:
-            base="results/{dataset}/bases/{model}/{fit}/model",
-            store="results/{dataset}/reference.zarr",
-            split="results/{dataset}/split.json",
+            base=L.base_model("{model}", "{fit}"),
+            store=L.reference,
+            split=L.split,
         output:
-            "results/{dataset}/bases/{model}/{fit}/predictions.npz",
+            L.base_predictions("{model}", "{fit}"),
         wildcard_constraints:
             model="|".join(models_of_family(_family)),
             fit=r"full|cv\d+",
@@ -45,15 +53,16 @@ for _family in families():
             batch=config["evaluation"]["predict_batch_size"],
             hvp=f"--hvp-seed {config['evaluation']['seed']}" if config["evaluation"]["hvp"] else "",
         log:
-            "logs/{dataset}/predict_{model}_{fit}.log",
+            L.log("predict_{model}_{fit}"),
         benchmark:
-            "results/{dataset}/benchmarks/predict_{model}_{fit}.tsv"
+            L.benchmark("predict_{model}_{fit}")
         conda:
-            env_file(_family)
+            family_env(_family)
         threads: 2
         resources:
-            mem_mb=8000,
-            runtime=60,
+            **FAMILIES[_family].predict_resources.rule(),
+        group:
+            "predict"  # many small jobs: one SLURM job (profiles/slurm: group-components)
         shell:
             "python -m elmlff predict --base {input.base} --store {input.store} --split {input.split}"
             " --fit {wildcards.fit} --device {params.device} --batch-size {params.batch} {params.hvp}"

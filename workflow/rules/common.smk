@@ -13,6 +13,7 @@ from elmlff.config import (
     validate_config,
 )
 from elmlff.errors import ElmlffError
+from elmlff.layout import CAMPAIGN, DatasetLayout
 from elmlff.smk import rule_environment
 from elmlff.subsets import PATTERN as SUBSET_PATTERN
 from elmlff.subsets import resolve as resolve_subset
@@ -36,6 +37,10 @@ for _d in DATASETS:
 # Rules run `python -m elmlff ...` (see elmlff.smk.rule_environment).
 rule_environment(workflow.basedir)
 
+# Every path under results/ and logs/ comes from elmlff.layout: L gives the rules' patterns
+# (wildcard {dataset}), lay(d) a data set's concrete paths.
+L = DatasetLayout("{dataset}")
+
 
 # Light rules run on the submitting host under a cluster executor.
 localrules:
@@ -56,6 +61,15 @@ localrules:
     subset_table,
     md_summary,
     md_hr_figure,
+
+
+def lay(dataset):
+    return DatasetLayout(dataset)
+
+
+def spec_json(spec):
+    """A spec as JSON for the shell command, keys sorted (restating a value reruns nothing)."""
+    return json.dumps(spec if isinstance(spec, dict) else asdict(spec), sort_keys=True)
 
 
 def env_file(name):
@@ -89,46 +103,55 @@ def families():
 
 
 def dataset_json(wildcards):
-    return json.dumps(config["datasets"][wildcards.dataset])
+    return spec_json(config["datasets"][wildcards.dataset])
 
 
 def base_json(wildcards):
-    return json.dumps(asdict(base_spec(config, wildcards.model)))
+    return spec_json(base_spec(config, wildcards.model))
+
+
+def meta_json(wildcards):
+    return spec_json(meta_spec(config, wildcards.meta))
 
 
 def data_input(wildcards):
     return config["datasets"][wildcards.dataset]["path"]
 
 
-def _per_base(dataset, pattern):
-    return {
-        f"{m}/{fit}": pattern.format(dataset=dataset, model=m, fit=fit)
-        for m in ensemble(config, dataset)
-        for fit in fits(dataset)
-    }
+def _per_base(dataset, path, models=None):
+    """{model/fit: path(model, fit)} over the data set's bases (or ``models``) and fits."""
+    models = ensemble(config, dataset) if models is None else models
+    return {f"{m}/{fit}": path(m, fit) for m in models for fit in fits(dataset)}
 
 
 def base_predictions(wildcards):
-    return _per_base(wildcards.dataset, "results/{dataset}/bases/{model}/{fit}/predictions.npz")
+    return _per_base(wildcards.dataset, lay(wildcards.dataset).base_predictions)
 
 
 def base_models(wildcards):
-    return _per_base(wildcards.dataset, "results/{dataset}/bases/{model}/{fit}/model")
+    return _per_base(wildcards.dataset, lay(wildcards.dataset).base_model)
 
 
-def meta_base_models(wildcards):
-    """Model directories of the subset's bases (every fit), for metas that run them live."""
-    models = resolve_subset(wildcards.subset, ensemble(config, wildcards.dataset))
-    return {
-        k: v for k, v in base_models(wildcards).items() if k.split("/")[0] in models
-    }
+def meta_base_models(wildcards, stage="training"):
+    """Model directories (every fit) of the bases a meta runs live in ``stage`` (training or
+    inference; MetaSpec decides), for the subset's bases; none for one that reads the store."""
+    spec = meta_spec(config, wildcards.meta)
+    live = spec.live_in_training if stage == "training" else spec.live_at_inference
+    if not live:
+        return {}
+    models = ensemble(config, wildcards.dataset)
+    if "subset" in wildcards.keys():
+        models = resolve_subset(wildcards.subset, models)
+    return _per_base(wildcards.dataset, lay(wildcards.dataset).base_model, models)
+
+
+def meta_inference_bases(wildcards):
+    return meta_base_models(wildcards, "inference")
 
 
 def meta_predictions(wildcards):
     """{meta: predictions} of every meta-model the campaign runs, on the whole ensemble."""
-    return {
-        m: f"results/{wildcards.dataset}/metas/{m}/all/predictions.npz" for m in config["run_metas"]
-    }
+    return {m: lay(wildcards.dataset).meta_predictions(m) for m in config["run_metas"]}
 
 
 def force_delta_pair(wildcards):
@@ -136,15 +159,12 @@ def force_delta_pair(wildcards):
     runs (their force delta U_Δ); empty unless both kinds run."""
     first = {}
     for m in config["run_metas"]:
-        spec = config["metas"][m]
-        if spec.get("fit_on", "out_of_sample") == "out_of_sample":
-            first.setdefault(spec["kind"], m)
+        spec = meta_spec(config, m)
+        if spec.out_of_sample:
+            first.setdefault(spec.kind, m)
     if len(first) < 2:
         return {}
-    return {
-        k: f"results/{wildcards.dataset}/metas/{first[k]}/all/predictions.npz"
-        for k in ("direct", "conserv")
-    }
+    return {k: lay(wildcards.dataset).meta_predictions(first[k]) for k in ("direct", "conserv")}
 
 
 def has_uncertainty(d):
@@ -159,14 +179,11 @@ def labelling_pool(d):
         return []
     pool = []
     if config["uncertainty"]["adversarial"]["starts"]:
-        pool.append(f"results/{d}/uq/adversarial.extxyz")
+        pool.append(lay(d).adversarial("extxyz"))
     singles = set(ensemble(config, d))
     for m in md_models(d):
         if m not in singles and m != "best_base":
-            pool += [
-                f"results/{d}/md/{m}/replica{r}.extxyz"
-                for r in range(md_spec(config, d)["replicas"])
-            ]
+            pool += [lay(d).md_trajectory(m, r) for r in range(md_spec(config, d)["replicas"])]
     return pool
 
 
@@ -181,18 +198,10 @@ def subset_names(wildcards):
     return subset_groups(config, wildcards.dataset)[int(wildcards.k)]
 
 
-def subset_base_models(wildcards):
-    """Every base fit's model directory when the studied meta runs its bases live (conserv);
-    nothing for Ensemble-direct, which learns from the store alone."""
-    if config["metas"][wildcards.meta]["kind"] != "conserv":
-        return {}
-    return base_models(wildcards)
-
-
 def subset_group_dirs(wildcards):
     """{group directory: meta} of the data set's subset study (one per meta and size k)."""
     return {
-        f"results/{wildcards.dataset}/subsets/{m}/k{k}": m
+        lay(wildcards.dataset).subset_group(m, k): m
         for m in config["subsets"]["metas"]
         for k in subset_groups(config, wildcards.dataset)
     }
@@ -202,17 +211,17 @@ def md_model_inputs(wildcards):
     """What loading an MD model needs: its bases, plus baselines.json or the meta's model."""
     from elmlff.baselines import BASELINES
 
-    name, d = wildcards.model, wildcards.dataset
+    name, d = wildcards.model, lay(wildcards.dataset)
     out = {
-        "store": f"results/{d}/predictions.zarr",
-        "split": f"results/{d}/split.json",
-        "metrics": f"results/{d}/metrics.csv",  # val RMSEs: the uncertainty monitor's weights
+        "store": d.store,
+        "split": d.split,
+        "metrics": d.metrics,  # val RMSEs: the uncertainty monitor's weights
     }
     bases = base_models(wildcards)
     if name in config["metas"]:
-        out["meta"] = f"results/{d}/metas/{name}/all/model"
+        out["meta"] = d.meta_model(name)
     elif name in BASELINES:
-        out["baselines"] = f"results/{d}/baselines.json"
+        out["baselines"] = d.baselines
     else:
         bases = {k: v for k, v in bases.items() if k.split("/")[0] == name}
     out["bases"] = list(bases.values())
@@ -229,14 +238,14 @@ def md_models(dataset):
 
 def md_replica_results(wildcards):
     return [
-        f"results/{wildcards.dataset}/md/{m}/replica{r}.json"
+        lay(wildcards.dataset).md_result(m, r)
         for m in md_models(wildcards.dataset)
         for r in range(md_spec(config, wildcards.dataset)["replicas"])
     ]
 
 
 def md_settings_json(wildcards):
-    return json.dumps(md_spec(config, wildcards.dataset)["settings"])
+    return spec_json(md_spec(config, wildcards.dataset)["settings"])
 
 
 def md_species_arg(wildcards):
@@ -252,40 +261,60 @@ def keyed(paths):
 def subset_table_if_any(wildcards):
     """subsets.csv when the data set has a subset study (its costs go into summary.md)."""
     if subset_groups(config, wildcards.dataset):
-        return [f"results/{wildcards.dataset}/subsets.csv"]
+        return [lay(wildcards.dataset).subsets]
     return []
+
+
+def benchmark_files(wildcards):
+    """Every ``benchmark:`` file of the data set's jobs: what campaign_summary sums."""
+    d = wildcards.dataset
+    out = [lay(d).benchmark("prepare_dataset"), lay(d).benchmark("merge_store")]
+    out += [lay(d).benchmark("evaluate")]
+    for m in ensemble(config, d):
+        for fit in fits(d):
+            out += [lay(d).benchmark(f"{job}_{m}_{fit}") for job in ("train", "predict")]
+    for m in config["run_metas"]:
+        out += [lay(d).benchmark(f"{job}_meta_{m}_all") for job in ("train", "predict")]
+    for m in config["subsets"]["metas"]:
+        out += [lay(d).benchmark(f"train_subsets_{m}_k{k}") for k in subset_groups(config, d)]
+    if has_uncertainty(d) and config["uncertainty"]["adversarial"]["starts"]:
+        out += [lay(d).benchmark("adversarial")]
+    for m in md_models(d):
+        out += [lay(d).benchmark(f"md_{m}_replica{r}") for r in range(md_spec(config, d)["replicas"])]
+    return out
 
 
 def figure_outputs():
     """Every figure and table, each made from files under results/ only."""
-    out = ["results/figures/force_rmse.png"]
+    out = [CAMPAIGN.figure("force_rmse")]
     for d in DATASETS:
         tables = ["metrics_table", "summary"]
-        out += [f"results/{d}/figures/force_rmse.png"]
+        figures = ["force_rmse"]
         if config["run_metas"]:
-            out += [f"results/{d}/figures/parity.png"]
+            figures += ["parity"]
         if subset_groups(config, d):
-            out += [f"results/{d}/figures/subsets_raincloud.png"]
+            figures += ["subsets_raincloud"]
         if has_uncertainty(d):
-            out += [f"results/{d}/figures/uncertainty.png"]
+            figures += ["uncertainty"]
         if md_models(d):
-            out += [f"results/{d}/figures/md_hr.png"]
+            figures += ["md_hr"]
             tables += ["md_table"]
-        out += [f"results/{d}/{t}.md" for t in tables]
-        out += [f"results/{d}/report/{t}.html" for t in tables]
+        out += [lay(d).figure(f) for f in figures]
+        out += [lay(d).table(t) for t in tables]
+        out += [lay(d).table_html(t) for t in tables]
     return out
 
 
 def final_outputs():
     out = []
     for d in DATASETS:
-        out += [f"results/{d}/metrics.csv"]
+        out += [lay(d).metrics]
         if has_uncertainty(d):
-            out += [f"results/{d}/uncertainty.csv"]
+            out += [lay(d).uncertainty]
         if labelling_pool(d):
-            out += [f"results/{d}/uq/to_label.extxyz"]
+            out += [lay(d).to_label]
         if subset_groups(config, d):
-            out += [f"results/{d}/subsets.csv"]
+            out += [lay(d).subsets]
         if md_models(d):
-            out += [f"results/{d}/md_summary.csv"]
+            out += [lay(d).md_summary]
     return out + figure_outputs()

@@ -3,14 +3,14 @@ rule prepare_dataset:
     input:
         data_input,
     output:
-        store=directory("results/{dataset}/reference.zarr"),
-        split="results/{dataset}/split.json",
+        store=directory(L.reference),
+        split=L.split,
     params:
         spec=dataset_json,
     log:
-        "logs/{dataset}/prepare_dataset.log",
+        L.log("prepare_dataset"),
     benchmark:
-        "results/{dataset}/benchmarks/prepare_dataset.tsv"
+        L.benchmark("prepare_dataset")
     conda:
         env_file("elmlff")
     resources:

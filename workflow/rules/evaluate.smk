@@ -2,20 +2,20 @@ rule evaluate:
     """Fit the four baselines on out-of-sample predictions; tidy metrics for every model
     (bases, baselines, meta-models)."""
     input:
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
+        store=L.store,
+        split=L.split,
         metas=lambda w: list(meta_predictions(w).values()),
     output:
-        metrics="results/{dataset}/metrics.csv",
-        baselines="results/{dataset}/baselines.json",
+        metrics=L.metrics,
+        baselines=L.baselines,
     params:
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
         metas=lambda w: keyed(meta_predictions(w)),
     log:
-        "logs/{dataset}/evaluate.log",
+        L.log("evaluate"),
     benchmark:
-        "results/{dataset}/benchmarks/evaluate.tsv"
+        L.benchmark("evaluate")
     conda:
         env_file("elmlff")
     resources:
@@ -32,20 +32,20 @@ rule uncertainty:
     """U0/U1/U2 and deepmd-style force deviations of the bases on every test frame against the
     ensemble mean's error, Spearman rho, coverage; the direct-vs-conserv force delta."""
     input:
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
-        metrics="results/{dataset}/metrics.csv",
+        store=L.store,
+        split=L.split,
+        metrics=L.metrics,
         pair=lambda w: list(force_delta_pair(w).values()),
     output:
-        table="results/{dataset}/uncertainty.csv",
-        summary="results/{dataset}/uncertainty_summary.json",
-        coverage="results/{dataset}/uncertainty_coverage.csv",
+        table=L.uncertainty,
+        summary=L.uncertainty_summary,
+        coverage=L.uncertainty_coverage,
     params:
         pair=lambda w: keyed(force_delta_pair(w)),
         bootstrap=config["evaluation"]["bootstrap"],
-        rmse=json.dumps(config["uncertainty"]["rmse"]),
+        rmse=spec_json(config["uncertainty"]["rmse"]),
     log:
-        "logs/{dataset}/uncertainty.log",
+        L.log("uncertainty"),
     conda:
         env_file("elmlff")
     shell:
@@ -60,17 +60,17 @@ rule adversarial:
     """Test frames moved up in U - ΔE/kT through the live bases (and labelled where a reference
     calculator is configured)."""
     input:
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
-        metrics="results/{dataset}/metrics.csv",
+        store=L.store,
+        split=L.split,
+        metrics=L.metrics,
         bases=lambda w: list(base_models(w).values()),
     output:
-        frames="results/{dataset}/uq/adversarial.extxyz",
-        table="results/{dataset}/uq/adversarial.csv",
-        summary="results/{dataset}/uq/adversarial.json",
+        frames=L.adversarial("extxyz"),
+        table=L.adversarial("csv"),
+        summary=L.adversarial("json"),
     params:
         starts=config["uncertainty"]["adversarial"]["starts"],
-        settings=lambda w: json.dumps(
+        settings=lambda w: spec_json(
             {k: v for k, v in config["uncertainty"]["adversarial"].items() if k != "starts"}
         ),
         reference=lambda w: (
@@ -78,11 +78,12 @@ rule adversarial:
             if config["uncertainty"]["reference"]
             else ""
         ),
-        kwargs=json.dumps(config["uncertainty"]["reference_kwargs"]),
+        kwargs=spec_json(config["uncertainty"]["reference_kwargs"]),
+        dir=lambda w: lay(w.dataset).dir,
     log:
-        "logs/{dataset}/adversarial.log",
+        L.log("adversarial"),
     benchmark:
-        "results/{dataset}/benchmarks/adversarial.tsv"
+        L.benchmark("adversarial")
     conda:
         env_file("meta")
     threads: 2
@@ -90,7 +91,7 @@ rule adversarial:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m elmlff uq adversarial --dataset-dir results/{wildcards.dataset}"
+        "python -m elmlff uq adversarial --dataset-dir {params.dir}"
         " --starts {params.starts} --settings {params.settings:q} {params.reference}"
         " --reference-kwargs {params.kwargs:q} --out {output.frames} --table {output.table}"
         " --summary {output.summary} > {log} 2>&1"
@@ -101,11 +102,11 @@ rule select_for_labelling:
     input:
         pool=lambda w: labelling_pool(w.dataset),
     output:
-        "results/{dataset}/uq/to_label.extxyz",
+        L.to_label,
     params:
         select=select_args,
     log:
-        "logs/{dataset}/select_for_labelling.log",
+        L.log("select_for_labelling"),
     conda:
         env_file("elmlff")
     shell:

@@ -6,11 +6,11 @@
 rule force_rmse_figure:
     """Fig. 2a-style bars of test force RMSE per model of one data set, baselines included."""
     input:
-        "results/{dataset}/metrics.csv",
+        L.metrics,
     output:
-        "results/{dataset}/figures/force_rmse.png",
+        L.figure("force_rmse"),
     log:
-        "logs/{dataset}/force_rmse_figure.log",
+        L.log("force_rmse_figure"),
     conda:
         env_file("elmlff")
     shell:
@@ -20,15 +20,15 @@ rule force_rmse_figure:
 rule force_rmse_campaign:
     """Fig. 2: test force RMSE per model (bases, baselines, metas), one panel per data set."""
     input:
-        expand("results/{dataset}/metrics.csv", dataset=DATASETS),
+        expand(L.metrics, dataset=DATASETS),
     output:
         report(
-            "results/figures/force_rmse.png",
+            CAMPAIGN.figure("force_rmse"),
             caption="../report/force_rmse.rst",
             category="Accuracy",
         ),
     log:
-        "logs/force_rmse_campaign.log",
+        CAMPAIGN.log("force_rmse_campaign"),
     conda:
         env_file("elmlff")
     shell:
@@ -38,16 +38,16 @@ rule force_rmse_campaign:
 rule subset_raincloud:
     """Fig. 3a: raincloud of the subset study's test RMSE against k, meta beside the mean."""
     input:
-        "results/{dataset}/subsets.csv",
+        L.subsets,
     output:
         report(
-            "results/{dataset}/figures/subsets_raincloud.png",
+            L.figure("subsets_raincloud"),
             caption="../report/subsets_raincloud.rst",
             category="Subsets",
             subcategory="{dataset}",
         ),
     log:
-        "logs/{dataset}/subset_raincloud.log",
+        L.log("subset_raincloud"),
     conda:
         env_file("elmlff")
     shell:
@@ -57,34 +57,36 @@ rule subset_raincloud:
 rule parity_figure:
     """Fig. 3b: parity of the best meta and the best base, low- and high-force windows."""
     input:
-        metrics="results/{dataset}/metrics.csv",
-        baselines="results/{dataset}/baselines.json",
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
+        metrics=L.metrics,
+        baselines=L.baselines,
+        store=L.store,
+        split=L.split,
         metas=lambda w: list(meta_predictions(w).values()),
     output:
         report(
-            "results/{dataset}/figures/parity.png",
+            L.figure("parity"),
             caption="../report/parity.rst",
             category="Accuracy",
             subcategory="{dataset}",
         ),
+    params:
+        dir=lambda w: lay(w.dataset).dir,
     log:
-        "logs/{dataset}/parity_figure.log",
+        L.log("parity_figure"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff plot-parity results/{wildcards.dataset} --out {output} > {log} 2>&1"
+        "python -m elmlff plot-parity {params.dir} --out {output} > {log} 2>&1"
 
 
 rule metrics_table:
     """Markdown table of the test metrics."""
     input:
-        "results/{dataset}/metrics.csv",
+        L.metrics,
     output:
-        "results/{dataset}/metrics_table.md",
+        L.table("metrics_table"),
     log:
-        "logs/{dataset}/metrics_table.log",
+        L.log("metrics_table"),
     conda:
         env_file("elmlff")
     shell:
@@ -95,26 +97,30 @@ rule campaign_summary:
     """Table 3-like: costs (from benchmark files) and test errors per model, the subset
     study's cost per k."""
     input:
-        metrics="results/{dataset}/metrics.csv",
-        store="results/{dataset}/predictions.zarr",
+        metrics=L.metrics,
+        store=L.store,
         study=subset_table_if_any,
+        benchmarks=benchmark_files,
     output:
-        "results/{dataset}/summary.md",
+        L.table("summary"),
+    params:
+        dir=lambda w: lay(w.dataset).dir,
     log:
-        "logs/{dataset}/campaign_summary.log",
+        L.log("campaign_summary"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff summary results/{wildcards.dataset} --out {output} > {log} 2>&1"
+        "python -m elmlff summary {params.dir} --benchmarks {input.benchmarks}"
+        " --out {output} > {log} 2>&1"
 
 
 rule table_html:
     """A Markdown table as an HTML page for the report."""
     input:
-        "results/{dataset}/{table}.md",
+        L.table("{table}"),
     output:
         report(
-            "results/{dataset}/report/{table}.html",
+            L.table_html("{table}"),
             caption="../report/tables.rst",
             category="Tables",
             subcategory="{dataset}",
@@ -123,7 +129,7 @@ rule table_html:
     wildcard_constraints:
         table="metrics_table|summary|md_table",
     log:
-        "logs/{dataset}/table_html_{table}.log",
+        L.log("table_html_{table}"),
     conda:
         env_file("elmlff")
     shell:
@@ -141,18 +147,18 @@ rule figures:
 rule uncertainty_figure:
     """U1 against the true error (hexbin), accuracy-coverage curves, force delta."""
     input:
-        table="results/{dataset}/uncertainty.csv",
-        coverage="results/{dataset}/uncertainty_coverage.csv",
-        summary="results/{dataset}/uncertainty_summary.json",
+        table=L.uncertainty,
+        coverage=L.uncertainty_coverage,
+        summary=L.uncertainty_summary,
     output:
         report(
-            "results/{dataset}/figures/uncertainty.png",
+            L.figure("uncertainty"),
             caption="../report/uncertainty.rst",
             category="Uncertainty",
             subcategory="{dataset}",
         ),
     log:
-        "logs/{dataset}/uncertainty_figure.log",
+        L.log("uncertainty_figure"),
     conda:
         env_file("elmlff")
     shell:

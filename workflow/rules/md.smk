@@ -7,17 +7,18 @@ rule md_replica:
     input:
         unpack(md_model_inputs),
     output:
-        trajectory="results/{dataset}/md/{model}/replica{replica}.extxyz",
-        result="results/{dataset}/md/{model}/replica{replica}.json",
+        trajectory=L.md_trajectory("{model}", "{replica}"),
+        result=L.md_result("{model}", "{replica}"),
     wildcard_constraints:
         replica=r"\d+",
     params:
         settings=md_settings_json,
         species=md_species_arg,
+        dir=lambda w: lay(w.dataset).dir,
     log:
-        "logs/{dataset}/md/{model}_replica{replica}.log",
+        L.log("md/{model}_replica{replica}"),
     benchmark:
-        "results/{dataset}/benchmarks/md_{model}_replica{replica}.tsv"
+        L.benchmark("md_{model}_replica{replica}")
     conda:
         env_file("meta")
     threads: 2
@@ -25,7 +26,7 @@ rule md_replica:
         mem_mb=4000,
         runtime=240,
     shell:
-        "python -m elmlff md-replica --dataset-dir results/{wildcards.dataset}"
+        "python -m elmlff md-replica --dataset-dir {params.dir}"
         " --model {wildcards.model} --replica {wildcards.replica} --settings {params.settings:q}"
         " {params.species} --trajectory {output.trajectory} --out {output.result} > {log} 2>&1"
 
@@ -34,12 +35,12 @@ rule md_summary:
     """md_summary.csv (tidy) and md_table.md (force MAE, stability, h(r) error, speed)."""
     input:
         replicas=md_replica_results,
-        metrics="results/{dataset}/metrics.csv",
+        metrics=L.metrics,
     output:
-        summary="results/{dataset}/md_summary.csv",
-        table="results/{dataset}/md_table.md",
+        summary=L.md_summary,
+        table=L.table("md_table"),
     log:
-        "logs/{dataset}/md_summary.log",
+        L.log("md_summary"),
     conda:
         env_file("elmlff")
     shell:
@@ -51,20 +52,21 @@ rule md_hr_figure:
     """h(r) of every MD model against the test frames, from the trajectories alone."""
     input:
         replicas=md_replica_results,
-        store="results/{dataset}/predictions.zarr",
+        store=L.store,
     output:
         report(
-            "results/{dataset}/figures/md_hr.png",
+            L.figure("md_hr"),
             caption="../report/md_hr.rst",
             category="MD",
             subcategory="{dataset}",
         ),
     params:
         models=lambda w: " ".join(md_models(w.dataset)),
+        dir=lambda w: lay(w.dataset).dir,
     log:
-        "logs/{dataset}/md_hr_figure.log",
+        L.log("md_hr_figure"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff plot-hr results/{wildcards.dataset} --models {params.models}"
+        "python -m elmlff plot-hr {params.dir} --models {params.models}"
         " --out {output} > {log} 2>&1"

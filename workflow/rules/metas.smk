@@ -5,22 +5,22 @@
 rule train_meta:
     """Train a meta-model on the bases' out-of-sample predictions (early stopping on val)."""
     input:
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
-        bases=lambda w: list(meta_base_models(w).values()),
+        store=L.store,
+        split=L.split,
+        bases=lambda w: list(meta_base_models(w).values()),  # Ensemble-conserv: live bases
     output:
-        directory("results/{dataset}/metas/{meta}/{subset}/model"),
+        directory(L.meta_model("{meta}", "{subset}")),
     wildcard_constraints:
         meta="|".join(config["metas"]) or "^$",
         subset=SUBSET_PATTERN,
     params:
-        spec=lambda w: json.dumps(meta_spec(config, w.meta)),
+        spec=meta_json,
         ensemble=lambda w: " ".join(ensemble(config, w.dataset)),
         bases=lambda w: keyed(meta_base_models(w)),
     log:
-        "logs/{dataset}/metas/train_{meta}_{subset}.log",
+        L.log("metas/train_{meta}_{subset}"),
     benchmark:
-        "results/{dataset}/benchmarks/train_meta_{meta}_{subset}.tsv"
+        L.benchmark("train_meta_{meta}_{subset}")
     conda:
         env_file("meta")
     threads: 2
@@ -28,7 +28,7 @@ rule train_meta:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m elmlff train-meta --name {wildcards.meta} --spec {params.spec:q}"
+        "python -m elmlff train-meta --spec {params.spec:q}"
         " --store {input.store} --split {input.split} --subset {wildcards.subset}"
         " --ensemble {params.ensemble} --bases {params.bases} --dataset {wildcards.dataset}"
         " --out {output} > {log} 2>&1"
@@ -37,22 +37,22 @@ rule train_meta:
 rule predict_meta:
     """Val + test predictions of a meta-model (Ensemble-conserv through the live bases)."""
     input:
-        model="results/{dataset}/metas/{meta}/{subset}/model",
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
-        bases=lambda w: list(meta_base_models(w).values()),
+        model=L.meta_model("{meta}", "{subset}"),
+        store=L.store,
+        split=L.split,
+        bases=lambda w: list(meta_inference_bases(w).values()),
     output:
-        "results/{dataset}/metas/{meta}/{subset}/predictions.npz",
+        L.meta_predictions("{meta}", "{subset}"),
     wildcard_constraints:
         meta="|".join(config["metas"]) or "^$",
         subset=SUBSET_PATTERN,
     params:
-        bases=lambda w: keyed(meta_base_models(w)),
+        bases=lambda w: keyed(meta_inference_bases(w)),
         batch=config["evaluation"]["predict_batch_size"],
     log:
-        "logs/{dataset}/metas/predict_{meta}_{subset}.log",
+        L.log("metas/predict_{meta}_{subset}"),
     benchmark:
-        "results/{dataset}/benchmarks/predict_meta_{meta}_{subset}.tsv"
+        L.benchmark("predict_meta_{meta}_{subset}")
     conda:
         env_file("meta")
     threads: 2

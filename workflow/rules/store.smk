@@ -1,22 +1,22 @@
 rule merge_store:
     """Every base's energies and forces on every frame, in one xarray/zarr store."""
     input:
-        reference="results/{dataset}/reference.zarr",
-        split="results/{dataset}/split.json",
+        reference=L.reference,
+        split=L.split,
         predictions=lambda w: list(base_predictions(w).values()),
         bases=lambda w: list(base_models(w).values()),
     output:
-        directory("results/{dataset}/predictions.zarr"),
+        directory(L.store),
     params:
         predictions=lambda w: keyed(base_predictions(w)),
         bases=lambda w: keyed(base_models(w)),
-        cfg=lambda w: json.dumps({"dataset": config["datasets"][w.dataset], "bases": {
+        cfg=lambda w: spec_json({"dataset": config["datasets"][w.dataset], "bases": {
             m: config["bases"][m] for m in ensemble(config, w.dataset)},
             "training": config["training"]}),
     log:
-        "logs/{dataset}/merge_store.log",
+        L.log("merge_store"),
     benchmark:
-        "results/{dataset}/benchmarks/merge_store.tsv"
+        L.benchmark("merge_store")
     conda:
         env_file("elmlff")
     resources:

@@ -6,24 +6,24 @@ rule train_subsets:
     """Every chosen subset of size k: Ensemble-direct grouped (shared graphs and batches, one
     vmapped step for all), Ensemble-conserv one after another; val + test predictions."""
     input:
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
-        bases=lambda w: list(subset_base_models(w).values()),
+        store=L.store,
+        split=L.split,
+        bases=lambda w: list(meta_inference_bases(w).values()),  # conserv predicts through them
     output:
-        directory("results/{dataset}/subsets/{meta}/k{k}"),
+        directory(L.subset_group("{meta}", "{k}")),
     wildcard_constraints:
         meta="|".join(config["metas"]) or "^$",
         k=r"\d+",
     params:
-        spec=lambda w: json.dumps(meta_spec(config, w.meta)),
+        spec=meta_json,
         ensemble=lambda w: " ".join(ensemble(config, w.dataset)),
         subsets=lambda w: " ".join(subset_names(w)),
-        bases=lambda w: keyed(subset_base_models(w)),
+        bases=lambda w: keyed(meta_inference_bases(w)),
         device=config["device"],
     log:
-        "logs/{dataset}/subsets/train_{meta}_k{k}.log",
+        L.log("subsets/train_{meta}_k{k}"),
     benchmark:
-        "results/{dataset}/benchmarks/train_subsets_{meta}_k{k}.tsv"
+        L.benchmark("train_subsets_{meta}_k{k}")
     conda:
         env_file("meta")
     threads: 2
@@ -31,7 +31,7 @@ rule train_subsets:
         mem_mb=8000,
         runtime=480,
     shell:
-        "python -m elmlff train-subsets --name {wildcards.meta} --spec {params.spec:q}"
+        "python -m elmlff train-subsets --spec {params.spec:q}"
         " --store {input.store} --split {input.split} --subsets {params.subsets}"
         " --ensemble {params.ensemble} --bases {params.bases} --dataset {wildcards.dataset}"
         " --device {params.device} --out {output} > {log} 2>&1"
@@ -40,15 +40,15 @@ rule train_subsets:
 rule subset_table:
     """subsets.csv: every subset's meta-model beside the four baselines of the same bases."""
     input:
-        store="results/{dataset}/predictions.zarr",
-        split="results/{dataset}/split.json",
+        store=L.store,
+        split=L.split,
         groups=lambda w: list(subset_group_dirs(w)),
     output:
-        "results/{dataset}/subsets.csv",
+        L.subsets,
     params:
         groups=lambda w: " ".join(f"{m}={d}" for d, m in subset_group_dirs(w).items()),
     log:
-        "logs/{dataset}/subset_table.log",
+        L.log("subset_table"),
     conda:
         env_file("elmlff")
     shell:

@@ -1,9 +1,16 @@
-"""Base MLFFs behind one small Protocol, one file per family, and a registry.
+"""Base MLFFs behind one small Protocol, one file per family, and one record per family.
 
 A *family* (schnetpack, deepmd, nequip, ...) knows how to train a base from config and load it
-back as a :class:`Potential`. A `Potential` predicts energies and forces for `Frames` and exposes
-a differentiable torch entry point ``energy(...)`` so a meta-model can take gradients (forces,
-Hessian-vector products) through the base with ``torch.autograd``.
+back as a :class:`Potential`. A `Potential` predicts energies and forces for `Frames` and, where
+its family's record says it is differentiable, exposes a torch entry point ``energy(...)`` so a
+meta-model can take gradients (forces, Hessian-vector products) through the base with
+``torch.autograd``.
+
+:data:`FAMILIES` holds one :class:`FamilyRecord` per family: its adapter, the distribution its
+models come from, the executable it needs, whether it is differentiable, its conda env and its
+cluster resources. The config check, the rules (``workflow/rules/bases.smk``), provenance and
+the tests all read these records; adding a family is one adapter file, one record, one env
+file and one test class.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import importlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -26,21 +33,97 @@ from elmlff.errors import ElmlffError
 if TYPE_CHECKING:  # torch is imported where it is used: Snakemake parses this module
     import torch
 
-#: family name -> "module:Class" (imported lazily, so a missing optional package only
-#: matters to the family that needs it)
-FAMILIES: dict[str, str] = {
-    "schnetpack": "elmlff.bases.schnetpack:SchNetPackFamily",
-    "deepmd": "elmlff.bases.deepmd:DeePMDFamily",
-    "nequip": "elmlff.bases.nequip:NequIPFamily",
-    "nep": "elmlff.bases.nep:NEPFamily",
-}
 
-#: the distribution each family's models come from (for provenance and tables)
-PACKAGES: dict[str, str] = {
-    "schnetpack": "schnetpack",
-    "deepmd": "deepmd-kit",
-    "nequip": "nequip",
-    "nep": "calorine",
+@dataclass(frozen=True)
+class Resources:
+    """What one rule of a family asks a cluster for (the rule's ``resources:``). Memory and
+    runtime are those of the first attempt; attempt k asks k times as much."""
+
+    gpu: int
+    cpus_per_gpu: int
+    mem_mb: int
+    runtime: int  # minutes
+
+    def rule(self) -> dict[str, int | Callable[..., int]]:
+        """The rule's resources, memory and runtime growing with each attempt."""
+        mem_mb, runtime = self.mem_mb, self.runtime
+        return {
+            "gpu": self.gpu,
+            "cpus_per_gpu": self.cpus_per_gpu,
+            "mem_mb": lambda wildcards, attempt: mem_mb * attempt,
+            "runtime": lambda wildcards, attempt: runtime * attempt,
+        }
+
+
+#: one GPU per training and per prediction; a prediction is small and travels in a group job
+TRAIN_RESOURCES = Resources(gpu=1, cpus_per_gpu=4, mem_mb=16000, runtime=480)
+PREDICT_RESOURCES = Resources(gpu=1, cpus_per_gpu=2, mem_mb=8000, runtime=60)
+
+
+@dataclass(frozen=True)
+class FamilyRecord:
+    """Everything the project knows about one model family, in one place."""
+
+    #: the config's ``family:`` value; also ``envs/{name}.yaml`` and the rules
+    #: ``train_{name}`` / ``predict_{name}``
+    name: str
+    #: ``"module:Class"`` of the family's adapter (imported lazily, so a missing optional
+    #: package only matters to the family that needs it)
+    entry: str
+    #: the distribution its models come from (provenance, tables); its env must install it
+    distribution: str
+    #: whether its potentials have a differentiable torch ``energy()`` (False for NEP)
+    differentiable: bool
+    #: a program that must be on PATH and that no pip install provides
+    executable: str | None = None
+    #: the one-line reason given when ``executable`` is missing
+    missing_hint: str = ""
+    train_resources: Resources = TRAIN_RESOURCES
+    predict_resources: Resources = PREDICT_RESOURCES
+
+    @property
+    def env_file(self) -> str:
+        """The conda env its rules run in on a cluster, relative to the project root."""
+        return f"envs/{self.name}.yaml"
+
+    def available(self) -> tuple[bool, str]:
+        """(available, why not): cheap, imports nothing of the family (parse-time safe)."""
+        if self.executable is not None and shutil.which(self.executable) is None:
+            return False, self.missing_hint
+        return True, ""
+
+
+#: every model family, keyed by name
+FAMILIES: dict[str, FamilyRecord] = {
+    r.name: r
+    for r in (
+        FamilyRecord(
+            "schnetpack",
+            "elmlff.bases.schnetpack:SchNetPackFamily",
+            distribution="schnetpack",
+            differentiable=True,
+        ),
+        FamilyRecord(
+            "deepmd",
+            "elmlff.bases.deepmd:DeePMDFamily",
+            distribution="deepmd-kit",
+            differentiable=True,
+        ),
+        FamilyRecord(
+            "nequip",
+            "elmlff.bases.nequip:NequIPFamily",
+            distribution="nequip",
+            differentiable=True,
+        ),
+        FamilyRecord(
+            "nep",
+            "elmlff.bases.nep:NEPFamily",
+            distribution="calorine",
+            differentiable=False,
+            executable="nep",
+            missing_hint="GPUMD's `nep` executable is not on PATH (install GPUMD to train NEP)",
+        ),
+    )
 }
 
 INFO_FILE = "base.json"
@@ -61,6 +144,8 @@ class Potential(Protocol):
     """A trained base, ready to predict."""
 
     name: str
+    #: the family it belongs to (a key of :data:`FAMILIES`)
+    family: str
     species: list[int]
 
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +160,8 @@ class Potential(Protocol):
         cell: torch.Tensor,
         pbc: torch.Tensor,
     ) -> torch.Tensor:
-        """Differentiable total energy (F,) in eV of frames on a flat atom axis.
+        """Differentiable total energy (F,) in eV of frames on a flat atom axis (only where
+        :func:`is_differentiable`; NEP's raises).
 
         ``positions (A, 3)`` may require grad (or be a function of other tensors); the result
         keeps the graph, so ``torch.autograd.grad(..., create_graph=True)`` gives forces and
@@ -88,8 +174,6 @@ class Family(Protocol):
     """Trains and loads the bases of one model family."""
 
     name: str
-    #: conda env file (under envs/) that the family's rules run in on a cluster
-    conda_env: str
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         """Train on ``train``, early-stop and pick the checkpoint on ``val`` only; write the
@@ -101,26 +185,40 @@ class Family(Protocol):
         ...
 
 
+def record(family: str) -> FamilyRecord:
+    """The record of ``family``; a clear error for an unknown one."""
+    if family not in FAMILIES:
+        raise ElmlffError(f"unknown base family {family!r}", f"use one of {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
 def get_family(name: str) -> Family:
-    """The family registered under ``name``."""
-    if name not in FAMILIES:
-        raise ElmlffError(f"unknown base family {name!r}", f"use one of {sorted(FAMILIES)}")
-    module, cls = FAMILIES[name].split(":")
+    """The adapter of the family ``name``."""
+    module, cls = record(name).entry.split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
-#: executables a family needs on PATH that no pip install provides
-EXECUTABLES: dict[str, tuple[str, str]] = {
-    "nep": ("nep", "GPUMD's `nep` executable is not on PATH (install GPUMD to train NEP)"),
-}
-
-
 def family_available(name: str) -> tuple[bool, str]:
-    """(available, why not): cheap, imports nothing of the family (parse-time safe)."""
-    exe, why = EXECUTABLES.get(name, (None, ""))
-    if exe is not None and shutil.which(exe) is None:
-        return False, why
-    return True, ""
+    """(available, why not) for the family ``name``: cheap, imports nothing of the family."""
+    return record(name).available()
+
+
+def distribution(family: str) -> str:
+    """The distribution the models of ``family`` come from (e.g. ``deepmd-kit``)."""
+    return record(family).distribution
+
+
+def distributions() -> list[str]:
+    """Every family's distribution, in registry order (for provenance)."""
+    return [r.distribution for r in FAMILIES.values()]
+
+
+def is_differentiable(pot: Potential) -> bool:
+    """Whether ``pot.energy()`` is a differentiable torch energy: its family's record says so
+    (False for NEP, whose ``energy()`` raises). A potential of no registered family (a
+    meta-model, a test's analytic potential) implements ``energy()`` as the Protocol asks."""
+    rec = FAMILIES.get(getattr(pot, "family", ""))
+    return True if rec is None else rec.differentiable
 
 
 def write_info(outdir: Path, info: dict[str, Any]) -> None:

@@ -123,7 +123,6 @@ class DeePMDFamily:
     """deepmd-kit (PyTorch backend): se_e2_a, se_e2_r, se_e3 descriptors."""
 
     name = "deepmd"
-    conda_env = "deepmd"
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         outdir = Path(outdir)
@@ -201,6 +200,8 @@ class DeePMDFamily:
 
 class DeePMDPotential:
     """A trained deepmd-kit model behind the :class:`~elmlff.bases.Potential` Protocol."""
+
+    family = "deepmd"
 
     def __init__(self, name: str, path: Path, info: dict[str, Any]) -> None:
         from deepmd.infer import DeepPot

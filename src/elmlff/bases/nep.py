@@ -120,29 +120,10 @@ def read_loss(path: Path) -> dict[str, np.ndarray]:
     return {name: data[:, i] for i, name in enumerate(LOSS_COLUMNS)}
 
 
-def read_energy_force(energy_file: Path, force_file: Path) -> dict[str, np.ndarray]:
-    """``energy_*.out`` (predicted, reference eV/atom per frame) and ``force_*.out``
-    (predicted xyz, reference xyz per atom) as arrays."""
-    e = np.loadtxt(energy_file, ndmin=2)
-    f = np.loadtxt(force_file, ndmin=2)
-    if e.shape[1] != 2 or f.shape[1] != 6:
-        raise ElmlffError(
-            f"{energy_file} / {force_file}: unexpected columns {e.shape}, {f.shape}",
-            "point at nep's energy_*.out and force_*.out of one run",
-        )
-    return {
-        "energy_per_atom_pred": e[:, 0],
-        "energy_per_atom_ref": e[:, 1],
-        "forces_pred": f[:, :3],
-        "forces_ref": f[:, 3:],
-    }
-
-
 class NEPFamily:
     """GPUMD's neuroevolution potential (NEP4)."""
 
     name = "nep"
-    conda_env = "nep"
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         ok, why = family_available(self.name)
@@ -178,6 +159,8 @@ class NEPFamily:
 
 class NEPPotential:
     """A trained NEP model, predicted with calorine's CPU implementation."""
+
+    family = "nep"
 
     def __init__(self, name: str, path: Path, info: dict[str, Any]) -> None:
         self.name, self.path, self.info = name, Path(path), info

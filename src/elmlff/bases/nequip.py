@@ -178,7 +178,6 @@ class NequIPFamily:
     """nequip: the NequIP E(3)-equivariant interatomic potential."""
 
     name = "nequip"
-    conda_env = "nequip"
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         outdir = Path(outdir)
@@ -249,6 +248,8 @@ def nequip_dtype() -> Iterator[None]:
 
 class NequIPPotential:
     """A trained NequIP model (eager) behind the :class:`~elmlff.bases.Potential` Protocol."""
+
+    family = "nequip"
 
     def __init__(self, name: str, path: Path, info: dict[str, Any], device: str = "cpu") -> None:
         from nequip.integrations.utils import basic_transforms

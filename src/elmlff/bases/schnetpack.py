@@ -9,6 +9,7 @@ Config ``params``: ``architecture`` (``schnet`` | ``painn``), ``cutoff`` (Å), `
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -107,7 +108,6 @@ class SchNetPackFamily:
     """schnetpack: SchNet (any number of radial basis functions) and PaiNN."""
 
     name = "schnetpack"
-    conda_env = "schnetpack"
 
     def train(self, spec: BaseSpec, train: Frames, val: Frames, outdir: Path) -> dict[str, Any]:
         params = {**DEFAULT_PARAMS, **spec.params}
@@ -150,8 +150,10 @@ class SchNetPackFamily:
                 distance_unit="Ang",
                 cleanup_workdir_stage=None,
             )
-            dm.prepare_data()
-            dm.setup()
+            # schnetpack's setup writes `splitting.lock` into the working directory
+            with contextlib.chdir(work):
+                dm.prepare_data()
+                dm.setup()
             model = build_model(params, tr["dtype"])
             mae = {"MAE": torchmetrics.MeanAbsoluteError()}
             task = spk.task.AtomisticTask(
@@ -222,6 +224,8 @@ class SchNetPackFamily:
 class SchNetPackPotential:
     """A trained schnetpack model behind the :class:`~elmlff.bases.Potential` Protocol."""
 
+    family = "schnetpack"
+
     def __init__(self, name: str, model, info: dict[str, Any], device: str = "cpu") -> None:
 
         self.name = name
@@ -236,15 +240,6 @@ class SchNetPackPotential:
             device=device,
             dtype=self.dtype,
         )
-
-    def to(self, dtype: torch.dtype) -> SchNetPackPotential:
-        """Run the model in another precision (float64 for finite-difference checks)."""
-        self.model = self.model.to(dtype)
-        self.model.input_dtype_str = str(dtype).removeprefix("torch.")
-        self.dtype = dtype
-        self.converter.dtype = dtype
-        self.converter.transforms[-1] = trn.CastTo64() if dtype == torch.float64 else trn.CastTo32()
-        return self
 
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         check_species(self.name, self.species, frames.numbers)

@@ -17,6 +17,8 @@ from elmlff import store
 from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_path, atomic_write_text
+from elmlff.layout import DatasetLayout
+from elmlff.log import log
 from elmlff.md.observables import (
     HR_BINS,
     bond_lengths,
@@ -31,7 +33,6 @@ from elmlff.md.observables import (
     rdf_window_collapse,
 )
 from elmlff.md.run import MDSettings, run_md
-from elmlff.pipeline import log
 
 
 def reference_frames(ds, split: Split, like: int) -> np.ndarray:
@@ -61,12 +62,14 @@ def run_replica(
     """MD of ``model`` from a seeded random test frame; observables against the test frames."""
     from ase.io import read
 
-    from elmlff.meta.ensemble import EnsembleCalculator, load_ensemble
+    from elmlff.calculator import EnsembleCalculator
+    from elmlff.loader import load_ensemble
 
     dataset_dir = Path(dataset_dir)
+    lay = DatasetLayout.of(dataset_dir)
     s = MDSettings(**{**settings, "seed": int(settings.get("seed", 0)) + replica})
-    ds = store.open_store(dataset_dir / "predictions.zarr")
-    split = Split.load(dataset_dir / "split.json")
+    ds = store.open_store(lay.store)
+    split = Split.load(lay.split)
     start = int(np.random.default_rng(s.seed).choice(split.roles["test"]))
     frames = store.frames_from_dataset(ds)
     atoms = frames.subset([start]).to_atoms()[0]
@@ -122,7 +125,7 @@ def uncertainty_reference(
     from elmlff import keys
     from elmlff.uq.metrics import ensemble_uncertainty, val_rmse_weights
 
-    _, w = val_rmse_weights(Path(dataset_dir) / "metrics.csv", list(bases))
+    _, w = val_rmse_weights(DatasetLayout.of(dataset_dir).metrics, list(bases))
     idx = np.sort(split.roles["val"])
     names = ds["model"].values.astype(str).tolist()
     f = ds[keys.BASE_FORCES].values[[names.index(b) for b in bases]][:, frames.atom_index(idx)]
@@ -311,9 +314,9 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
     import matplotlib.pyplot as plt
     from ase.io import read
 
-    dataset_dir = Path(dataset_dir)
-    ds = store.open_store(dataset_dir / "predictions.zarr")
-    split = Split.load(dataset_dir / "split.json")
+    lay = DatasetLayout.of(dataset_dir)
+    ds = store.open_store(lay.store)
+    split = Split.load(lay.split)
     frames = store.frames_from_dataset(ds)
     centres = 0.5 * (HR_BINS[1:] + HR_BINS[:-1])
     ncol = min(len(models), 3)
@@ -322,9 +325,9 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
         nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False, sharex=True, sharey=True
     )
     for ax, model in zip(axes.flat, models, strict=False):
-        trajs = sorted((dataset_dir / "md" / model).glob("replica*.extxyz"))
+        trajs = lay.md_trajectories(model)
         if not trajs:
-            raise ElmlffError(f"no MD trajectories of {model} in {dataset_dir}/md", "run md")
+            raise ElmlffError(f"no MD trajectories of {model} in {lay.dir}", "run md")
         pos, ref_h = [], None
         for t in trajs:
             traj = read(t, index=":", format="extxyz")
@@ -351,7 +354,7 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
     axes[0][0].legend(fontsize=8)
     hi = np.flatnonzero(ref_h > 0)
     axes[0][0].set_xlim(0, min(10.0, HR_BINS[hi[-1] + 1] + 0.5) if len(hi) else 10.0)
-    fig.suptitle(f"{dataset_dir.name}: distribution of interatomic distances in MD", fontsize=10)
+    fig.suptitle(f"{lay.dataset}: distribution of interatomic distances in MD", fontsize=10)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=150, format="png")

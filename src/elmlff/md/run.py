@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from elmlff.errors import ElmlffError
-from elmlff.md.observables import bond_lengths, bonds
+from elmlff.log import log
+from elmlff.md.observables import bond_lengths, bonds, first_collapse
 
 THERMOSTATS = ("nose_hoover", "langevin", "nve")
 
@@ -118,7 +119,7 @@ def run_md(
     settings: MDSettings,
     trajectory: Path,
     reference_lengths: np.ndarray | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log,
 ) -> MDResult:
     """Run one MD replica of ``atoms`` with ``calc``; append every ``record_every``-th frame to
     the extxyz ``trajectory`` as it goes. ``reference_lengths`` are the bonds' reference lengths
@@ -173,7 +174,8 @@ def run_md(
             if not 0.0 <= temp <= s.max_temperature_factor * s.temperature_K:
                 stopped = "temperature"
                 break
-            if pairs.size and np.abs(bond_lengths(atoms.positions, pairs)[0] - ref).max() > s.delta:
+            # this frame alone: first_collapse is 0 when a bond broke, None when all hold
+            if pairs.size and first_collapse(atoms.positions[None], pairs, ref, s.delta) == 0:
                 stopped, collapse = "collapse", done * dt_ps
                 break
             u = calc.results.get("uncertainty")

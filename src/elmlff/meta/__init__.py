@@ -3,9 +3,17 @@
 * :mod:`elmlff.meta.direct` - GAT over base forces/energies/species, predicts forces.
 * :mod:`elmlff.meta.conserv` - e3nn energy model θ, forces by autograd through the bases.
 * :mod:`elmlff.meta.data` - base predictions + labels + cutoff graphs, built once, batched.
+* :mod:`elmlff.meta.params` - architectures, training settings and :class:`MetaSpec`.
+* :mod:`elmlff.meta.jobs` - one training job: data, guards and live bases prepared once, one
+  model per subset of bases (``train_meta`` is a job with one subset).
 * :mod:`elmlff.meta.train` - training with early stopping on validation only.
 * :mod:`elmlff.meta.group` - many direct models (one per subset of bases) trained at once.
-* :mod:`elmlff.meta.ensemble` - inference over live bases and the ASE ``EnsembleCalculator``.
+* :mod:`elmlff.meta.live` - the bases evaluated live (K-fold means, the fit of each fold).
+* :mod:`elmlff.meta.ensemble` - ensembles over live bases (meta-models and baselines).
+
+This module owns the files of a trained meta-model: ``meta.pt``/``meta.json`` of one model
+(:func:`save`, :func:`load_model`), a subset-study group's ``models.pt``
+(:func:`load_subset_model`) and a meta's ``predictions.npz`` (:func:`read_predictions`).
 """
 
 from __future__ import annotations
@@ -15,7 +23,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
+from elmlff.layout import GROUP_MODELS
 
 KINDS = ("direct", "conserv")
 MODEL_FILE, INFO_FILE = "meta.pt", "meta.json"
@@ -83,8 +95,46 @@ def load_model(outdir: Path, device: str = "cpu"):
     return model.to(device).eval(), list(d["models"])
 
 
-def read_info(outdir: Path) -> dict[str, Any]:
+def read_info(outdir: Path | str) -> dict[str, Any]:
+    """``meta.json`` of a meta-model directory written by :func:`save`."""
     path = Path(outdir) / INFO_FILE
     if not path.exists():
         raise ElmlffError(f"no meta-model info at {path}", "train the meta-model first")
     return json.loads(path.read_text())
+
+
+def load_subset_model(group_dir: Path, subset: str, device: str = "cpu"):
+    """(meta-model, its bases) of one subset from a subset-study group directory
+    (:func:`elmlff.study.train_subsets`)."""
+    import torch
+
+    from elmlff.meta.data import Stats
+
+    path = Path(group_dir) / GROUP_MODELS
+    if not path.exists():
+        raise ElmlffError(f"no subset models at {group_dir}", "run the train_subsets rule")
+    d = torch.load(path, map_location=device, weights_only=False)
+    entry = {e["subset"]: e for e in d["subsets"]}.get(subset)
+    if entry is None:
+        raise ElmlffError(
+            f"subset {subset!r} not in {group_dir}",
+            f"use one of {sorted(e['subset'] for e in d['subsets'])[:5]}...",
+        )
+    model = build(d["kind"], len(entry["models"]), d["species"], Stats(**d["stats"]), d["params"])
+    model.load_state_dict(entry["state_dict"])
+    return model.to(device).eval(), list(entry["models"])
+
+
+def read_predictions(name: str, path: Path, frames: Frames) -> tuple[np.ndarray, np.ndarray]:
+    """A meta's ``predictions.npz`` on the store's frame/atom axes (``frames``: every store
+    frame): energy ``(F,)`` and forces ``(A, 3)``, NaN where it did not predict."""
+    if not Path(path).exists():
+        raise ElmlffError(f"meta '{name}': predictions {path} not found", "run predict_meta")
+    z = np.load(path)
+    e = np.full(len(frames), np.nan)
+    f = np.full((len(frames.forces), 3), np.nan)
+    e[z["frames"]] = z["energy"]
+    f[frames.atom_index(z["frames"])] = z["forces"]
+    if not np.isfinite(z["forces"]).all():
+        raise ElmlffError(f"meta '{name}' predicted NaN/inf forces ({path})", "retrain it")
+    return e, f

@@ -24,8 +24,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from elmlff.meta.data import MetaBatch, Stats
-from elmlff.meta.direct import _species_index
+from elmlff.meta.data import MetaBatch, Stats, species_index
 from elmlff.meta.params import ConservParams
 
 
@@ -110,7 +109,7 @@ class EnsembleConserv(nn.Module):
         p = ConservParams(**params)
         self.params, self.n_models, self.species = asdict(p), n_models, list(species)
         self.stats = stats
-        self.register_buffer("z_to_index", _species_index(species))
+        self.register_buffer("z_to_index", species_index(species))
         n_scalar_in = len(species) + n_models + (n_models if p.use_forces else 0)
         irreps_in = o3.Irreps(f"{n_scalar_in}x0e" + (f" + {n_models}x1o" if p.use_forces else ""))
         self.irreps_sh = o3.Irreps.spherical_harmonics(p.l_max)

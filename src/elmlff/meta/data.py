@@ -183,3 +183,10 @@ class MetaData:
         return batch_from_frames(
             sub, self.base_energy[m][:, idx], self.base_forces[m][:, atoms], self.cutoff, g, idx
         )
+
+
+def species_index(species: list[int]) -> torch.Tensor:
+    """Z -> row of the species embedding (-1 for elements never seen)."""
+    t = torch.full((max(species) + 1,), -1, dtype=torch.long)
+    t[torch.as_tensor(species)] = torch.arange(len(species))
+    return t

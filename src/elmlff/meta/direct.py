@@ -21,7 +21,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from elmlff.meta.data import MetaBatch, Stats
+from elmlff.meta.data import MetaBatch, Stats, species_index
 from elmlff.meta.params import DirectParams
 
 
@@ -44,7 +44,7 @@ class EnsembleDirect(nn.Module):
         p = DirectParams(**params)
         self.params, self.n_models, self.species = asdict(p), n_models, list(species)
         self.stats = stats
-        self.register_buffer("z_to_index", _species_index(species))
+        self.register_buffer("z_to_index", species_index(species))
         h = p.hidden
         self.species_embed = nn.Embedding(len(species), p.species_dim)
         self.energy_embed = nn.Sequential(nn.Linear(n_models, p.energy_dim), nn.SiLU())
@@ -79,10 +79,3 @@ class EnsembleDirect(nn.Module):
             outs.append(h)
         corr = self.head(torch.cat(outs, dim=1))
         return torch.einsum("m,amk->ak", self.blend, b.base_forces) + s.force_rms * corr
-
-
-def _species_index(species: list[int]) -> torch.Tensor:
-    """Z -> row of the species embedding (-1 for elements never seen)."""
-    t = torch.full((max(species) + 1,), -1, dtype=torch.long)
-    t[torch.as_tensor(species)] = torch.arange(len(species))
-    return t

@@ -9,14 +9,10 @@ stay differentiable functions of the positions once the graph is built.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from elmlff.data.frames import Frames
-
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
@@ -90,8 +86,3 @@ def _pairs_vesin(frames: Frames, f: int, cutoff: float):
     )
     # vesin's "i" is the centre that receives; its vector is x_j - x_i + S @ box
     return j.astype(np.int64) + o, i.astype(np.int64) + o, s.astype(np.float64) @ box
-
-
-def edge_vectors(pos: torch.Tensor, graph_src, graph_dst, shift) -> torch.Tensor:
-    """(E, 3) vectors from each receiving atom to its neighbour, differentiable in ``pos``."""
-    return pos[graph_src] - pos[graph_dst] + shift

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from elmlff.errors import ElmlffError
+from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.params import TrainSettings
 
@@ -127,7 +128,7 @@ def fit_direct_group(
     val_idx: np.ndarray,
     settings: TrainSettings,
     fold_of: np.ndarray | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log,
 ) -> list[dict]:
     """Train Ensemble-direct ``models[s]`` on the bases ``subsets[s]`` (all of one size) from
     the stored predictions in ``data``, on the models' device; each ends at its own best

@@ -23,6 +23,7 @@ class FitMean:
 
     def __init__(self, name: str, fits: Sequence[B.Potential]) -> None:
         self.name, self.fits = name, list(fits)
+        self.family = self.fits[0].family
         self.species = sorted(set.intersection(*(set(p.species) for p in self.fits)))
 
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

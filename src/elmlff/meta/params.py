@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from elmlff.errors import ElmlffError
 
 
 @dataclass
@@ -53,3 +56,89 @@ PARAMS = {"direct": DirectParams, "conserv": ConservParams}
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+#: the distribution each kind's architecture comes from (provenance, tables)
+PACKAGES = {"direct": "torch-geometric", "conserv": "e3nn"}
+
+
+@dataclass(frozen=True)
+class MetaSpec:
+    """One meta-model as the config defines it (``metas.{name}``, defaults filled in by the
+    schema), and what follows from it: the architecture, the training settings and whether the
+    bases must run live. The one place that decides these for rules, stages and the study."""
+
+    name: str
+    kind: str  # direct | conserv
+    fit_on: str  # out_of_sample | in_sample (the ablation)
+    params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> MetaSpec:
+        """From a validated config entry (``kind`` and ``fit_on`` are always there)."""
+        return cls(
+            name,
+            entry["kind"],
+            entry["fit_on"],
+            dict(entry.get("params", {})),
+            dict(entry.get("training", {})),
+        )
+
+    def check(self, source: str = "config") -> MetaSpec:
+        """Combinations the schema cannot rule out; raises :class:`ElmlffError`."""
+        if self.kind not in PARAMS:
+            raise ElmlffError(
+                f"{source}: metas.{self.name}: unknown kind {self.kind!r}",
+                f"use one of {list(PARAMS)}",
+            )
+        unknown = sorted(set(self.params) - set(field_names(PARAMS[self.kind])))
+        if unknown:
+            raise ElmlffError(
+                f"{source}: metas.{self.name}.params: unknown key(s) {unknown} "
+                f"for kind {self.kind}",
+                f"use some of {field_names(PARAMS[self.kind])}",
+            )
+        if self.kind == "conserv" and self.settings.bases == "store" and self.arch.use_forces:
+            raise ElmlffError(
+                f"{source}: metas.{self.name}: Ensemble-conserv with base forces as inputs "
+                "cannot train from the store (its forces need Hessian-vector products through "
+                "the bases)",
+                "set the meta's `training.bases: live` (or `auto`)",
+            )
+        return self
+
+    @property
+    def arch(self) -> DirectParams | ConservParams:
+        return PARAMS[self.kind](**self.params)
+
+    @property
+    def settings(self) -> TrainSettings:
+        return TrainSettings(**self.training)
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.arch.cutoff)
+
+    @property
+    def out_of_sample(self) -> bool:
+        return self.fit_on == "out_of_sample"
+
+    @property
+    def live_in_training(self) -> bool:
+        """Ensemble-conserv trains through the live bases when θ reads their forces (or when
+        told to); otherwise it learns from the stored predictions, as Ensemble-direct does."""
+        if self.kind != "conserv":
+            return False
+        bases = self.settings.bases
+        return bases == "live" or (bases == "auto" and bool(self.arch.use_forces))
+
+    @property
+    def live_at_inference(self) -> bool:
+        """Ensemble-conserv's forces are −dE/dx through the bases, so it always runs them;
+        Ensemble-direct combines the stored base predictions."""
+        return self.kind == "conserv"
+
+    @property
+    def package(self) -> str:
+        return PACKAGES[self.kind]

@@ -22,6 +22,7 @@ import torch
 
 from elmlff import bases as B
 from elmlff.errors import ElmlffError
+from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.group import fit_direct_group, fold_batches
 from elmlff.meta.live import base_outputs
@@ -60,11 +61,12 @@ def fit(
     live_fit: Mapping[int, Sequence[B.Potential]] | None = None,
     live_val: Sequence[B.Potential] | None = None,
     fold_of: np.ndarray | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log,
 ) -> dict:
     """Train ``model`` on frames ``fit_idx``; keep the state with the lowest validation force
-    RMSE. ``live_fit`` maps a fold (-1 without K-fold) to the bases that never saw its frames;
-    ``fold_of`` gives each store frame's fold. Returns facts for ``meta.json``."""
+    RMSE. ``live_fit`` maps a fold (-1 without K-fold) to the bases that never saw its frames
+    (None: Ensemble-conserv learns from the stored base predictions); ``fold_of`` gives each
+    store frame's fold. Returns facts for ``meta.json``."""
     if model.kind == "direct":
         return fit_direct_group(
             [model], [list(models)], data, fit_idx, val_idx, settings, fold_of, log
@@ -74,18 +76,10 @@ def fit(
     s = model.stats
     dtype = next(model.parameters()).dtype
     fold_of = np.full(len(data.frames), -1) if fold_of is None else np.asarray(fold_of)
-    mode = settings.bases
-    if mode == "auto":
-        mode = "live" if model.params["use_forces"] else "store"
-    if mode == "store" and model.params["use_forces"]:
-        raise ElmlffError(
-            "Ensemble-conserv with base forces as inputs cannot train from the store "
-            "(its forces need Hessian-vector products through the bases)",
-            "set the meta's `training.bases: live` (or `auto`)",
-        )
-    live = mode == "live"
-    if live and (live_fit is None or live_val is None):
-        raise ElmlffError("Ensemble-conserv needs the live bases", "pass the base models")
+    # the bases run live exactly when the job loaded them (MetaSpec.live_in_training)
+    live = live_fit is not None
+    if live and live_val is None:
+        raise ElmlffError("Ensemble-conserv needs the live bases for validation", "pass them")
     step = ConservStep(model)
     fr, m = data.frames.subset(fit_idx), data.model_index(list(models))
     blend = model.blend.detach().numpy() @ data.base_energy[m][:, fit_idx]

@@ -238,17 +238,18 @@ def adversarial_stage(
     from elmlff import store
     from elmlff.data import Split
     from elmlff.io import atomic_path
-    from elmlff.meta.ensemble import base_dirs
+    from elmlff.layout import DatasetLayout
     from elmlff.meta.live import load_bases
     from elmlff.uq.metrics import spearman, val_rmse_weights
 
     d = Path(dataset_dir)
     s = settings or AttackSettings()
-    ds = store.open_store(d / "predictions.zarr")
-    split = Split.load(d / "split.json")
+    lay = DatasetLayout.of(d)
+    ds = store.open_store(lay.store)
+    split = Split.load(lay.split)
     models = ds["model"].values.astype(str).tolist()
-    _, w = val_rmse_weights(d / "metrics.csv", models)
-    pots = load_bases(base_dirs(d, models), models)
+    _, w = val_rmse_weights(lay.metrics, models)
+    pots = load_bases(lay.trained_bases(models), models)
     test = np.sort(split.roles["test"])
     starts = np.sort(np.random.default_rng(seed).choice(test, min(n_starts, len(test)), False))
     frames = store.frames_from_dataset(ds).subset(starts)

@@ -93,6 +93,16 @@ def check_forces(forces: np.ndarray, n_atoms: np.ndarray, what: str = "model for
         raise ElmlffError(f"{what} contain NaN/inf", "re-predict the frames with those models")
 
 
+def force_std(forces: np.ndarray, n_atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """deepmd-kit's model deviation per frame: the mean and max over the frame's atoms of
+    σ_j = sqrt(⟨‖F_jk − ⟨F_j⟩‖²⟩_k) (eV/Å; zero for one model)."""
+    f = np.asarray(forces, dtype=float)
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    dev = np.linalg.norm(f - f.mean(axis=0), axis=2)  # (M, A)
+    sigma = np.sqrt((dev**2).mean(axis=0))  # (A,)
+    return _mean_per_frame(sigma, n_atoms), _max_per_frame(sigma, n_atoms)
+
+
 def ensemble_uncertainty(
     forces: np.ndarray,
     n_atoms: np.ndarray,
@@ -115,15 +125,15 @@ def ensemble_uncertainty(
     dev_w = np.linalg.norm(f - wmean, axis=2)
     worst = _max_per_frame(dev, n_atoms)  # (M, F)
     worst_w = _max_per_frame(dev_w, n_atoms)
-    sigma = np.sqrt((dev**2).mean(axis=0))  # (A,) deepmd's per-atom model deviation
+    std_mean, std_max = force_std(f, n_atoms)
     out = pd.DataFrame(
         {
             "n_atoms": n_atoms,
             "U0": np.sqrt((worst**2).mean(axis=0)),
             "U1": np.sqrt(w @ worst**2),
             "U2": np.sqrt(w @ worst_w**2),
-            "std_mean": _mean_per_frame(sigma, n_atoms),
-            "std_max": _max_per_frame(sigma, n_atoms),
+            "std_mean": std_mean,
+            "std_max": std_max,
         }
     )
     if ref_forces is not None:

@@ -115,11 +115,11 @@ def score_store(
     table.insert(0, "frame", idx)
     table.insert(0, "dataset", dataset)
     if pair:
-        from elmlff.pipeline import _meta_predictions
+        from elmlff.meta import read_predictions
 
         f, sec = {}, {}
         for kind in ("direct", "conserv"):
-            f[kind] = _meta_predictions(kind, pair[kind], frames)[1][atoms]
+            f[kind] = read_predictions(kind, pair[kind], frames)[1][atoms]
             z = np.load(pair[kind])
             sec[kind] = float(z["seconds"]) / len(z["frames"])
         sub = frames.subset(idx)

@@ -1,0 +1,80 @@
+"""An ASE calculator over any ensemble of :mod:`elmlff.meta.ensemble` (a meta-model, a
+baseline or a single base), with the bases' disagreement and the ensemble uncertainty U of
+:mod:`elmlff.uq.metrics` reported every step."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from elmlff.data.frames import Frames
+from elmlff.meta.ensemble import DirectEnsemble
+from elmlff.uq.metrics import ensemble_uncertainty, force_std
+
+
+class EnsembleCalculator(Calculator):
+    """ASE calculator for any ensemble (meta-model, baseline or single base).
+
+    ``results`` holds ``forces``, ``energy`` where defined, and per step the base disagreement
+    ``force_std_mean`` / ``force_std_max`` (eV/Å), ``base_energies`` (M,) and ``base_forces``
+    (M, N, 3), for MD monitors and uncertainty; with two or more bases also ``uncertainty``, the
+    ensemble force deviation U of :mod:`elmlff.uq.metrics` with ``uq_weights`` (U1 when they
+    are ∝ 1/RMSE, U0 when uniform, the default). Like MACE's variance outputs, every extra
+    result is listed in ``implemented_properties``, so ``calc.get_property(name, atoms)`` works.
+    """
+
+    #: the extra per-step results (beside energy and forces)
+    EXTRAS: ClassVar[list[str]] = [
+        "base_energies",
+        "base_forces",
+        "force_std_mean",
+        "force_std_max",
+        "uncertainty",
+    ]
+    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", *EXTRAS]
+
+    def __init__(self, ensemble, uq_weights: np.ndarray | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ensemble = ensemble
+        self.uq_weights = uq_weights
+        self.has_energy = not isinstance(ensemble, DirectEnsemble)
+        extras = [p for p in self.EXTRAS if p != "uncertainty" or len(ensemble.bases) >= 2]
+        self.implemented_properties = [
+            *(["energy", "free_energy"] if self.has_energy else []),
+            "forces",
+            *extras,
+        ]
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        fr = Frames(
+            numbers=self.atoms.numbers,
+            positions=self.atoms.positions,
+            n_atoms=[len(self.atoms)],
+            cell=np.asarray(self.atoms.cell[:])[None],
+            pbc=np.asarray(self.atoms.pbc)[None],
+            energy=np.zeros(1),
+            forces=np.zeros((len(self.atoms), 3)),
+        )
+        p = self.ensemble.predict_all(fr)
+        std_mean, std_max = force_std(p.base_forces, fr.n_atoms)
+        self.results = {
+            "forces": p.forces,
+            "base_energies": p.base_energy[:, 0],
+            "base_forces": p.base_forces,
+            "force_std_mean": float(std_mean[0]),
+            "force_std_max": float(std_max[0]),
+        }
+        m = len(p.base_forces)
+        if m >= 2:
+            w = np.full(m, 1.0 / m) if self.uq_weights is None else self.uq_weights
+            u = ensemble_uncertainty(p.base_forces, fr.n_atoms, w)
+            self.results["uncertainty"] = float(u.U1.iloc[0])
+        if p.energy is not None:
+            self.results["energy"] = self.results["free_energy"] = float(p.energy[0])
+        elif "energy" in properties:
+            raise PropertyNotImplementedError(
+                f"{self.ensemble.name} predicts forces only (no energy)"
+            )

@@ -1,0 +1,55 @@
+"""Load any trained model of a campaign by name from ``results/{dataset}/``: a base, a baseline
+or a meta-model (of the whole ensemble or of a subset), as an ensemble of
+:mod:`elmlff.meta.ensemble` ready for :class:`~elmlff.calculator.EnsembleCalculator`.
+
+>>> calc = EnsembleCalculator(load_ensemble("results/methane", "ensemble_conserv"))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from elmlff import meta, store
+from elmlff.baselines import BASELINES, LinearCombiner, fit_baselines
+from elmlff.data.split import Split
+from elmlff.errors import ElmlffError
+from elmlff.layout import DatasetLayout
+from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble, LinearEnsemble
+from elmlff.meta.live import load_bases
+from elmlff.subsets import resolve
+
+
+def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", device: str = "cpu"):
+    """The trained model ``name`` of a campaign: a base; a baseline (over the whole ensemble
+    from ``baselines.json``, over another ``subset`` fitted here from the store, as evaluation
+    does); or a meta-model (``train_meta``'s, or the subset study's model of that subset)."""
+    lay = DatasetLayout.of(dataset_dir)
+    metadir = Path(lay.meta_model(name, subset))
+    group = Path(lay.subset_group(name, len(subset.split("+"))))
+    if metadir.exists() or (subset != "all" and group.exists()):
+        if metadir.exists():
+            model, models = meta.load_model(metadir, device)
+        else:
+            model, models = meta.load_subset_model(group, subset, device)
+        pots = load_bases(lay.trained_bases(models), models, device)
+        cls = ConservEnsemble if model.kind == "conserv" else DirectEnsemble
+        return cls(model, pots, name)
+    if name in BASELINES:
+        if subset == "all" and Path(lay.baselines).exists():
+            entry = json.loads(Path(lay.baselines).read_text())["baselines"][name]
+            c = LinearCombiner.from_json(entry)
+        else:
+            ds = store.open_store(lay.store)
+            models = resolve(subset, ds["model"].values.astype(str).tolist())
+            c = {b.name: b for b in fit_baselines(ds, Split.load(lay.split), models)}[name]
+        return LinearEnsemble(c, load_bases(lay.trained_bases(c.models), c.models, device))
+    if lay.has_base(name):
+        pots = load_bases(lay.trained_bases([name]), [name], device)
+        return LinearEnsemble(LinearCombiner(name, [name], np.ones(1)), pots)
+    raise ElmlffError(
+        f"no model '{name}' (subset '{subset}') in {lay.dir}",
+        f"name a trained base, a baseline {list(BASELINES)} or a trained meta-model",
+    )

@@ -1,0 +1,10 @@
+"""Progress lines of every stage: one format, flushed at once (rules send them to ``logs/``)."""
+
+from __future__ import annotations
+
+import time
+
+
+def log(msg: str) -> None:
+    """Print ``msg`` with a time stamp (``[elmlff HH:MM:SS] msg``)."""
+    print(f"[elmlff {time.strftime('%H:%M:%S')}] {msg}", flush=True)
