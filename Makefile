@@ -36,6 +36,7 @@ lint: setup
 readme-table: setup
 	$(PY) -m snakemake results/methane/summary.md
 	$(PY) -m elmlff splice results/methane/summary.md --into README.md --marker summary:methane
+	$(PY) -m elmlff splice bench/measured/subsets_cuda_h200.md --into README.md --marker bench:subsets-cuda
 
 dag: setup
 	$(PY) -m snakemake --dag | dot -Tsvg > results/dag.svg

@@ -120,3 +120,17 @@ def test_loading_every_family_leaves_torch_defaults_alone(deepmd_dir, nequip_dir
     pot = B.load(nequip_dir)
     assert torch.get_default_dtype() == before
     assert np.isfinite(pot.predict(frames)[1]).all()
+
+
+@pytest.mark.parametrize("which", ["deepmd", "nequip"])
+def test_epochs_run_and_best_epoch_are_recorded(which, deepmd_dir, nequip_dir):
+    """Every family reports the same two numbers: epochs run (2 here) and the epoch of the
+    checkpoint kept (chosen on val); NequIP also its per-epoch val force MAE."""
+    info = B.read_info(deepmd_dir if which == "deepmd" else nequip_dir)
+    assert info["epochs_run"] == 2 and 1 <= info["best_epoch"] <= 2
+    if which == "deepmd":  # checkpoint model.ckpt-<step>.pt of the best val force RMSE
+        step = int(info["best_checkpoint"].split("-")[1].split(".")[0])
+        assert info["best_epoch"] == -(-step // (info["steps"] // 2))
+    else:
+        assert [h["epoch"] for h in info["history"]] == [1, 2]
+        assert all(h["val_force_mae"] > 0 for h in info["history"])

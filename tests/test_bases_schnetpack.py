@@ -34,8 +34,12 @@ def test_training_leaves_no_file_in_the_working_directory(methane, tmp_path, mon
     runs it in the base's scratch directory, so the base's folder is all that appears."""
     monkeypatch.chdir(tmp_path)
     spec = B.BaseSpec("one_epoch", "schnetpack", {"n_rbf": 4, "n_atom_basis": 4}, {"max_epochs": 1})
-    B.get_family("schnetpack").train(spec, methane.subset(range(8)), methane.subset([8, 9]), "m")
+    info = B.get_family("schnetpack").train(
+        spec, methane.subset(range(8)), methane.subset([8, 9]), "m"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert info["epochs_run"] == 1 and info["best_epoch"] == 1
+    assert info["history"][0]["epoch"] == 1 and info["history"][0]["val_force_mae"] > 0
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["best_model"]
 
 

@@ -132,3 +132,82 @@ def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("elmlff: error:")
     assert "datasets.methane.split.method" in lines[0]
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """YAML keeps the last of two equal keys silently; the config reader refuses them."""
+    text = (ROOT / "config" / "config.yaml").read_text()
+    path = tmp_path / "twice.yaml"
+    path.write_text(text.replace("      kfold: 0\n", "      kfold: 0\n      seed: 1\n", 1))
+    line = path.read_text().splitlines().index("      seed: 1") + 1
+    first = path.read_text().splitlines().index("      seed: 0") + 1
+    with pytest.raises(ElmlffError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"twice.yaml:{line}: duplicate key 'seed' (first at line {first})" in msg
+    assert "\n" not in msg and "fix: keep one of them" in msg
+    # JSON (a config snakemake also reads) and flow mappings too
+    (tmp_path / "c.json").write_text('{"run": ["methane"], "run": []}')
+    with pytest.raises(ElmlffError, match=r"c.json:1: duplicate key 'run'"):
+        load_config(tmp_path / "c.json")
+
+
+def test_merge_keys_may_still_override_and_anchors_work(tmp_path):
+    from elmlff.config import read_yaml
+
+    (tmp_path / "m.yaml").write_text("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\nc: *a\n")
+    assert read_yaml(tmp_path / "m.yaml") == {
+        "a": {"x": 1, "y": 2},
+        "b": {"x": 3, "y": 2},
+        "c": {"x": 1, "y": 2},
+    }
+
+
+def test_yaml_syntax_errors_are_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("datasets:\n  methane:\n    parts: [a, b\n    units: {}\n")
+    with pytest.raises(ElmlffError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:4:") and "YAML syntax error" in msg and "\n" not in msg
+    path.write_text("datasets:\n\tmethane: {}\n")
+    with pytest.raises(ElmlffError, match=r"broken.yaml:2:1: YAML syntax error: found character"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ElmlffError, match="a config must be a mapping of keys, not a list"):
+        load_config(path)
+
+
+def test_the_workflow_rereads_the_files_snakemake_merged(tmp_path):
+    """common.smk calls check_config_files(workflow.configfiles) before validating, since
+    snakemake's own reader keeps the last of two equal keys."""
+    from elmlff.config import check_config_files
+
+    (tmp_path / "over.yaml").write_text("run: [methane]\nrun: []\n")
+    with pytest.raises(ElmlffError, match=r"over.yaml:2: duplicate key 'run'"):
+        check_config_files([ROOT / "config" / "config.yaml", tmp_path / "over.yaml"])
+    check_config_files([ROOT / "config" / "config.yaml", *ROOT.glob("config/campaigns/*.yaml")])
+    smk = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    check = smk.index("check_config_files(workflow.configfiles)")
+    assert check < smk.index("validate_config(config")
+
+
+def test_check_config_validates_the_project_overlays_as_the_workflow_merges_them(capsys):
+    """`elmlff check-config OVERLAY` puts config/config.yaml under it (the Snakefile's
+    configfile:), so the project's own campaign overlays pass; alone, methanol_cu.yaml is not a
+    whole config."""
+    from elmlff.cli import main
+
+    from conftest import SHARED
+
+    assert main(["check-config", str(ROOT / "config" / "campaigns" / "paper.yaml")]) == 0
+    assert "config/config.yaml + " in capsys.readouterr().out
+    rc = main(["check-config", str(ROOT / "config" / "campaigns" / "methanol_cu.yaml")])
+    err = capsys.readouterr().err
+    if SHARED.exists():
+        assert rc == 0, err
+    else:  # its data lives in ../shared, which users do not have: one line says so
+        assert rc == 2 and "datasets.methanol_cu.path" in err
+    overlay = str(ROOT / "config" / "campaigns" / "methanol_cu.yaml")
+    assert main(["check-config", "--alone", overlay]) == 2
+    assert "elmlff: error:" in capsys.readouterr().err

@@ -157,3 +157,145 @@ def test_frames_with_different_atom_counts_from_mlearn(tmp_path):
     f = read("ase", tmp_path / "si.extxyz", energy_unit="eV", length_unit="angstrom")
     assert len(set(f.n_atoms.tolist())) > 1
     assert f.offsets[-1] + f.n_atoms[-1] == len(f.positions)
+
+
+# -- bad input: periodic frames without a cell, empty or unparsable files ----------------------
+def _deepmd_system(root, n_frames=3, box=None, nopbc=False):
+    root.mkdir(parents=True)
+    (root / "set.000").mkdir()
+    (root / "type.raw").write_text("0\n1\n1\n")
+    (root / "type_map.raw").write_text("O\nH\n")
+    rng = np.random.default_rng(0)
+    np.save(root / "set.000" / "coord.npy", rng.normal(size=(n_frames, 9)))
+    np.save(root / "set.000" / "energy.npy", rng.normal(size=n_frames))
+    np.save(root / "set.000" / "force.npy", rng.normal(size=(n_frames, 9)))
+    if box is not None:
+        np.save(root / "set.000" / "box.npy", box)
+    if nopbc:
+        (root / "nopbc").write_text("")
+    return root
+
+
+def _npz(path, n_frames=3, **extra):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "R": rng.normal(size=(n_frames, 2, 3)),
+        "z": np.array([1, 1]),
+        "E": rng.normal(size=n_frames),
+        "F": rng.normal(size=(n_frames, 2, 3)),
+    }
+    np.savez(path, **{**arrays, **extra})
+    return path
+
+
+EV = {"energy_unit": "eV", "length_unit": "angstrom"}
+
+
+def test_periodic_frames_without_a_cell_are_refused(tmp_path):
+    """pbc true with a zero cell (no box.npy) or a degenerate one would give wrong neighbour
+    lists: refused, naming the part, the frame and both fixes."""
+    sys_ = _deepmd_system(tmp_path / "nobox")
+    assert not read("deepmd", sys_, **EV).pbc.any()  # auto: no box, not periodic
+    with pytest.raises(ElmlffError) as err:
+        read("deepmd", sys_, pbc=True, part="train_part", **EV)
+    msg = str(err.value)
+    assert "3 of 3 frames are periodic but have a zero or degenerate cell" in msg
+    assert "first frame 0 (part 'train_part'" in msg and "pbc TTT" in msg
+    assert "give every periodic frame its cell" in msg and "pbc: false" in msg
+    # a box for some frames only: the frames with a zero box are named
+    box = np.tile(np.eye(3).reshape(1, 9) * 10.0, (3, 1))
+    box[1] = 0.0
+    sys_ = _deepmd_system(tmp_path / "somebox", box=box)
+    with pytest.raises(ElmlffError, match=r"1 of 3 frames .* first frame 1 "):
+        read("deepmd", sys_, **EV)
+    # a degenerate (flat) cell in an npz
+    flat = np.array([[10.0, 0, 0], [0, 10.0, 0], [10.0, 10.0, 0]])
+    with pytest.raises(ElmlffError, match="zero or degenerate cell"):
+        read("npz", _npz(tmp_path / "flat.npz", cell=flat), **EV)
+
+
+def test_cells_that_are_fine_pass(tmp_path):
+    # periodic along x and y only (a slab): a zero third cell vector is fine
+    f = random_frames(n_frames=2, sizes=(3,))
+    slab = np.tile(np.diag([10.0, 10.0, 0.0]), (2, 1, 1))
+    pbc = np.tile([True, True, False], (2, 1))
+    Frames(f.numbers, f.positions, f.n_atoms, slab, pbc, f.energy, f.forces)
+    with pytest.raises(ElmlffError, match="pbc TTF"):  # but not a zero second vector
+        slab[1, 1] = 0.0
+        Frames(f.numbers, f.positions, f.n_atoms, slab, pbc, f.energy, f.forces)
+    # pbc false with no cell, and a proper box
+    assert not read("npz", _npz(tmp_path / "mol.npz"), pbc=False, **EV).pbc.any()
+    box = np.tile(np.eye(3).reshape(1, 9) * 10.0, (3, 1))
+    assert read("deepmd", _deepmd_system(tmp_path / "box", box=box), **EV).pbc.all()
+
+
+def test_empty_and_unparsable_data_files_name_the_file_and_key(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ElmlffError, match=r"empty.npz: not a readable npz archive \(EOFError"):
+        read("npz", tmp_path / "empty.npz", **EV)
+    (tmp_path / "text.npz").write_text("not an archive\n")
+    with pytest.raises(ElmlffError, match=r"text\.npz: not a readable npz archive"):
+        read("rmd17", tmp_path / "text.npz", **EV)
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(ElmlffError, match=r"a single \.npy array, not an npz archive"):
+        read("npz", tmp_path / "one.npy", **EV)
+    np.savez(tmp_path / "nothing.npz")
+    with pytest.raises(ElmlffError, match=r"keys \['R', 'z', 'E', 'F'\] missing .* \(has \[\]\)"):
+        read("npz", tmp_path / "nothing.npz", **EV)
+    # an npz holding zero frames: said so, not a split error later
+    with pytest.raises(ElmlffError, match=r"zero.npz: no frames \('R' is empty\)"):
+        read("npz", _npz(tmp_path / "zero.npz", n_frames=0), **EV)
+    np.savez(
+        tmp_path / "words.npz",
+        R=np.zeros((1, 2, 3)),
+        z=np.array(["H", "H"]),
+        E=[0.0],
+        F=np.zeros((1, 2, 3)),
+    )
+    with pytest.raises(ElmlffError, match=r"cell \(2, 3\) must be \(3, 3\) or \(frames, 3, 3\)"):
+        read("npz", _npz(tmp_path / "c.npz", cell=np.zeros((2, 3))), **EV)
+    with pytest.raises(ElmlffError, match=r"words.npz: 'z' holds <U1 values, not numbers"):
+        read("npz", tmp_path / "words.npz", **EV)
+    np.savez(tmp_path / "obj.npz", nuclear_charges=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ElmlffError, match=r"obj.npz: key 'nuclear_charges' cannot be read"):
+        read("rmd17", tmp_path / "obj.npz", **EV)
+    np.savez(
+        tmp_path / "r0.npz",
+        nuclear_charges=np.array([1]),
+        coords=np.zeros((0, 1, 3)),
+        energies=np.zeros(0),
+        forces=np.zeros((0, 1, 3)),
+    )
+    with pytest.raises(ElmlffError, match=r"r0.npz: no frames \('coords' is empty\)"):
+        read("rmd17", tmp_path / "r0.npz", **EV)
+
+
+def test_damaged_deepmd_systems_name_the_file(tmp_path):
+    sys_ = _deepmd_system(tmp_path / "a")
+    (sys_ / "type.raw").write_text("")
+    with pytest.raises(ElmlffError, match=r"type.raw: empty"):
+        read("deepmd", sys_, **EV)
+    (sys_ / "type.raw").write_text("O H H\n")
+    with pytest.raises(ElmlffError, match=r"type.raw: not a list of integer atom types"):
+        read("deepmd", sys_, **EV)
+    (sys_ / "type.raw").write_text("0\n1\n1\n")
+    (sys_ / "set.000" / "coord.npy").write_bytes(b"")
+    with pytest.raises(ElmlffError, match=r"set.000/coord.npy: not a readable .npy array"):
+        read("deepmd", sys_, **EV)
+    np.save(sys_ / "set.000" / "coord.npy", np.zeros((3, 8)))
+    with pytest.raises(ElmlffError, match=r"'coord' holds 24 numbers, not a multiple of 9"):
+        read("deepmd", sys_, **EV)
+    np.save(sys_ / "set.000" / "coord.npy", np.zeros((0, 9)))
+    for k in ("energy", "force"):
+        np.save(sys_ / "set.000" / f"{k}.npy", np.zeros((0, 9 if k == "force" else 1)))
+    with pytest.raises(ElmlffError, match=r"coord.npy: no frames"):
+        read("deepmd", sys_, **EV)
+
+
+def test_empty_and_unparsable_structure_files(tmp_path):
+    (tmp_path / "empty.extxyz").write_text("")
+    with pytest.raises(ElmlffError, match=r"empty.extxyz: ASE cannot read it"):
+        read("ase", tmp_path / "empty.extxyz", **EV)
+    (tmp_path / "junk.extxyz").write_text("junk here\n")
+    with pytest.raises(ElmlffError, match=r"junk.extxyz: ASE cannot read it \(XYZError"):
+        read("ase", tmp_path / "junk.extxyz", **EV)

@@ -227,3 +227,157 @@ def test_uncertainty_monitor_records_u_and_stops_when_it_stays_high(methane, tmp
     assert w["u_cross_time_ps"] == pytest.approx(frames[2].info["time_ps"])
     assert w["u_warning_ps"] == pytest.approx(0.5 - frames[2].info["time_ps"])
     assert uncertainty_warning(frames, u_c=10.0, collapse_ps=0.5)["u_warning_ps"] is None
+
+
+# -- issue 15: bonds as the benchmark cuts them, molecule or condensed phase, time to collapse --
+
+
+def _ase_bonds(atoms) -> set[tuple[int, int]]:
+    """The benchmark's bonds: ASE's NeighborList(natural_cutoffs(atoms)) at its default skin."""
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    nl = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
+    nl.update(atoms)
+    return {tuple(sorted((a, int(b)))) for a in range(len(atoms)) for b in nl.get_neighbors(a)[0]}
+
+
+def test_bonds_are_ase_neighbor_list_pairs_on_a_stretched_bond(methane):
+    """ASE adds the 0.3 Å skin to each atom's cutoff: C-H is bonded up to 0.76 + 0.31 + 0.6 =
+    1.67 Å (not 1.37 Å). A C-H stretched to 1.5 Å is a bond, at 1.8 Å it is not; on perturbed
+    methane and ethanol frames the pairs equal ASE's NeighborList."""
+    from ase.build import molecule
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    atoms.pbc = False
+    carbon = int(np.flatnonzero(atoms.numbers == 6)[0])
+    h = int(np.flatnonzero(atoms.numbers == 1)[0])
+    for length, bonded in ((1.5, True), (1.66, True), (1.68, False), (1.8, False)):
+        x = atoms.copy()
+        u = x.positions[h] - x.positions[carbon]
+        x.positions[h] = x.positions[carbon] + length * u / np.linalg.norm(u)
+        pairs = {tuple(p) for p in bonds(x.numbers, x.positions).tolist()}
+        assert ((min(carbon, h), max(carbon, h)) in pairs) is bonded, length
+        assert pairs == _ase_bonds(x)
+    rng = np.random.default_rng(0)
+    for base in (atoms, molecule("CH3CH2OH")):
+        for _ in range(5):
+            x = base.copy()
+            x.positions += rng.normal(scale=0.25, size=x.positions.shape)
+            got = bonds(x.numbers, x.positions)
+            assert {tuple(p) for p in got.tolist()} == _ase_bonds(x)
+            assert (got[:, 0] < got[:, 1]).all()
+
+
+def test_molecule_or_condensed_phase_is_read_from_the_structure_not_pbc(methane):
+    from ase.build import bulk, fcc111
+
+    from elmlff.md.observables import is_molecule
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    assert atoms.pbc.all()  # DeePMD's convention: a molecule in a periodic 15 Å box
+    assert is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
+    wrapped = atoms.copy()  # the molecule cut by the cell boundary is still a molecule
+    wrapped.positions -= wrapped.positions[1]
+    wrapped.wrap()
+    assert is_molecule(wrapped.numbers, wrapped.positions, wrapped.cell[:], wrapped.pbc)
+    assert is_molecule(atoms.numbers, atoms.positions, None, [False] * 3)
+    cu = bulk("Cu", "fcc", a=3.6)
+    assert not is_molecule(cu.numbers, cu.positions, cu.cell[:], cu.pbc)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    assert not is_molecule(cu.numbers, cu.positions, cu.cell[:], cu.pbc)
+    for periodic in (False, True):  # pbc (T, T, F) or all True: periodic in-plane
+        slab = fcc111("Cu", size=(2, 2, 3), vacuum=10.0, periodic=periodic)
+        assert not is_molecule(slab.numbers, slab.positions, slab.cell[:], slab.pbc)
+    # no bond network, but densely packed (a molecular liquid or crystal): condensed
+    ar = bulk("Ar", "fcc", a=5.26)
+    assert not is_molecule(ar.numbers, ar.positions, ar.cell[:], ar.pbc)
+
+
+def test_a_molecule_in_a_box_gets_h_of_r_only_and_starts_without_rotation(methane, tmp_path):
+    """Methane in its periodic box: h(r) but no RDF, RDF-window collapse or diffusivity; its
+    run starts with no net angular momentum. A periodic Cu crystal does get the RDF."""
+    from ase.build import bulk
+    from ase.io import read
+
+    from elmlff.md.campaign import structure_observables
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    pos = methane.positions[: 5 * 20].reshape(20, 5, 3)
+    out = structure_observables(pos, pos, atoms, 0.005, True, True)
+    assert out["molecule"] and np.isfinite(out["hr_mae"])
+    assert not {"rdf_mae", "rdf_collapse_time_ps", "diffusivity_A2_per_ps"} & set(out)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    rng = np.random.default_rng(0)
+    cu_pos = cu.positions + rng.normal(scale=0.05, size=(20, len(cu), 3))
+    out = structure_observables(cu_pos, cu_pos, cu, 0.005, True, False)
+    assert out["rdf_mae"] == pytest.approx(0.0) and "diffusivity_A2_per_ps" in out
+
+    s = MDSettings(thermostat="nve", temperature_K=300, timestep_fs=0.25, steps=20, record_every=10)
+    res = run_md(atoms, _morse_calculator(), s, tmp_path / "box.extxyz", log=lambda m: None)
+    assert res.extra["molecule"] is True
+    first = read(tmp_path / "box.extxyz", index=0)
+    first.pbc = False
+    assert np.abs(first.get_angular_momentum()).max() < 1e-6
+    assert np.abs(first.get_momenta().sum(axis=0)).max() < 1e-6
+
+
+def _replica(tmp_path, replica: int, **fields):
+    import json
+
+    d = {
+        "dataset": "toy",
+        "model": "m",
+        "replica": replica,
+        "steps": 500,
+        "loop_radius_A": 0.1,
+        "hr_mae": 0.1,
+        "steps_per_second": 10.0,
+        "horizon_ps": 0.25,
+        "temperature_K": 50.0,
+        "data_temperature_K": 48.0,
+        **fields,
+    }
+    p = tmp_path / f"replica{replica}.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_time_to_collapse_is_the_benchmarks_mean_over_all_replicas(tmp_path):
+    """One replica collapsed at 0.1 ps, one stayed stable for its full 0.25 ps: the benchmark's
+    time to collapse is 0.175 ps (not 0.1, the mean over the collapsed one alone), next to
+    50 % stable; the table names the horizon."""
+    import pandas as pd
+
+    from elmlff.md.campaign import summarize
+
+    paths = [
+        _replica(tmp_path, 0, stopped="collapse", time_ps=0.1, collapse_time_ps=0.1, stable=False),
+        _replica(
+            tmp_path, 1, stopped="completed", time_ps=0.25, collapse_time_ps=None, stable=True
+        ),
+        _replica(
+            tmp_path, 2, stopped="uncertainty", time_ps=0.05, collapse_time_ps=None, stable=None
+        ),
+    ]
+    metrics = tmp_path / "metrics.csv"
+    pd.DataFrame(
+        {"model": ["m"], "split": ["test"], "metric": ["force_mae_framemean"], "value": [0.02]}
+    ).to_csv(metrics, index=False)
+    out = summarize(paths, metrics, tmp_path / "md_summary.csv", tmp_path / "md_table.md")
+    assert list(pd.read_csv(tmp_path / "md_summary.csv").columns) == [
+        "dataset",
+        "model",
+        "replica",
+        "metric",
+        "value",
+    ]
+    agg = out[out.replica == "all"].set_index("metric").value
+    assert agg["time_to_collapse_ps"] == pytest.approx(0.175)  # the uncertainty stop: unknown
+    assert agg["collapse_time_ps"] == pytest.approx(0.1)  # the collapsed replicas only
+    assert agg["stable_percent"] == pytest.approx(50.0)
+    per = out[out.metric == "time_to_collapse_ps"].set_index("replica").value
+    assert per["0"] == pytest.approx(0.1) and per["1"] == pytest.approx(0.25)
+    assert np.isnan(per["2"])
+    table = (tmp_path / "md_table.md").read_text()
+    assert "of 0.25 ps" in table and "at 50 K" in table and "~48 K" in table
+    assert "| m | 20.00 | 50 | 0.175 |" in table

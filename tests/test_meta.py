@@ -223,6 +223,24 @@ def _direct(species, seed=0):
     return m.eval()
 
 
+def test_direct_blend_is_the_plain_mean_at_start_and_the_paper_form_has_none(mixed):
+    """Default (blend): an untrained model is the plain mean of the base forces. The paper's
+    form (``blend: false``): forces come from the head alone, so with its last layer at zero
+    it predicts zero forces whatever the bases say."""
+    fr, e, f = mixed
+    b = batch_from_frames(fr, e, f, 4.0).to("cpu", torch.float32)
+    stats = Stats(1.0, -10.0, 1.0)
+    with torch.no_grad():
+        ours = build("direct", 3, fr.species, stats, {"hidden": 16, "layers": 2})(b)
+        np.testing.assert_allclose(ours.numpy(), f.mean(0), atol=1e-5)
+        paper = build("direct", 3, fr.species, stats, {"hidden": 16, "layers": 2, "blend": False})
+        assert "blend" not in dict(paper.named_parameters())
+        assert paper(b).abs().max() > 1e-3  # a default-initialised head
+        paper.head[-1].weight.zero_()
+        paper.head[-1].bias.zero_()
+        assert paper(b).abs().max() == 0
+
+
 def test_direct_on_a_batch_mixing_methane_and_a_periodic_slab(mixed):
     fr, e, f = mixed
     model = _direct(fr.species)
@@ -382,6 +400,46 @@ def test_meta_training_refuses_frames_a_base_trained_on_or_test_frames(tmp_path)
         check_meta_split(
             ds, split, ["a"], np.array([3, 4]), "out_of_sample", {"a": {"full": tmp_path}}
         )
+    # a live base that early-stopped on a meta-training frame, or on a test frame
+    live = {"a": {"full": tmp_path}}
+    write_info(tmp_path, {"name": "a", "trained_on": [0, 1, 2], "validated_on": [3, 5]})
+    with pytest.raises(ElmlffError, match="base 'a' fit full early-stopped on meta-training"):
+        check_meta_split(ds, split, ["a"], np.array([3, 4]), "out_of_sample", live)
+    write_info(tmp_path, {"name": "a", "trained_on": [0, 1, 2], "validated_on": [5, 7]})
+    with pytest.raises(ElmlffError, match="early-stopped on test frames"):
+        check_meta_split(ds, split, ["a"], np.array([3, 4]), "out_of_sample", live)
+    write_info(tmp_path, {"name": "a", "trained_on": [0, 1, 2], "validated_on": [5]})
+    check_meta_split(ds, split, ["a"], np.array([3, 4]), "out_of_sample", live)  # val: fine
+
+
+def test_the_store_guard_checks_what_bases_validated_on():
+    import xarray as xr
+
+    from elmlff import keys
+    from elmlff.data.split import Split
+    from elmlff.guards import check_no_leak
+
+    split = Split({"train": [0, 1, 2], "meta": [3, 4], "val": [5], "test": [6, 7]}, [], 0, "random")
+    ins = np.zeros((1, 8), dtype=bool)
+    ins[0, :3] = True
+    val = np.zeros((1, 8), dtype=bool)
+    val[0, 5] = True
+
+    def store(validated):
+        return xr.Dataset(
+            {
+                keys.BASE_IN_SAMPLE: (("model", "frame"), ins),
+                keys.BASE_VALIDATED_ON: (("model", "frame"), validated),
+            },
+            coords={"model": ["a"]},
+        )
+
+    check_no_leak(store(val), split)
+    for frame, role in ((3, "meta-fit"), (6, "test")):
+        bad = val.copy()
+        bad[0, frame] = True
+        with pytest.raises(ElmlffError, match=rf"\['a'\] were validated on {role} frames"):
+            check_no_leak(store(bad), split)
 
 
 # -- subset study: many direct models trained at once ---------------------------------------

@@ -97,3 +97,102 @@ def test_stacking_beats_mean_when_one_base_is_biased():
     mean = bl.mean(["a", "b", "c"])
     rmse = lambda c: np.sqrt(((c.apply(e, test_f, n)[1] - test_ref) ** 2).mean())  # noqa: E731
     assert rmse(stack) < 0.8 * rmse(mean)
+
+
+def _frames_with_errors(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-atom frames whose force error is (s, 0, 0) for each s in ``scales``."""
+    f = np.zeros((len(scales), 3))
+    f[:, 0] = scales
+    return f, np.zeros_like(f), np.ones(len(scales), dtype=int)
+
+
+def test_paired_difference_equals_the_difference_of_metrics_by_hand():
+    from elmlff.metrics import paired_differences
+
+    fa, ref, n = _frames_with_errors(np.array([1.0, 2.0, 4.0]))
+    fb, _, _ = _frames_with_errors(np.array([2.0, 2.0, 5.0]))
+    z = np.zeros(3)
+    d = paired_differences(per_frame(z, fa, z, ref, n), per_frame(z, fb, z, ref, n), 200)
+    # frame-mean RMSE of a 1-atom frame with error (s, 0, 0) is |s| / sqrt(3)
+    assert d["force_rmse_framemean"][0] == pytest.approx((7 / 3 - 3) / np.sqrt(3))
+    assert d["force_mae"][0] == pytest.approx((7 - 9) / 9)
+    lo, hi = d["force_rmse_framemean"][1:]
+    assert lo <= d["force_rmse_framemean"][0] <= hi <= 0  # a is never worse on any frame
+
+
+def test_paired_interval_sees_what_unpaired_intervals_cannot():
+    """Frames differ wildly in difficulty (errors 0.1-10), and model a is better than b by 2 %
+    on every frame: the two models' own intervals overlap, the paired one excludes zero."""
+    from elmlff.metrics import paired_differences
+
+    hard = np.random.default_rng(1).uniform(0.1, 10.0, size=300)
+    fa, ref, n = _frames_with_errors(0.98 * hard)
+    fb, _, _ = _frames_with_errors(hard)
+    z = np.zeros(300)
+    pa, pb = per_frame(z, fa, z, ref, n), per_frame(z, fb, z, ref, n)
+    ma, mb = metrics(pa, 500)["force_rmse"], metrics(pb, 500)["force_rmse"]
+    assert ma[2] > mb[1]  # unpaired intervals overlap
+    d, _, hi = paired_differences(pa, pb, 500)["force_rmse"]
+    assert d < 0 and hi < 0
+    # the same model against itself: zero, with a zero-width interval
+    assert paired_differences(pa, pa, 50)["force_rmse"] == (0.0, 0.0, 0.0)
+
+
+def test_comparison_rows_say_what_the_interval_supports():
+    from elmlff.pipeline import paired_comparisons, verdict
+
+    assert verdict(-2.0, -0.5) == "better" and verdict(0.1, 1.0) == "worse"
+    assert verdict(-1.0, 1.0) == "indistinguishable"
+    fa, ref, n = _frames_with_errors(np.full(50, 1.0))
+    fb, _, _ = _frames_with_errors(np.full(50, 2.0))
+    z = np.zeros(50)
+    nan = np.full(50, np.nan)
+    errors = {
+        "meta": ("meta", per_frame(nan, fa, z, ref, n), False),  # forces only
+        "best_base": ("baseline", per_frame(z, fb, z, ref, n), True),
+        "painn": ("base", per_frame(z, fb, z, ref, n), True),
+    }
+    df = paired_comparisons(errors, "toy", bootstrap=100)
+    assert set(df.reference) == {"best_base"} and set(df.model) == {"meta"}
+    assert not df.metric.str.startswith("energy").any()  # the meta has no energy
+    row = df[df.metric == "force_mae"].iloc[0]
+    assert row.difference == pytest.approx(-1 / 3) and row.verdict == "better"
+
+
+def test_a_base_that_learned_nothing_is_flagged():
+    """A base at the zero-force predictor's error is flagged on all its rows; a good base, a
+    baseline and a meta are not; the trivial errors are computed from the frames by hand."""
+    import pandas as pd
+
+    from elmlff.data.split import Split
+    from elmlff.pipeline import flag_unlearned, trivial_rmse
+
+    from conftest import random_frames
+
+    f = random_frames(n_frames=6, sizes=(2,))
+    f.forces = np.array([[1.0, 0, 0], [1, 0, 0], [3, 0, 0], [3, 0, 0]] * 3)
+    split = Split({"train": [0, 1], "meta": [4], "val": [5], "test": [2, 3]}, [], 0, "random")
+    t = trivial_rmse(f, split)
+    # test forces: (1,0,0),(1,0,0),(3,0,0),(3,0,0); train mean (2,0,0)
+    assert t["zero forces"] == pytest.approx(np.sqrt((1 + 1 + 9 + 9) / 12))
+    assert t["the training mean force"] == pytest.approx(np.sqrt(4 / 12))
+    best = t["the training mean force"]
+    rows = [
+        ("good", "base", 0.1 * best),
+        ("lazy", "base", 0.9 * best),
+        ("mean", "baseline", 0.9 * best),
+        ("meta", "meta", 0.9 * best),
+    ]
+    df = pd.DataFrame(
+        [
+            {"model": m, "kind": k, "split": s, "metric": "force_rmse", "value": v}
+            for m, k, v in rows
+            for s in ("val", "test")
+        ]
+    )
+    out = flag_unlearned(df, t, 0.5)
+    flagged = set(out[out.flag != ""].model)
+    assert flagged == {"lazy"} and (out[out.model == "lazy"].flag != "").all()
+    assert "training mean force" in out[out.model == "lazy"].flag.iloc[0]
+    assert out[out.model == "good"].learned_ratio.iloc[0] == pytest.approx(0.1)
+    assert out[out.kind != "base"].learned_ratio.isna().all()

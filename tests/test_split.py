@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -74,8 +76,10 @@ def test_overlapping_and_empty_roles_are_clear_errors():
         Split({"train": [0, 1], "meta": [2], "val": [3], "test": [1, 4]})
     with pytest.raises(ElmlffError, match="split role 'meta' is empty"):
         Split({"train": [0, 1], "meta": [], "val": [3], "test": [4]})
-    with pytest.raises(ElmlffError, match="asks for 500 frames but only"):
+    with pytest.raises(ElmlffError, match=r"ask for 502 frames of the pool \(meta 500 \+ val 2\)"):
         make_split(roles_of(20, 5), {"sizes": {"meta": 500, "val": 2}})
+    with pytest.raises(ElmlffError, match="asks for 9 frames but only 5 are in its source part"):
+        make_split(roles_of(20, 5), {"sizes": {"meta": 5, "val": 2, "test": 9}})
     with pytest.raises(ElmlffError, match="role 'val' has no source part and no size"):
         make_split(roles_of(20, 5), {"sizes": {"meta": 5}})
 
@@ -89,3 +93,52 @@ def test_manifest_round_trips(tmp_path):
     assert t.seed == 5 and t.kfold == 2
     assert all(np.array_equal(s.roles[r], t.roles[r]) for r in s.roles)
     assert all(np.array_equal(a, b) for a, b in zip(s.folds, t.folds, strict=True))
+
+
+def _digest(s: Split) -> str:
+    h = hashlib.sha256()
+    for r in ("train", "meta", "val", "test"):
+        h.update(s.roles[r].tobytes())
+    for f in s.folds:
+        h.update(f.tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_integer_sizes_split_exactly_as_before():
+    """The default campaign (methane: 5009 pool + 500 given test frames), paper.yaml's sizes
+    and a blocks + K-fold split give the very frames the code gave before fractions were
+    taken of the whole pool (digests computed with that code)."""
+    roles = roles_of(5009, 500)
+    default = {"seed": 0, "sizes": {"train": 1000, "meta": 500, "val": 200, "test": 500}}
+    assert _digest(make_split(roles, default)) == "bf534b11b3484bb0"
+    paper = {"seed": 0, "sizes": {"train": 4000, "meta": 500, "val": "rest", "test": 500}}
+    assert _digest(make_split(roles, paper)) == "e03155d86fa14864"
+    blocks = {
+        "seed": 2,
+        "method": "blocks",
+        "kfold": 3,
+        "sizes": {"train": 100, "meta": 50, "val": 20, "test": 30},
+    }
+    assert _digest(make_split(np.array(["pool"] * 500), blocks)) == "ca50d5839a4e1cea"
+
+
+def test_fractions_are_of_the_whole_pool_as_the_schema_says():
+    s = make_split(roles_of(100, 5), {"sizes": {"train": 0.5, "meta": 0.25, "val": 0.25}})
+    assert [len(s.roles[r]) for r in ("train", "meta", "val", "test")] == [50, 25, 25, 5]
+    # mixed with a count and 'rest': the fraction is still of the pool (100), not of 90
+    s = make_split(roles_of(100, 5), {"sizes": {"train": "rest", "meta": 10, "val": 0.3}})
+    assert [len(s.roles[r]) for r in ("train", "meta", "val")] == [60, 10, 30]
+
+
+def test_sizes_that_ask_for_more_than_the_pool_are_errors():
+    from elmlff.data.split import check_sizes
+
+    with pytest.raises(ElmlffError, match=r"fractions of the pool sum to 1.3 > 1"):
+        make_split(roles_of(100, 5), {"sizes": {"train": 0.6, "meta": 0.6, "val": 0.1}})
+    with pytest.raises(ElmlffError, match=r"fractions of the pool sum to 1.1 > 1"):
+        check_sizes({"train": "rest", "meta": 0.6, "val": 0.5}, ["train", "meta", "val"])
+    check_sizes({"meta": 0.6, "val": 0.4, "test": 0.9}, ["train", "meta", "val"])  # test: a part
+    with pytest.raises(ElmlffError, match=r"ask for 110 frames of the pool .*, which holds 100"):
+        make_split(roles_of(100, 5), {"sizes": {"train": 50, "meta": 40, "val": 20}})
+    with pytest.raises(ElmlffError, match=r"split.sizes.val: 2.5 is neither a count"):
+        make_split(roles_of(100, 5), {"sizes": {"meta": 10, "val": 2.5}})

@@ -125,3 +125,65 @@ def test_merge_takes_out_of_fold_predictions_under_kfold(tmp_path):
     assert e[[1, 3, 5]].tolist() == [20.0] * 3  # held out by cv1
     assert e[[6, 7]].tolist() == [15.0, 15.0]  # mean of both fits
     assert not ds[keys.BASE_IN_SAMPLE].values.any()
+
+
+def _written_store(tmp_path, name="predictions.zarr"):
+    f = random_frames(n_frames=5, sizes=(3, 5, 2, 4, 1))
+    rng = np.random.default_rng(2)
+    ds = store.with_bases(
+        store.reference_dataset(f, small_split()),
+        ["a", "b"],
+        rng.normal(size=(2, 5)),
+        rng.normal(size=(2, 15, 3)),
+        np.zeros((2, 5), bool),  # all False: zarr skips writing its chunk, which is fine
+    )
+    path = tmp_path / name
+    store.write(ds, path)
+    return ds, path
+
+
+def test_a_damaged_store_is_refused_with_the_rule_that_rewrites_it(tmp_path):
+    """A deleted chunk (zarr reads it as NaN, silently) or a truncated one (blosc reads past
+    its end, silently) stops the opening with one line naming the store and the fix."""
+    _, path = _written_store(tmp_path)
+    assert not (path / keys.BASE_IN_SAMPLE / "0.0").exists()  # skipped, not damage
+    store.open_store(path)  # whole: opens
+    (path / keys.BASE_FORCES / "0.0.0").unlink()
+    chunk = path / keys.ENERGY / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    with pytest.raises(ElmlffError) as err:
+        store.open_store(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == (
+        f"store {path} is damaged: chunk file base_forces/0.0.0 is missing; "
+        "fix: rerun the rule that writes it: snakemake --forcerun merge_store"
+    )
+    _, path = _written_store(tmp_path / "t")
+    chunk = path / keys.ENERGY / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    with pytest.raises(ElmlffError, match=r"chunk file energy/0 is truncated or corrupt \(20 b"):
+        store.open_store(path)
+    chunk.write_bytes(b"")
+    with pytest.raises(ElmlffError, match=r"chunk file energy/0 is truncated \(0 bytes\)"):
+        store.open_store(path)
+
+
+def test_a_store_without_metadata_or_with_nan_labels_is_refused(tmp_path):
+    _, path = _written_store(tmp_path, "reference.zarr")
+    (path / ".zmetadata").write_text("{")
+    with pytest.raises(ElmlffError) as err:
+        store.open_store(path)
+    assert "consolidated metadata .zmetadata missing or unreadable" in str(err.value)
+    assert str(err.value).endswith("snakemake --forcerun prepare_dataset")
+    ds, path = _written_store(tmp_path / "nan")
+    bad = ds.copy(deep=True)
+    bad[keys.FORCES].values[9, 1] = np.nan  # atom 9 is in frame 2 (3 + 5 atoms before)
+    store.write(bad, path)
+    with pytest.raises(ElmlffError, match=r"1 NaN/inf values in 'forces' \(first: atom 9, fr"):
+        store.open_store(path)
+    bad = ds.copy(deep=True)
+    bad[keys.BASE_ENERGY].values[1, 4] = np.inf
+    store.write(bad, path)
+    with pytest.raises(ElmlffError, match=r"'base_energy' \(first: model b, frame 4\)"):
+        store.open_store(path)

@@ -200,6 +200,82 @@ def test_uq_score_refuses_missing_forces_and_bad_weights(methane, tmp_path, caps
     assert "dF" not in pd.read_csv(tmp_path / "u.csv")
 
 
+def test_uq_score_names_the_model_and_frame_of_nan_forces(methane, tmp_path, capsys):
+    frames = methane.subset(range(3))
+    forces = np.repeat(frames.forces[None], 2, axis=0)
+    forces[1, 7, 2] = np.nan  # atom 7 = frame 1, its atom 2
+    path = tmp_path / "f.extxyz"
+    _write_extxyz(path, frames, forces, ["a", "b"])
+    assert main(["uq", "score", str(path), "--out", str(tmp_path / "u.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"elmlff: error: {path}: model 'b' has NaN/inf forces on 1 frames (first: frame 1, "
+        "atom 2); fix: re-predict those frames with that model, or leave it out with --models"
+    )
+    # NaN in the reference forces: named too
+    from ase.io import read, write
+
+    from elmlff.uq.score import read_extxyz
+
+    _write_extxyz(path, frames, np.repeat(frames.forces[None], 2, axis=0), ["a", "b"])
+    images = read(path, index=":")
+    images[2].calc.results["forces"][1, 0] = np.nan
+    write(path, images, format="extxyz")
+    with pytest.raises(
+        ElmlffError,
+        match=r"reference forces 'forces' are NaN/inf on 1 frames "
+        r"\(first: frame 2, atom 1\)",
+    ):
+        read_extxyz(path)
+
+
+def test_uq_score_rmse_arguments(methane, tmp_path, capsys):
+    """--rmse with --models, a file after --rmse or --models, comma lists and --rmse-json."""
+    frames = methane.subset(range(4))
+    rng = np.random.default_rng(1)
+    forces = frames.forces[None] + rng.normal(0, 0.05, (3, 20, 3))
+    path = tmp_path / "f.extxyz"
+    _write_extxyz(path, frames, forces, ["a", "b", "c"])
+    out = ["--out", str(tmp_path / "u.csv"), "--summary", str(tmp_path / "s.json")]
+
+    def weights(*args):
+        assert main(["uq", "score", *args, *out, "--bootstrap", "10"]) == 0, capsys.readouterr()
+        return json.loads((tmp_path / "s.json").read_text())["weights"]
+
+    # --models with the full --rmse list: RMSEs of models left out are ignored
+    w = weights(str(path), "--models", "a", "b", "--rmse", "a=0.1", "b=0.2", "c=0.4")
+    assert w == pytest.approx({"a": 2 / 3, "b": 1 / 3})
+    assert json.loads((tmp_path / "s.json").read_text())["rmse_not_scored"] == ["c"]
+    # the file after --rmse (which takes every word that follows) or after --models
+    want = {"a": 4 / 7, "b": 2 / 7, "c": 1 / 7}
+    assert weights("--rmse", "a=0.1", "b=0.2", "c=0.4", str(path)) == pytest.approx(want)
+    assert weights("--models", "a", "b", str(path)) == pytest.approx({"a": 0.5, "b": 0.5})
+    # the README's form, a comma list, and a JSON file (or a uq summary holding the RMSEs)
+    assert weights(str(path), "--rmse", "a=0.1", "b=0.2", "c=0.4") == pytest.approx(want)
+    assert weights(str(path), "--rmse", "a=0.1,b=0.2,c=0.4") == pytest.approx(want)
+    (tmp_path / "r.json").write_text(json.dumps({"a": 0.1, "b": 0.2, "c": 0.4}))
+    assert weights(str(path), "--rmse-json", str(tmp_path / "r.json")) == pytest.approx(want)
+    (tmp_path / "r.json").write_text(json.dumps({"force_rmse_for_weights": {"a": 0.1, "b": 0.2}}))
+    got = weights(str(path), "--rmse-json", str(tmp_path / "r.json"), "--rmse", "c=0.4")
+    assert got == pytest.approx(want)
+
+    def error(*args):
+        assert main(["uq", "score", *args, "--out", str(tmp_path / "u.csv")]) == 2
+        return capsys.readouterr().err.strip()
+
+    msg = error(str(path), "--rmse", "a=0.1", "b=0.2", "c=0.4", "z=1")
+    assert f"RMSE given for ['z'], not in {path} (its models: ['a', 'b', 'c'])" in msg
+    msg = error(str(path), "--models", "a", "b", "--rmse", "a=0.1")
+    assert "RMSE weights name ['b'] missing (scored models: ['a', 'b']" in msg
+    msg = error(str(path), "--rmse", "a", "0.1")
+    assert "bad --rmse 'a'" in msg
+    msg = error(str(path), "--rmse", "a=0.1", "--rmse-json", str(tmp_path / "r.json"))
+    assert msg.startswith("elmlff: error: model 'a' has two RMSEs (0.1 and 0.1)")
+    (tmp_path / "r.json").write_text("{oops")
+    assert ":1: not valid JSON" in error(str(path), "--rmse-json", str(tmp_path / "r.json"))
+    assert "no extxyz file given" in error("--rmse", "a=0.1")
+
+
 # -- adversarial sampling and selection for labelling ---------------------------------------
 def _morse_bases():
     return [

@@ -110,8 +110,8 @@ def test_dry_run_lists_the_default_campaign():
         "train_nequip": "1",
         "predict_nequip": "1",
         "merge_store": "1",
-        "train_meta": "4",
-        "predict_meta": "4",
+        "train_meta": "5",
+        "predict_meta": "5",
         "evaluate": "1",
         "train_subsets": "8",  # one job per k trains all C(8, k) subsets: 255 models
         "subset_table": "1",
@@ -129,7 +129,7 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "62",
+        "total": "64",
     }
 
 
@@ -145,7 +145,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "122"
+    assert counts["train_subsets"] == "8" and counts["total"] == "124"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -416,7 +416,15 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "linear stacking" in (res / "metrics_table.md").read_text()
     summary = (res / "summary.md").read_text()
-    assert "| schnet_tiny | base | schnetpack 2.2.0 | 2 |" in summary
+    assert "| schnet_tiny | base | schnetpack 2.2.0 | 2 / " in summary  # epochs run / best
+    # every meta against the best base, linear stacking and the mean: paired intervals
+    comp = pd.read_csv(res / "comparisons.csv")
+    cols = ["dataset", "model", "reference", "split", "metric", "difference", "lo", "hi"]
+    assert list(comp.columns[:8]) == cols
+    assert set(comp.reference) == {"best_base", "linear_stacking", "mean"}
+    assert (comp.lo <= comp.difference).all() and (comp.difference <= comp.hi).all()
+    assert "Paired differences meta − reference" in summary
+    assert "flag" in pd.read_csv(res / "metrics.csv").columns
     assert "| dp_tiny | base | deepmd-kit 3.2.0 |" in summary
     from elmlff.summary import splice
 
@@ -653,3 +661,66 @@ def test_methanol_on_copper_campaign_on_a_small_subset(tmp_path):
     conserv = md[(md.model == "ensemble_conserv") & (md.replica == "0")].set_index("metric")
     assert np.isfinite(conserv.value["rdf_mae"]) and conserv.value["time_ps"] > 0
     assert "diffusivity_A2_per_ps" in conserv.index
+
+
+def test_resume_after_snakemake_was_killed(tmp_path):
+    """SIGKILL snakemake while a training job runs, then run the same command again: it must
+    finish (no `--unlock` needed), and leave no hidden temporaries of the killed job."""
+    import signal
+    import time
+
+    cfg = tiny_config(tmp_path, ensemble=["schnet_tiny"])
+    target = "results/methane/bases/schnet_tiny/full/model"
+    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(cfg)]
+    cmd += ["--directory", str(tmp_path), "--cores", "2", target]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    bases = tmp_path / "results" / "methane" / "bases" / "schnet_tiny" / "full"
+    deadline = time.monotonic() + 300
+    while not list(bases.glob(".model.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the training job writes its temporary
+    assert list(bases.glob(".model.*.tmp")), "the training job never started"
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its job, as a lost login would
+    proc.wait()
+    assert list((tmp_path / ".snakemake" / "locks").glob("*.lock"))  # what blocked reruns
+    r = smk("--configfile", str(cfg), "--directory", str(tmp_path), "--cores", "2", target)
+    assert "left by a killed run" in r.stderr
+    assert (tmp_path / target / "base.json").exists()
+    assert not list(tmp_path.joinpath("results").rglob(".*.tmp"))
+    # restating the same config with its keys in another order reruns nothing (params are
+    # passed as JSON with sorted keys)
+    d = yaml.safe_load(cfg.read_text())
+    d["bases"]["schnet_tiny"]["params"] = dict(
+        reversed(d["bases"]["schnet_tiny"]["params"].items())
+    )
+    d["datasets"]["methane"] = dict(reversed(d["datasets"]["methane"].items()))
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    r = smk("-n", "--configfile", str(cfg), "--directory", str(tmp_path), target)
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_resume_leaves_a_live_run_alone(tmp_path):
+    """With another snakemake alive in the directory, nothing is removed."""
+    import time
+
+    from elmlff.smk import resume_after_kill
+
+    lock = tmp_path / ".snakemake" / "locks" / "0.input.lock"
+    tmp = tmp_path / "results" / "d" / ".metrics.csv.abc.tmp"
+    lock.parent.mkdir(parents=True)
+    tmp.mkdir(parents=True)
+    lock.write_text("x")
+    other = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 30"], cwd=tmp_path)
+    try:
+        time.sleep(0.3)
+        assert resume_after_kill(tmp_path) == [] and lock.exists() and tmp.exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert sorted(resume_after_kill(tmp_path)) == [
+        ".snakemake/locks/0.input.lock",
+        "results/d/.metrics.csv.abc.tmp",
+    ]
+    assert not lock.exists() and not tmp.exists()

@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="elmlff", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("check-config", help="validate a config file against the schema")
-    s.add_argument("config", type=Path)
+    s = sub.add_parser(
+        "check-config",
+        help="validate config files as the workflow merges them (config/config.yaml first)",
+    )
+    s.add_argument("config", type=Path, nargs="+", help="files, each over the ones before")
+    s.add_argument("--alone", action="store_true", help="without config/config.yaml under it")
 
     s = sub.add_parser("prepare", help="read a data set, split it, write the reference store")
     s.add_argument("--name", required=True)
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--metrics", required=True, type=Path)
     s.add_argument("--baselines", required=True, type=Path)
     s.add_argument("--metas", nargs="*", default=[], help="NAME=meta predictions.npz")
+    s.add_argument("--comparisons", type=Path, default=None, help="paired comparisons CSV")
+    s.add_argument("--learned-ratio", type=float, default=0.5, help="flag bases above this")
 
     s = sub.add_parser("plot-rmse", help="Fig. 2a-style force RMSE bars from metrics.csv files")
     s.add_argument("metrics", nargs="+", type=Path)
@@ -169,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("plot-parity", help="Fig. 3b parity plot of a meta vs the best base")
     s.add_argument("dataset_dir", type=Path)
-    s.add_argument("--meta", default=None, help="default: the lowest test force RMSE")
+    s.add_argument("--meta", default=None, help="default: the lowest val force RMSE")
+    s.add_argument("--candidates", nargs="*", default=None, help="metas to choose from")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("html", help="an HTML page of a Markdown table (for the report)")
@@ -180,11 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("uq", help="uncertainty of ensembles")
     uq = s.add_subparsers(dest="uq_cmd", required=True)
     u = uq.add_parser("score", help="U0/U1/U2 and baselines of models' forces in an extxyz file")
-    u.add_argument("file", type=Path, help="frames with per-atom arrays forces_<model>")
+    u.add_argument("file", type=Path, nargs="?", help="frames with arrays forces_<model>")
     u.add_argument("--out", required=True, type=Path, help="per-frame CSV")
     u.add_argument("--summary", type=Path, help="JSON: weights, Spearman rho with 95 %% CI")
     u.add_argument("--models", nargs="*", default=None, help="default: every forces_<model>")
-    u.add_argument("--rmse", nargs="*", default=[], help="MODEL=force RMSE in eV/Å (weights)")
+    u.add_argument(
+        "--rmse",
+        nargs="*",
+        default=[],
+        metavar="MODEL=RMSE",
+        help="each scored model's force RMSE in eV/Å (weights ∝ 1/RMSE), space or comma separated",
+    )
+    u.add_argument("--rmse-json", type=Path, help="JSON {model: RMSE} (or a uq summary)")
     u.add_argument("--ref-key", default="forces", help="per-atom array of reference forces")
     u.add_argument("--bootstrap", type=int, default=1000)
     u = uq.add_parser("stage", help="uncertainty.csv of a campaign's test frames")
@@ -242,10 +256,14 @@ def _run(a: argparse.Namespace) -> int:
     from elmlff import pipeline
 
     if a.cmd == "check-config":
-        from elmlff.config import load_config
+        from elmlff.config import DEFAULT_CONFIG, load_config
 
-        cfg = load_config(a.config)
-        print(f"{a.config}: valid; data sets {cfg['run']}, ensemble {cfg['ensemble']}")
+        files = list(a.config)
+        if not a.alone and not any(p.resolve() == DEFAULT_CONFIG.resolve() for p in files):
+            files.insert(0, DEFAULT_CONFIG)  # the Snakefile's configfile: comes first
+        cfg = load_config(*files)
+        names = " + ".join(str(p) for p in files)
+        print(f"{names}: valid; data sets {cfg['run']}, ensemble {cfg['ensemble']}")
     elif a.cmd == "prepare":
         pipeline.prepare(a.name, json.loads(a.spec), a.store, a.split)
     elif a.cmd == "train":
@@ -327,7 +345,16 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "evaluate":
         metas = dict(_keyvalue(m) for m in a.metas)
         pipeline.evaluate(
-            a.store, a.split, a.metrics, a.baselines, a.dataset, a.bootstrap, a.seed, metas
+            a.store,
+            a.split,
+            a.metrics,
+            a.baselines,
+            a.dataset,
+            a.bootstrap,
+            a.seed,
+            metas,
+            a.comparisons,
+            a.learned_ratio,
         )
     elif a.cmd == "plot-rmse":
         from elmlff.plots import force_rmse_bars
@@ -344,7 +371,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "plot-parity":
         from elmlff.plots import parity
 
-        parity(a.dataset_dir, a.out, a.meta)
+        parity(a.dataset_dir, a.out, a.meta, candidates=a.candidates)
     elif a.cmd == "html":
         from elmlff.io import atomic_write_text
         from elmlff.plots import markdown_to_html
@@ -372,15 +399,10 @@ def _run_uq(a: argparse.Namespace) -> None:
     from elmlff.uq import score
 
     if a.uq_cmd == "score":
-        rmse = {}
-        for item in a.rmse:
-            k, _, v = item.partition("=")
-            try:
-                rmse[k] = float(v)
-            except ValueError:
-                raise ElmlffError(f"bad --rmse {item!r}", "write MODEL=RMSE (eV/Å)") from None
+        path, models, items = score.score_arguments(a.file, a.models, a.rmse)
+        rmse = score.parse_rmse(items, a.rmse_json)
         table, summ = score.score_extxyz(
-            a.file, a.out, a.summary, rmse or None, a.models, a.ref_key, a.bootstrap
+            path, a.out, a.summary, rmse or None, models, a.ref_key, a.bootstrap
         )
         print(f"{len(table)} frames -> {a.out}")
         if len(summ):

@@ -3,7 +3,7 @@ plus the cross-checks a schema cannot express. Errors are one line naming the ke
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +132,189 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
             f"define them under `datasets` or use one of {sorted(config['datasets'])}",
         )
     config["run"] = run
+    _check_bases(config, source)
+    _check_datasets(config, source)
+    _check_study_and_uncertainty(config, source)
 
 
-def load_config(path: Path | str, schema: Path | str = SCHEMA) -> dict[str, Any]:
-    """Read and validate a YAML config file."""
+def _check_bases(config: MutableMapping[str, Any], source: str) -> None:
+    """Each base's params and own training against its family's record; the shared training
+    block's keys against every family's (typos, wrong types)."""
+    from elmlff.bases import COMMON_TRAINING, FAMILIES, check_spec, type_ok
+
+    for name, base in config["bases"].items():
+        check_spec(
+            name,
+            base["family"],
+            dict(base.get("params", {})),
+            dict(base.get("training", {})),
+            f"{source}: bases.{name}",
+        )
+    known = {**{k: t() for k, t in COMMON_TRAINING.items()}}
+    for rec in FAMILIES.values():
+        known = {**rec.training, **known}
+    for key, value in config.get("training", {}).items():
+        if key not in known:
+            raise ElmlffError(
+                f"{source}: training: unknown key {key!r}",
+                f"use some of {sorted(known)} (a family's own keys go in its bases' `training`)",
+            )
+        if not type_ok(value, type(known[key])):
+            raise ElmlffError(
+                f"{source}: training.{key}: {value!r} is not of type {type(known[key]).__name__}",
+                f"give a value of type {type(known[key]).__name__}",
+            )
+
+
+def _check_datasets(config: MutableMapping[str, Any], source: str) -> None:
+    """What can be known before reading any frame: the data path and every part exist (relative
+    to the directory snakemake runs in) and the split sizes can be drawn from a pool."""
+    from elmlff.data.split import ROLES, check_sizes
+
+    for d in config["run"]:
+        spec = config["datasets"][d]
+        root = Path(spec["path"])
+        if not root.exists():
+            raise ElmlffError(
+                f"{source}: datasets.{d}.path: {root} not found (working directory {Path.cwd()})",
+                f"fix `datasets.{d}.path` or run from the project root",
+            )
+        missing = [p for p in spec["parts"] if p != "." and not (root / p).exists()]
+        if missing:
+            have = sorted(x.name for x in root.iterdir()) if root.is_dir() else []
+            raise ElmlffError(
+                f"{source}: datasets.{d}.parts: {missing} not found under {root}",
+                f"name sub-folders or files of {root}: {have[:8]}",
+            )
+        fixed = {r for r in spec["parts"].values() if r in ROLES}
+        try:
+            check_sizes(
+                spec.get("split", {}).get("sizes", {}), [r for r in ROLES if r not in fixed]
+            )
+        except ElmlffError as err:
+            raise ElmlffError(f"{source}: datasets.{d}.{err.what}", err.fix) from None
+
+
+def _check_study_and_uncertainty(config: MutableMapping[str, Any], source: str) -> None:
+    """Subset sizes against each data set's ensemble; published RMSEs name bases."""
+    from elmlff.subsets import choose
+
+    study = config.get("subsets", {})
+    for d in config["run"]:
+        if study.get("metas"):
+            try:
+                choose(study.get("select", "all"), requested(config, d))
+            except ElmlffError as err:
+                raise ElmlffError(f"{source}: subsets.select ({d}): {err.what}", err.fix) from None
+    names = {m for d in config["run"] for m in requested(config, d)}
+    unknown = sorted(set(config.get("uncertainty", {}).get("rmse") or {}) - names)
+    if unknown:
+        raise ElmlffError(
+            f"{source}: uncertainty.rmse: {unknown} are not bases of any ensemble this run trains",
+            f"name some of {sorted(names)}",
+        )
+
+
+def merge_configs(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mappings merged key by key (snakemake's ``--configfile``
+    over the Snakefile's ``configfile:``)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            merge_configs(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently). Keys merged in with ``<<: *anchor`` may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first at line {first})",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_yaml_map
+)
+
+
+def read_yaml(path: Path | str) -> Any:
+    """A YAML (or JSON) file's contents, refusing duplicate keys; errors are one line with the
+    file and line."""
     path = Path(path)
     if not path.exists():
         raise ElmlffError(f"config file not found: {path}", "pass an existing config file")
-    return dict(validate_config(yaml.safe_load(path.read_text()) or {}, schema, str(path)))
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=_StrictLoader)  # a SafeLoader subclass
+    except _DuplicateKey as err:
+        mark = err.problem_mark
+        raise ElmlffError(
+            f"{path}:{mark.line + 1}: {err.problem}",
+            "keep one of them (YAML would silently keep only the last)",
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise ElmlffError(
+            f"{where}: YAML syntax error: {what}" + (f" ({context})" if context else ""),
+            "correct the YAML at that line (indent with spaces, not tabs; quote values "
+            "holding ': ' or '#')",
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ElmlffError(f"{path}: not UTF-8 text ({err.reason})", "save it as UTF-8") from None
+
+
+def check_config_files(paths: Sequence[Path | str]) -> None:
+    """Read each config file strictly (duplicate keys, syntax): the workflow calls this on
+    the files snakemake merged (``workflow.configfiles``), which snakemake reads leniently."""
+    for path in paths:
+        if Path(path).exists():
+            read_yaml(path)
+
+
+#: the campaign every run starts from (the Snakefile's ``configfile:``)
+DEFAULT_CONFIG = SCHEMA.parents[2] / "config" / "config.yaml"
+
+
+def load_config(*paths: Path | str, schema: Path | str = SCHEMA) -> dict[str, Any]:
+    """Read config files, each over the ones before (as snakemake merges ``configfile:`` and
+    ``--configfile``), and validate the merged config with every cross-check."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ElmlffError(
+                f"{path}: a config must be a mapping of keys, not a {type(data).__name__}",
+                "start the file with top-level keys such as `datasets:` and `bases:`",
+            )
+        merged = merge_configs(merged, data)
+    return dict(validate_config(merged, schema, " + ".join(str(p) for p in paths)))
 
 
 def requested(config: MutableMapping[str, Any], dataset: str) -> list[str]:

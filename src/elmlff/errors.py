@@ -7,5 +7,6 @@ class ElmlffError(ValueError):
     """Bad input or state. ``str(err)`` is one line: what is wrong, where, and how to fix it."""
 
     def __init__(self, what: str, fix: str | None = None) -> None:
+        self.what, self.fix = what, fix
         msg = what if fix is None else f"{what}; fix: {fix}"
         super().__init__(" ".join(msg.split()))

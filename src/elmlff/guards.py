@@ -19,20 +19,22 @@ from elmlff.errors import ElmlffError
 
 def check_no_leak(ds, split: Split) -> None:
     """No base trained on a frame that meta-models or baselines fit on, or on a val/test
-    frame (the store's ``base_in_sample``)."""
+    frame (the store's ``base_in_sample``); and none early-stopped or chose its checkpoint on
+    a meta-fit or test frame (``base_validated_on``: bases validate on val only)."""
     ins = ds[keys.BASE_IN_SAMPLE].values
-    for what, idx in (
-        ("meta-fit", split.meta_fit()),
-        ("val", split.roles["val"]),
-        ("test", split.roles["test"]),
-    ):
-        bad = ins[:, idx].any(axis=1)
-        if bad.any():
-            models = ds["model"].values[bad].tolist()
-            raise ElmlffError(
-                f"bases {models} were trained on {what} frames",
-                "retrain the bases on the split's train frames only",
-            )
+    checks = [("trained on", ins, ("meta-fit", "val", "test"))]
+    if keys.BASE_VALIDATED_ON in ds:  # stores made before it was recorded lack it
+        checks.append(("validated on", ds[keys.BASE_VALIDATED_ON].values, ("meta-fit", "test")))
+    frames = {"meta-fit": split.meta_fit(), "val": split.roles["val"], "test": split.roles["test"]}
+    for verb, used, roles in checks:
+        for what in roles:
+            bad = used[:, frames[what]].any(axis=1)
+            if bad.any():
+                models = ds["model"].values[bad].tolist()
+                raise ElmlffError(
+                    f"bases {models} were {verb} {what} frames",
+                    "retrain the bases (train on the split's train frames, validate on val)",
+                )
 
 
 def check_meta_split(
@@ -71,8 +73,18 @@ def check_meta_split(
     folds = split.folds if split.kfold else [fit_idx]
     for m in models:
         for fit, d in basedirs[m].items():
-            trained = np.asarray(B.read_info(d)["trained_on"], dtype=np.int64)
+            info = B.read_info(d)
+            trained = np.asarray(info["trained_on"], dtype=np.int64)
+            validated = np.asarray(info.get("validated_on", []), dtype=np.int64)
             own = folds[int(fit[2:])] if fit.startswith("cv") else fit_idx
+            for what, idx in (("meta-training", own), ("test", test)):
+                if (what == "test" or fit_on == "out_of_sample") and len(
+                    np.intersect1d(validated, idx)
+                ):
+                    raise ElmlffError(
+                        f"base '{m}' fit {fit} early-stopped on {what} frames",
+                        "retrain the bases with the split's val frames for validation",
+                    )
             if fit_on == "out_of_sample" and len(np.intersect1d(trained, own)):
                 raise ElmlffError(
                     f"base '{m}' fit {fit} trained on frames its meta-training frames include",

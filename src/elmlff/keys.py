@@ -35,6 +35,7 @@ FOLD: Final = "fold"
 BASE_ENERGY: Final = "base_energy"
 BASE_FORCES: Final = "base_forces"
 BASE_IN_SAMPLE: Final = "base_in_sample"
+BASE_VALIDATED_ON: Final = "base_validated_on"
 HVP_DIRECTION: Final = "hvp_direction"
 BASE_HVP: Final = "base_hvp"
 
@@ -56,6 +57,11 @@ VARIABLES: Final[dict[str, Var]] = {
     BASE_FORCES: Var(("model", "atom", "xyz"), "eV/Å", "each base's predicted forces"),
     BASE_IN_SAMPLE: Var(
         ("model", "frame"), "1", "True where the predicting base was trained on the frame"
+    ),
+    BASE_VALIDATED_ON: Var(
+        ("model", "frame"),
+        "1",
+        "True where a fit of the base early-stopped or chose its checkpoint on the frame",
     ),
     HVP_DIRECTION: Var(("atom", "xyz"), "1", "direction v (unit norm per frame) of the HVPs"),
     BASE_HVP: Var(("model", "atom", "xyz"), "eV/Å²", "each base's Hessian-vector product H·v"),

@@ -88,6 +88,10 @@ class DatasetLayout:
     def baselines(self) -> str:
         return self._p("baselines.json")
 
+    @property
+    def comparisons(self) -> str:
+        return self._p("comparisons.csv")
+
     def table(self, name: str) -> str:
         """A Markdown table: ``metrics_table``, ``summary`` or ``md_table``."""
         return self._p(f"{name}.md")

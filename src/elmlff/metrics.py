@@ -80,14 +80,38 @@ def metrics(
     (NaN when ``bootstrap`` is 0)."""
     value = _stats(p, np.ones(len(p)))
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        counts = rng.multinomial(len(p), np.full(len(p), 1 / len(p)), size=bootstrap).astype(float)
-        boot = _stats(p, counts)
+        boot = _stats(p, _counts(len(p), bootstrap, seed))
         a = (1 - level) / 2
         ci = {k: np.quantile(v, [a, 1 - a]) for k, v in boot.items()}
     else:
         ci = {k: (np.nan, np.nan) for k in value}
     return {k: (float(value[k]), float(ci[k][0]), float(ci[k][1])) for k in value}
+
+
+def _counts(n: int, bootstrap: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1 / n), size=bootstrap).astype(float)
+
+
+def paired_differences(
+    p: PerFrame, q: PerFrame, bootstrap: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float, float]]:
+    """``{metric: (metric(p) - metric(q), lo, hi)}`` for two models' errors on the same frames:
+    every bootstrap replicate resamples the frames once and scores both models on that one
+    sample (a paired interval: the frames' shared difficulty cancels). An interval that excludes
+    zero says one model is better on this metric; one that holds zero says the data cannot tell."""
+    if len(p) != len(q) or not np.array_equal(p.n_comp, q.n_comp):
+        raise ValueError("paired differences need both models' errors on the same frames")
+    counts = _counts(len(p), bootstrap, seed)
+    one = np.ones(len(p))
+    a, b = _stats(p, one), _stats(q, one)
+    ba, bb = _stats(p, counts), _stats(q, counts)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {}
+    for k in a:
+        d = ba[k] - bb[k]
+        out[k] = (float(a[k] - b[k]), float(np.quantile(d, lo_q)), float(np.quantile(d, hi_q)))
+    return out
 
 
 def force_rmse(pred: np.ndarray, ref: np.ndarray) -> float:

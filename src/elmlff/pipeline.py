@@ -24,7 +24,10 @@ from elmlff.guards import check_no_leak
 from elmlff.io import atomic_path, atomic_write_text
 from elmlff.log import log
 from elmlff.meta.params import MetaSpec
-from elmlff.metrics import UNITS, metrics, per_frame
+from elmlff.metrics import UNITS, PerFrame, force_rmse, metrics, paired_differences, per_frame
+
+#: what every meta-model is compared with (comparisons.csv)
+REFERENCES = ("best_base", "linear_stacking", "mean")
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -205,13 +208,15 @@ def merge(
     E = np.full((len(models), nf), np.nan)
     P = {k: np.full((len(models), na, 3), np.nan) for k in atom_keys}
     S = np.zeros((len(models), nf), dtype=bool)
+    V = np.zeros((len(models), nf), dtype=bool)  # frames any fit early-stopped on
     info: dict[str, Any] = {}
+    val_atoms = frames.atom_index(split.roles["val"])
     shared = np.concatenate([split.roles["val"], split.roles["test"]])
     shared_atoms = frames.atom_index(shared)
     for m, model in enumerate(models):
         sum_e = np.zeros(len(shared))
         sum_p = {k: np.zeros((len(shared_atoms), 3)) for k in atom_keys}
-        per_fit = {}
+        per_fit, fit_val_rmse = {}, []
         for fit in predictions[model]:
             z = files[model, fit]
             idx, atoms = z["frames"], frames.atom_index(z["frames"])
@@ -221,8 +226,10 @@ def merge(
             for k in atom_keys:
                 p_fit[k][atoms] = z[k]
             per_fit[fit] = float(z["seconds"]) / max(len(idx), 1)
+            fit_info = B.read_info(basedirs[model][fit])
             trained = np.zeros(nf, dtype=bool)
-            trained[np.asarray(B.read_info(basedirs[model][fit])["trained_on"], np.int64)] = True
+            trained[np.asarray(fit_info["trained_on"], np.int64)] = True
+            V[m, np.asarray(fit_info.get("validated_on", []), np.int64)] = True
             if fit == "full":
                 E[m], S[m] = e_fit, trained
                 for k in atom_keys:
@@ -235,6 +242,7 @@ def merge(
                     "rebuild the split and retrain",
                 )
             own_atoms = frames.atom_index(own)
+            fit_val_rmse.append(force_rmse(p_fit["forces"][val_atoms], frames.forces[val_atoms]))
             E[m, own] = e_fit[own]
             sum_e += e_fit[shared]
             for k in atom_keys:
@@ -261,7 +269,12 @@ def merge(
             "predict_seconds_per_structure": float(np.mean(list(per_fit.values()))),
             "fits": list(predictions[model]),
         }
-    ds = store.with_bases(ref, models, E, P["forces"], S, info)
+        if split.kfold:  # metas learn from single fits, are judged on the mean of K fits
+            info[model]["kfold_val_force_rmse"] = {
+                "single_fits": fit_val_rmse,
+                "mean_of_fits": force_rmse(P["forces"][m, val_atoms], frames.forces[val_atoms]),
+            }
+    ds = store.with_bases(ref, models, E, P["forces"], S, info, validated_on=V)
     if "hvp" in P:
         seed = int(next(iter(files.values()))["hvp_seed"])
         ds = store.with_hvp(ds, P["hvp"], B.hvp_directions(frames.n_atoms, seed), seed)
@@ -280,10 +293,14 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     metas: Mapping[str, Path] | None = None,
+    comparisons_out: Path | None = None,
+    learned_ratio: float = 0.5,
 ) -> pd.DataFrame:
     """Fit the four baselines on out-of-sample (meta) predictions and write tidy metrics for
     every base, baseline and meta-model (``metas``: name -> val/test predictions) on every
-    split they cover (test holds the final numbers)."""
+    split they cover (test holds the final numbers), and ``comparisons.csv``: every meta
+    against the best base, linear stacking and the plain mean on the test frames, as paired
+    bootstrap intervals of the difference (:func:`elmlff.metrics.paired_differences`)."""
     from elmlff.meta import read_predictions
 
     ds = store.open_store(store_path)
@@ -295,6 +312,7 @@ def evaluate(
     combiners = fit_baselines(ds, split, models)
     meta_preds = {name: read_predictions(name, p, frames) for name, p in (metas or {}).items()}
     rows = []
+    test_errors: dict[str, tuple[str, PerFrame, bool]] = {}  # model -> (kind, errors, energy?)
     for role in ROLES:
         idx = split.roles[role]
         if len(idx) == 0:
@@ -313,6 +331,8 @@ def evaluate(
             preds.append((name, "meta", e_all[idx], f_all[frames.atom_index(idx)]))
         for model, kind, e, f in preds:
             p = per_frame(e, f, blk["ref_energy"], blk["ref_forces"], blk["n_atoms"])
+            if role == "test":
+                test_errors[model] = (kind, p, not np.isnan(e).all())
             for metric, (v, lo, hi) in metrics(p, bootstrap if role == "test" else 0, seed).items():
                 if metric.startswith("energy") and np.isnan(e).all():
                     continue  # a forces-only model (Ensemble-direct) has no energy
@@ -331,8 +351,13 @@ def evaluate(
                     }
                 )
     df = pd.DataFrame(rows)
+    df = flag_unlearned(df, trivial_rmse(frames, split), learned_ratio)
     with atomic_path(metrics_out) as tmp:
         df.to_csv(tmp, index=False)
+    if comparisons_out is not None:
+        comp = paired_comparisons(test_errors, dataset, bootstrap, seed)
+        with atomic_path(comparisons_out) as tmp:
+            comp.to_csv(tmp, index=False)
     atomic_write_text(
         baselines_out,
         json.dumps(
@@ -353,7 +378,87 @@ def evaluate(
             f"{dataset} test force RMSE (frame mean) {r.model:>16s}: {1e3 * r.value:7.2f} meV/Å "
             f"[{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]"
         )
+    for _, r in df[(df.flag != "") & (df.metric == "force_rmse") & (df.split == "test")].iterrows():
+        log(f"elmlff: warning: base '{r.model}' {r.flag}")
     return df
+
+
+def trivial_rmse(frames: Frames, split: Split) -> dict[str, float]:
+    """Test force RMSE (pooled) of the predictors that learn nothing: zero forces, and the
+    training frames' mean force vector for every atom."""
+    ref = frames.forces[frames.atom_index(split.roles["test"])]
+    mean = frames.forces[frames.atom_index(split.roles["train"])].mean(axis=0)
+    return {
+        "zero forces": float(np.sqrt(np.mean(ref**2))),
+        "the training mean force": float(np.sqrt(np.mean((ref - mean) ** 2))),
+    }
+
+
+def flag_unlearned(df: pd.DataFrame, trivial: Mapping[str, float], ratio: float) -> pd.DataFrame:
+    """Add ``learned_ratio`` (a base's test force RMSE over the better trivial predictor's) and
+    ``flag`` (``learned nothing: ...`` where that ratio is not below ``ratio``) to every row of
+    each base; other models get NaN and an empty flag."""
+    name, best = min(trivial.items(), key=lambda kv: kv[1])
+    test = df[(df.kind == "base") & (df.split == "test") & (df.metric == "force_rmse")]
+    r = (test.set_index("model").value / best).to_dict()
+    df = df.assign(learned_ratio=df.model.map(r).where(df.kind == "base"), flag="")
+    bad = df.learned_ratio >= ratio
+    df.loc[bad, "flag"] = df.loc[bad, "learned_ratio"].map(
+        lambda x: (
+            f"learned nothing: test force RMSE {x:.2f}x that of predicting {name} "
+            f"({1e3 * best:.1f} meV/Å)"
+        )
+    )
+    return df
+
+
+def paired_comparisons(
+    errors: Mapping[str, tuple[str, PerFrame, bool]],
+    dataset: str,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    split: str = "test",
+) -> pd.DataFrame:
+    """Tidy ``comparisons.csv`` rows: each meta (kind ``meta`` in ``errors``) minus each of
+    :data:`REFERENCES`, per metric (energies only where both have one), with its paired
+    bootstrap interval; a negative difference means the meta has the smaller error."""
+    rows = []
+    for model, (kind, p, has_e) in errors.items():
+        if kind != "meta":
+            continue
+        for ref in REFERENCES:
+            if ref not in errors:
+                continue
+            _, q, ref_e = errors[ref]
+            for metric, (d, lo, hi) in paired_differences(p, q, bootstrap, seed).items():
+                if metric.startswith("energy") and not (has_e and ref_e):
+                    continue
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "reference": ref,
+                        "split": split,
+                        "metric": metric,
+                        "difference": d,
+                        "lo": lo,
+                        "hi": hi,
+                        "unit": UNITS[metric],
+                        "verdict": verdict(lo, hi),
+                    }
+                )
+    cols = ["dataset", "model", "reference", "split", "metric", "difference", "lo", "hi"]
+    return pd.DataFrame(rows, columns=[*cols, "unit", "verdict"])
+
+
+def verdict(lo: float, hi: float) -> str:
+    """What a paired interval of (model − reference) error supports: ``better`` (all below
+    zero), ``worse`` (all above) or ``indistinguishable`` (it holds zero)."""
+    if hi < 0:
+        return "better"
+    if lo > 0:
+        return "worse"
+    return "indistinguishable"
 
 
 # -- meta-models --------------------------------------------------------------------------

@@ -20,3 +20,52 @@ def rule_environment(basedir: str | Path) -> None:
     )
     src = str(Path(basedir) / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+
+
+def _live_snakemakes(workdir: Path) -> list[int]:
+    """PIDs of other snakemake processes running in ``workdir`` on this machine (this process
+    and its parents excluded)."""
+    mine = set()
+    pid = os.getpid()
+    while pid > 1:  # this process and its ancestors
+        mine.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) in mine:
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "snakemake" in cmd and Path(os.readlink(proc / "cwd")) == workdir:
+                out.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def resume_after_kill(workdir: Path | str = ".", results: str = "results") -> list[str]:
+    """Make "run the same command again" work after snakemake itself was killed (SIGKILL, a
+    lost login): with no other snakemake alive in ``workdir``, remove its stale locks
+    (``.snakemake/locks``; otherwise every rerun stops until ``--unlock``) and the hidden
+    temporary siblings that killed jobs left under ``results/`` (:func:`elmlff.io.atomic_path`).
+    Incomplete outputs are redone by snakemake itself (``rerun-incomplete``). Returns what
+    was removed. Where ``/proc`` is missing (not Linux) nothing is touched."""
+    import shutil
+
+    workdir = Path(workdir).resolve()
+    if not Path("/proc/self").exists() or _live_snakemakes(workdir):
+        return []
+    removed = []
+    locks = workdir / ".snakemake" / "locks"
+    for lock in sorted(locks.glob("*.lock")) if locks.is_dir() else []:
+        lock.unlink(missing_ok=True)
+        removed.append(str(lock.relative_to(workdir)))
+    for tmp in sorted((workdir / results).rglob(".*.tmp")) if (workdir / results).is_dir() else []:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(str(tmp.relative_to(workdir)))
+    return removed

@@ -135,14 +135,18 @@ def with_bases(
     forces: np.ndarray,
     in_sample: np.ndarray,
     model_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+    validated_on: np.ndarray | None = None,
 ) -> xr.Dataset:
     """The full store: the reference plus each base's ``energy (model, frame)`` and
-    ``forces (model, atom, xyz)``; ``in_sample`` marks frames the predicting base trained on."""
+    ``forces (model, atom, xyz)``; ``in_sample`` marks frames the predicting base trained on,
+    ``validated_on`` those any of its fits early-stopped or chose its checkpoint on."""
+    validated_on = np.zeros_like(in_sample, bool) if validated_on is None else validated_on
     nm, nf, na = len(models), ref.sizes["frame"], ref.sizes["atom"]
     for name, arr, shape in (
         ("energy", energy, (nm, nf)),
         ("forces", forces, (nm, na, 3)),
         ("in_sample", in_sample, (nm, nf)),
+        ("validated_on", validated_on, (nm, nf)),
     ):
         if arr.shape != shape:
             raise ElmlffError(
@@ -164,6 +168,7 @@ def with_bases(
     ds[keys.BASE_ENERGY] = _var(keys.BASE_ENERGY, energy)
     ds[keys.BASE_FORCES] = _var(keys.BASE_FORCES, forces)
     ds[keys.BASE_IN_SAMPLE] = _var(keys.BASE_IN_SAMPLE, in_sample.astype(bool))
+    ds[keys.BASE_VALIDATED_ON] = _var(keys.BASE_VALIDATED_ON, validated_on.astype(bool))
     ds.attrs["model_info"] = json.dumps(dict(model_attrs or {}), sort_keys=True, default=str)
     return ds
 
@@ -187,12 +192,136 @@ def write(ds: xr.Dataset, path: Path | str) -> None:
 
 
 def open_store(path: Path | str) -> xr.Dataset:
-    """Open a store, loaded into memory (stores here are small)."""
+    """Open a store, loaded into memory (stores here are small), after checking it is whole:
+    consolidated metadata readable, every chunk file present and of the length its header
+    states, and no NaN where a value must be (reference labels, base predictions)."""
     path = Path(path)
     if not path.exists():
         raise ElmlffError(f"store not found: {path}", "run the workflow stage that writes it")
-    with xr.open_zarr(path, consolidated=True) as ds:
-        return ds.load()
+    meta = _consolidated(path)
+    for name, arr in meta.items():
+        _check_chunks(path, name, arr)
+    try:
+        with xr.open_zarr(path, consolidated=True) as ds:
+            ds = ds.load()
+    except Exception as exc:  # zarr/blosc/xarray raise many types for damaged stores
+        raise _damaged(path, f"cannot be read ({type(exc).__name__}: {_first_line(exc)})") from exc
+    _check_finite(path, ds)
+    return ds
+
+
+# -- checks of a store on disk (zarr v2, as `write` makes them) -------------------------------
+#: variables whose every value may equal zarr's default fill (0, False, ""), so zarr may skip
+#: writing a chunk of them; a missing chunk of any other variable is damage
+_MAY_SKIP_CHUNKS = frozenset(
+    {
+        keys.PBC,
+        keys.BASE_IN_SAMPLE,
+        keys.BASE_VALIDATED_ON,
+        keys.FOLD,
+        keys.SOURCE_INDEX,
+        keys.FRAME_OF_ATOM,
+        keys.OFFSETS,
+        keys.SOURCE_PART,
+    }
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:160]
+
+
+def _damaged(path: Path, what: str) -> ElmlffError:
+    from elmlff.layout import DatasetLayout
+
+    reference = Path(DatasetLayout(path.parent.name).reference).name
+    rule = "prepare_dataset" if path.name == reference else "merge_store"
+    return ElmlffError(
+        f"store {path} is damaged: {what}",
+        f"rerun the rule that writes it: snakemake --forcerun {rule}",
+    )
+
+
+def _consolidated(path: Path) -> dict[str, dict[str, Any]]:
+    """{variable: its .zarray} from the store's consolidated metadata (``.zmetadata``)."""
+    if (path / "zarr.json").exists():  # zarr v3: no .zmetadata; zarr checks it when reading
+        return {}
+    try:
+        meta = json.loads((path / ".zmetadata").read_text())["metadata"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(
+            path, f"consolidated metadata .zmetadata missing or unreadable ({type(exc).__name__})"
+        ) from exc
+    return {
+        k.removesuffix("/.zarray"): v
+        for k, v in meta.items()
+        if k.endswith("/.zarray") and isinstance(v, dict)
+    }
+
+
+def _check_chunks(path: Path, name: str, arr: dict[str, Any]) -> None:
+    """Every chunk file of a zarr v2 array present (unless zarr may have skipped it as all
+    fill value) and, for blosc, exactly as long as its header says."""
+    import itertools
+    import math
+    import struct
+
+    try:
+        shape, chunks = arr["shape"], arr["chunks"]
+        dtype = np.dtype(arr["dtype"])
+    except (KeyError, TypeError) as exc:
+        raise _damaged(path, f"metadata of '{name}' unreadable") from exc
+    sep = arr.get("dimension_separator") or "."
+    codec = (arr.get("compressor") or {}).get("id")
+    fill = arr.get("fill_value")
+    # a skipped float chunk reads as its fill value: NaN for the stores `write` makes
+    finite_fill = isinstance(fill, int | float) and np.isfinite(fill)
+    may_skip = name in _MAY_SKIP_CHUNKS or (dtype.kind in "fc" and finite_fill)
+    grid = [range(math.ceil(n / c)) if n else range(0) for n, c in zip(shape, chunks, strict=True)]
+    expect = math.prod(chunks) * dtype.itemsize
+    for idx in itertools.product(*grid) if shape else [()]:
+        key = sep.join(str(i) for i in idx) or "0"
+        chunk = path / name / key
+        if not chunk.is_file():
+            if may_skip:
+                continue
+            raise _damaged(path, f"chunk file {name}/{key} is missing")
+        if codec != "blosc" or arr.get("filters"):
+            continue
+        with chunk.open("rb") as fh:
+            head = fh.read(16)
+        size = chunk.stat().st_size
+        if len(head) < 16:
+            raise _damaged(path, f"chunk file {name}/{key} is truncated ({size} bytes)")
+        nbytes, cbytes = struct.unpack("<I4xI", head[4:16])
+        if cbytes != size or (dtype.kind != "O" and nbytes != expect):
+            raise _damaged(
+                path,
+                f"chunk file {name}/{key} is truncated or corrupt ({size} bytes, its header "
+                f"says {cbytes})",
+            )
+
+
+def _check_finite(path: Path, ds: xr.Dataset) -> None:
+    """No NaN/inf in any float variable (reference labels, positions, cells, base predictions):
+    zarr reads a lost chunk of them as NaN."""
+    for name, var in ds.data_vars.items():
+        if var.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(var.values)
+        if bad.any():
+            first = dict(zip(var.dims, (int(i) for i in np.argwhere(bad)[0]), strict=True))
+            models = ds["model"].values if "model" in ds.coords else None
+            where = [
+                f"model {models[i]}" if d == "model" and models is not None else f"{d} {i}"
+                for d, i in first.items()
+                if d not in ("xyz", "cell_vector")
+            ]
+            if "atom" in first and keys.FRAME_OF_ATOM in ds:
+                where.append(f"frame {int(ds[keys.FRAME_OF_ATOM].values[first['atom']])}")
+            raise _damaged(
+                path, f"{int(bad.sum())} NaN/inf values in '{name}' (first: {', '.join(where)})"
+            )
 
 
 def block(

@@ -44,10 +44,12 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
     bench = benchmark_seconds(benchmarks)
     versions = json.loads(store.open_store(lay.store).attrs["package_versions"])
     rows = [
-        "| model | kind | package | epochs | train [s] | predict [ms/structure] "
-        "| test force RMSE [meV/Å] |",
+        "| model | kind | package | epochs run / best | train [s] | predict [ms/structure] "
+        "| test force RMSE, frame mean [meV/Å] |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
+    flags = df[(df.split == "test") & (df.flag.fillna("") != "")] if "flag" in df else df[:0]
+    flagged = dict(zip(flags.model, flags.flag, strict=True))
     for model, r in test[test.kind == "base"].iterrows():
         fits = lay.trained_bases([model])[model]
         infos = [B.read_info(fits[f]) for f in fits]
@@ -60,9 +62,10 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
         )
         pkg = B.distribution(infos[0]["family"])
         pkg = f"{pkg} {versions.get(pkg, '')}".strip()
-        epochs = "/".join(str(i.get("epochs", "?")) for i in infos)
+        epochs = "/".join(f"{i.get('epochs_run', '?')} / {i.get('best_epoch', '?')}" for i in infos)
+        mark = " **(learned nothing)**" if model in flagged else ""
         rows.append(
-            f"| {model} | base | {pkg} | {epochs} | {train:.0f} | {ms:.2f} | "
+            f"| {model}{mark} | base | {pkg} | {epochs} | {train:.0f} | {ms:.2f} | "
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
     for model, r in test[test.kind != "base"].iterrows():
@@ -72,7 +75,10 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             p = np.load(lay.meta_predictions(model))
             train = bench.get(f"train_meta_{model}_all", info.get("train_seconds", 0.0))
             ms = 1e3 * float(p["seconds"]) / max(len(p["frames"]), 1)
-            cost = f"| {info.get('epochs_run', '?')} | {train:.0f} | {ms:.2f} |"
+            cost = (
+                f"| {info.get('epochs_run', '?')} / {info.get('best_epoch', '?')} | {train:.0f} "
+                f"| {ms:.2f} |"
+            )
             pkg = info.get("package", pkg)
         rows.append(
             f"| {model} | {r.kind} | {pkg} {cost} "
@@ -81,12 +87,16 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
     total = sum(bench.values())
     n = int(test.n_frames.iloc[0])
     study = subset_costs(lay, bench)
+    paired = comparison_lines(Path(lay.comparisons))
     text = "\n".join(
         [
             f"Data set `{lay.dataset}`: {n} test frames; 95 % bootstrap intervals in brackets.",
             "",
             *rows,
             "",
+            *[f"**{m}** {why}; it stays in the mean and the study." for m, why in flagged.items()],
+            *([""] if flagged else []),
+            *paired,
             *study,
             f"Summed wall time of the {len(bench)} benchmarked jobs: {total / 60:.1f} min.",
             "",
@@ -94,6 +104,51 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
     )
     atomic_write_text(out, text)
     return text
+
+
+def comparison_lines(comparisons_csv: Path, metric: str = "force_rmse_framemean") -> list[str]:
+    """Markdown lines: each meta minus the best base, linear stacking and the mean on the test
+    frames (``comparisons.csv``), with the paired bootstrap interval and what it supports."""
+    if not comparisons_csv.exists():
+        raise ElmlffError(f"{comparisons_csv} not found", "run the evaluate rule")
+    df = pd.read_csv(comparisons_csv)
+    df = df[df.metric == metric]
+    if df.empty:
+        return []
+    refs = list(dict.fromkeys(df.reference))
+    lines = [
+        f"Paired differences meta − reference of the test {metric_label(metric)} [meV/Å], 95 % "
+        "paired bootstrap interval over the same resampled frames (negative: the meta's error "
+        "is smaller; *indistinguishable*: the interval holds zero):",
+        "",
+        "| meta | " + " | ".join(f"vs {r}" for r in refs) + " |",
+        "|---|" + "---:|" * len(refs),
+    ]
+    for model, g in df.groupby("model", sort=False):
+        cells = []
+        for r in refs:
+            row = g[g.reference == r]
+            if row.empty:
+                cells.append("")
+                continue
+            x = row.iloc[0]
+            cells.append(
+                f"{1e3 * x.difference:+.2f} [{1e3 * x.lo:+.2f}, {1e3 * x.hi:+.2f}] {x.verdict}"
+            )
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def metric_label(metric: str) -> str:
+    """How a table or sentence names a metric of :mod:`elmlff.metrics`."""
+    return {
+        "force_rmse_framemean": "force RMSE (frame mean, Eq. 9)",
+        "force_mae_framemean": "force MAE (frame mean, Eq. 8)",
+        "force_rmse": "force RMSE (pooled over all components)",
+        "force_mae": "force MAE (pooled over all components)",
+        "energy_mae_per_atom": "energy MAE per atom",
+        "energy_rmse_per_atom": "energy RMSE per atom",
+    }[metric]
 
 
 def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:

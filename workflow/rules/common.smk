@@ -14,11 +14,16 @@ from elmlff.config import (
 )
 from elmlff.errors import ElmlffError
 from elmlff.layout import CAMPAIGN, DatasetLayout
-from elmlff.smk import rule_environment
+from elmlff.smk import resume_after_kill, rule_environment
 from elmlff.subsets import PATTERN as SUBSET_PATTERN
 from elmlff.subsets import resolve as resolve_subset
 from snakemake.logging import logger
 
+# Snakemake reads the config files leniently (a key given twice: the last wins, silently):
+# read every file it merged (configfile: and --configfile) again, refusing duplicate keys.
+from elmlff.config import check_config_files
+
+check_config_files(workflow.configfiles)
 # Schema validation with defaults filled in; a bad config stops here with one line.
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -36,6 +41,11 @@ for _d in DATASETS:
 
 # Rules run `python -m elmlff ...` (see elmlff.smk.rule_environment).
 rule_environment(workflow.basedir)
+
+# After snakemake itself was killed, running the same command again must just work: with no
+# other snakemake alive here, drop its stale locks and the temporaries killed jobs left.
+for _what in resume_after_kill():
+    logger.warning(f"elmlff: removed {_what}, left by a killed run")
 
 # Every path under results/ and logs/ comes from elmlff.layout: L gives the rules' patterns
 # (wildcard {dataset}), lay(d) a data set's concrete paths.
@@ -75,15 +85,6 @@ def spec_json(spec):
 def env_file(name):
     """Path of envs/{name}.yaml relative to the rule files."""
     return f"../../envs/{name}.yaml"
-
-
-for _d in DATASETS:
-    if not Path(config["datasets"][_d]["path"]).exists():
-        raise ElmlffError(
-            f"data set '{_d}': path {config['datasets'][_d]['path']} not found "
-            f"(working directory {Path.cwd()})",
-            f"fix `datasets.{_d}.path` in the config or run snakemake from the project root",
-        )
 
 
 def fits(dataset):
@@ -149,6 +150,11 @@ def meta_inference_bases(wildcards):
     return meta_base_models(wildcards, "inference")
 
 
+def headline_metas():
+    """The metas the campaign runs that are not ablations: what figures choose from."""
+    return [m for m in config["run_metas"] if not meta_spec(config, m).ablation]
+
+
 def meta_predictions(wildcards):
     """{meta: predictions} of every meta-model the campaign runs, on the whole ensemble."""
     return {m: lay(wildcards.dataset).meta_predictions(m) for m in config["run_metas"]}
@@ -158,10 +164,8 @@ def force_delta_pair(wildcards):
     """{direct, conserv: predictions} of the first direct and first conserv meta the campaign
     runs (their force delta U_Δ); empty unless both kinds run."""
     first = {}
-    for m in config["run_metas"]:
-        spec = meta_spec(config, m)
-        if spec.out_of_sample:
-            first.setdefault(spec.kind, m)
+    for m in headline_metas():
+        first.setdefault(meta_spec(config, m).kind, m)
     if len(first) < 2:
         return {}
     return {k: lay(wildcards.dataset).meta_predictions(first[k]) for k in ("direct", "conserv")}
@@ -290,7 +294,7 @@ def figure_outputs():
     for d in DATASETS:
         tables = ["metrics_table", "summary"]
         figures = ["force_rmse"]
-        if config["run_metas"]:
+        if headline_metas():
             figures += ["parity"]
         if subset_groups(config, d):
             figures += ["subsets_raincloud"]
@@ -308,7 +312,7 @@ def figure_outputs():
 def final_outputs():
     out = []
     for d in DATASETS:
-        out += [lay(d).metrics]
+        out += [lay(d).metrics, lay(d).comparisons]
         if has_uncertainty(d):
             out += [lay(d).uncertainty]
         if labelling_pool(d):

@@ -8,10 +8,12 @@ rule evaluate:
     output:
         metrics=L.metrics,
         baselines=L.baselines,
+        comparisons=L.comparisons,
     params:
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
         metas=lambda w: keyed(meta_predictions(w)),
+        learned=config["evaluation"]["learned_ratio"],
     log:
         L.log("evaluate"),
     benchmark:
@@ -25,6 +27,7 @@ rule evaluate:
         "python -m elmlff evaluate --store {input.store} --split {input.split}"
         " --dataset {wildcards.dataset} --bootstrap {params.bootstrap} --seed {params.seed}"
         " --metrics {output.metrics} --baselines {output.baselines} --metas {params.metas}"
+        " --comparisons {output.comparisons} --learned-ratio {params.learned}"
         " > {log} 2>&1"
 
 

@@ -71,12 +71,14 @@ rule parity_figure:
         ),
     params:
         dir=lambda w: lay(w.dataset).dir,
+        candidates=lambda w: " ".join(headline_metas()),
     log:
         L.log("parity_figure"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff plot-parity {params.dir} --out {output} > {log} 2>&1"
+        "python -m elmlff plot-parity {params.dir} --candidates {params.candidates}"
+        " --out {output} > {log} 2>&1"
 
 
 rule metrics_table:
@@ -98,6 +100,7 @@ rule campaign_summary:
     study's cost per k."""
     input:
         metrics=L.metrics,
+        comparisons=L.comparisons,
         store=L.store,
         study=subset_table_if_any,
         benchmarks=benchmark_files,

@@ -80,6 +80,10 @@ class FamilyRecord:
     missing_hint: str = ""
     train_resources: Resources = TRAIN_RESOURCES
     predict_resources: Resources = PREDICT_RESOURCES
+    #: the config's ``params`` keys with their defaults (a key not here is a typo)
+    params: dict[str, Any] = field(default_factory=dict)
+    #: the family's own ``training`` keys with their defaults, beside :data:`COMMON_TRAINING`
+    training: dict[str, Any] = field(default_factory=dict)
 
     @property
     def env_file(self) -> str:
@@ -101,24 +105,89 @@ FAMILIES: dict[str, FamilyRecord] = {
             "schnetpack",
             "elmlff.bases.schnetpack:SchNetPackFamily",
             distribution="schnetpack",
+            params={
+                "architecture": "schnet",
+                "cutoff": 5.0,
+                "n_rbf": 20,
+                "n_atom_basis": 32,
+                "n_interactions": 3,
+            },
+            training={
+                "max_epochs": 30,
+                "batch_size": 32,
+                "lr": 5e-4,
+                "energy_weight": 0.05,
+                "force_weight": 0.95,
+                "patience": 20,
+                "seed": 0,
+                "dtype": "float32",
+            },
             differentiable=True,
         ),
         FamilyRecord(
             "deepmd",
             "elmlff.bases.deepmd:DeePMDFamily",
             distribution="deepmd-kit",
+            params={
+                "descriptor": "se_e2_a",
+                "rcut": 5.0,
+                "rcut_smth": 0.5,
+                "neuron": [16, 32],
+                "axis_neuron": 8,
+                "fitting_neuron": [64, 64],
+            },
+            training={
+                "max_epochs": 30,
+                "batch_size": 4,
+                "lr": 1e-3,
+                "stop_lr_ratio": 1e-2,
+                "seed": 0,
+                "checkpoints": 10,
+            },
             differentiable=True,
         ),
         FamilyRecord(
             "nequip",
             "elmlff.bases.nequip:NequIPFamily",
             distribution="nequip",
+            params={
+                "cutoff": 5.0,
+                "num_layers": 3,
+                "num_features": 16,
+                "l_max": 1,
+                "radial_mlp_depth": 1,
+                "radial_mlp_width": 16,
+                "model_dtype": "float64",
+            },
+            training={
+                "max_epochs": 30,
+                "batch_size": 16,
+                "lr": 5e-3,
+                "energy_weight": 0.05,
+                "force_weight": 0.95,
+                "patience": 20,
+                "seed": 0,
+            },
             differentiable=True,
         ),
         FamilyRecord(
             "nep",
             "elmlff.bases.nep:NEPFamily",
             distribution="calorine",
+            params={
+                "cutoff": [6.0, 4.0],
+                "n_max": [4, 4],
+                "basis_size": [8, 8],
+                "l_max": [4, 2, 0],
+                "neuron": 30,
+            },
+            training={
+                "generations": 100000,
+                "batch": 1000,
+                "population": 50,
+                "lambda_e": 1.0,
+                "lambda_f": 1.0,
+            },
             differentiable=False,
             executable="nep",
             missing_hint="GPUMD's `nep` executable is not on PATH (install GPUMD to train NEP)",
@@ -127,6 +196,57 @@ FAMILIES: dict[str, FamilyRecord] = {
 }
 
 INFO_FILE = "base.json"
+
+#: training keys the top-level ``training`` block sets for every base, with their types; a
+#: family without a use for one ignores it (DeePMD's loss prefactors are its own, NEP counts
+#: generations)
+COMMON_TRAINING: dict[str, type] = {
+    "max_epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "energy_weight": float,
+    "force_weight": float,
+    "patience": int,
+    "seed": int,
+}
+
+
+def type_ok(value: Any, want: type) -> bool:
+    if want is bool:
+        return isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want is list:
+        return isinstance(value, list | tuple)
+    return isinstance(value, want)
+
+
+def check_spec(
+    name: str, family: str, params: dict[str, Any], training: dict[str, Any], where: str
+) -> None:
+    """A base's ``params`` and its own ``training`` against its family's record: unknown keys
+    (typos such as ``n_rbff``) and values of the wrong type (``max_epochs: "two"``) are one-line
+    errors naming the accepted keys, before anything trains."""
+    rec = record(family)
+    for block, given, known in (
+        ("params", params, rec.params),
+        ("training", training, {**{k: t() for k, t in COMMON_TRAINING.items()}, **rec.training}),
+    ):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ElmlffError(
+                f"{where}.{block}: unknown key(s) {unknown} for family {family}",
+                f"use some of {sorted(known)}",
+            )
+        for key, value in given.items():
+            want = type(known[key])
+            if not type_ok(value, want):
+                raise ElmlffError(
+                    f"{where}.{block}.{key}: {value!r} is not of type {want.__name__}",
+                    f"give a value of type {want.__name__} (default {known[key]!r})",
+                )
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
+from elmlff.bases import FAMILIES, BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
 from elmlff.data.frames import Frames
 from elmlff.data.writers import composition_groups, write_deepmd
 from elmlff.errors import ElmlffError
@@ -34,22 +34,8 @@ from elmlff.metrics import force_rmse
 
 MODEL_FILE = "model.ckpt.pt"
 DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3")
-DEFAULT_PARAMS: dict[str, Any] = {
-    "descriptor": "se_e2_a",
-    "rcut": 5.0,
-    "rcut_smth": 0.5,
-    "neuron": [16, 32],
-    "axis_neuron": 8,
-    "fitting_neuron": [64, 64],
-}
-DEFAULT_TRAINING: dict[str, Any] = {
-    "max_epochs": 30,
-    "batch_size": 4,
-    "lr": 1e-3,
-    "stop_lr_ratio": 1e-2,
-    "seed": 0,
-    "checkpoints": 10,
-}
+DEFAULT_PARAMS: dict[str, Any] = FAMILIES["deepmd"].params
+DEFAULT_TRAINING: dict[str, Any] = FAMILIES["deepmd"].training
 
 
 def input_json(
@@ -161,7 +147,11 @@ class DeePMDFamily:
             return {
                 "params": {**DEFAULT_PARAMS, **spec.params},
                 "training": {**DEFAULT_TRAINING, **spec.training},
-                "epochs": int(spec.training.get("max_epochs", DEFAULT_TRAINING["max_epochs"])),
+                # every step runs (no early stopping); the checkpoint is chosen on val
+                "epochs_run": steps // inp["training"]["disp_freq"],
+                "best_epoch": -(
+                    -int(re.findall(r"-(\d+)\.pt$", best.name)[0]) // inp["training"]["disp_freq"]
+                ),
                 "steps": steps,
                 "best_checkpoint": best.name,
                 "val_force_rmse_per_checkpoint": scores,

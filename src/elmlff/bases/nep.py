@@ -20,27 +20,15 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, family_available
+from elmlff.bases import FAMILIES, BaseSpec, check_species, checkpoint, family_available
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.io import run_streaming
 
 MODEL_FILE = "nep.txt"
 VACUUM = 100.0  # Å: box given to non-periodic frames (GPUMD always reads a cell)
-DEFAULT_PARAMS: dict[str, Any] = {
-    "cutoff": [6.0, 4.0],
-    "n_max": [4, 4],
-    "basis_size": [8, 8],
-    "l_max": [4, 2, 0],
-    "neuron": 30,
-}
-DEFAULT_TRAINING: dict[str, Any] = {
-    "generations": 100000,
-    "batch": 1000,
-    "population": 50,
-    "lambda_e": 1.0,
-    "lambda_f": 1.0,
-}
+DEFAULT_PARAMS: dict[str, Any] = FAMILIES["nep"].params
+DEFAULT_TRAINING: dict[str, Any] = FAMILIES["nep"].training
 #: columns of loss.out for a potential model
 LOSS_COLUMNS = (
     "generation",
@@ -145,7 +133,9 @@ class NEPFamily:
         return {
             "params": {**DEFAULT_PARAMS, **spec.params},
             "training": {**DEFAULT_TRAINING, **spec.training},
-            "epochs": int(loss["generation"][-1]),
+            # NEP's generations (its evolution keeps the last population's best: no choice)
+            "epochs_run": int(loss["generation"][-1]),
+            "best_epoch": int(loss["generation"][-1]),
             "val_force_rmse": float(loss["force_rmse_test"][-1]),
             "train_seconds": time.perf_counter() - t0,
             "species": species,

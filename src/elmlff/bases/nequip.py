@@ -10,6 +10,7 @@ Config ``params``: ``cutoff`` (Å), ``num_layers``, ``num_features``, ``l_max``,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -25,7 +26,7 @@ import torch
 import yaml
 from ase.data import chemical_symbols
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
+from elmlff.bases import FAMILIES, BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.io import run_streaming
@@ -33,35 +34,28 @@ from elmlff.io import run_streaming
 MODEL_FILE = "best.ckpt"
 MONITOR = "val0_epoch/weighted_sum"
 IDENTITY_MAP = "${list_to_identity_dict:${chemical_species}}"  # element symbol = model type
-DEFAULT_PARAMS: dict[str, Any] = {
-    "cutoff": 5.0,
-    "num_layers": 3,
-    "num_features": 16,
-    "l_max": 1,
-    "radial_mlp_depth": 1,
-    "radial_mlp_width": 16,
-    "model_dtype": "float64",
-}
-DEFAULT_TRAINING: dict[str, Any] = {
-    "max_epochs": 30,
-    "batch_size": 16,
-    "lr": 5e-3,
-    "energy_weight": 0.05,
-    "force_weight": 0.95,
-    "patience": 20,
-    "seed": 0,
-}
+DEFAULT_PARAMS: dict[str, Any] = FAMILIES["nequip"].params
+DEFAULT_TRAINING: dict[str, Any] = FAMILIES["nequip"].training
 
 
 class EpochPrinter(lp.Callback):
     """One line per validation epoch in the log (runs inside ``nequip-train``)."""
 
-    def __init__(self, name: str, max_epochs: int) -> None:
+    def __init__(self, name: str, max_epochs: int, history: str | None = None) -> None:
         self.name, self.max_epochs, self.t0 = name, max_epochs, time.perf_counter()
+        self.history = history  # a JSON-lines file: one line per epoch
 
     def on_train_epoch_end(self, trainer: lp.Trainer, pl_module: lp.LightningModule) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         f = m.get("val0_epoch/forces_mae", float("nan"))
+        if self.history:
+            line = {
+                "epoch": trainer.current_epoch + 1,
+                "val_loss": m.get(MONITOR, float("nan")),
+                "val_force_mae": f,
+            }
+            with open(self.history, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
         print(
             f"[{self.name}] epoch {trainer.current_epoch + 1}/{self.max_epochs} "
             f"val_weighted_sum={m.get(MONITOR, float('nan')):.5f} val_forces_MAE={f:.4f} eV/Å "
@@ -77,8 +71,9 @@ def hydra_config(
     type_names: list[str],
     train_file: Path,
     val_file: Path,
+    history: Path | None = None,
 ) -> dict[str, Any]:
-    """The ``nequip-train`` config for one base."""
+    """The ``nequip-train`` config for one base (``history``: per-epoch JSON lines)."""
     p = {**DEFAULT_PARAMS, **params}
     tr = {**DEFAULT_TRAINING, **training}
     loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": int(tr["batch_size"])}
@@ -139,6 +134,7 @@ def hydra_config(
                     "_target_": "elmlff.bases.nequip.EpochPrinter",
                     "name": name,
                     "max_epochs": int(tr["max_epochs"]),
+                    "history": str(history) if history else None,
                 },
             ],
         },
@@ -185,6 +181,7 @@ class NequIPFamily:
         with scratch(outdir, f"nequip-{spec.name}-") as work:
             ase.io.write(work / "train.xyz", train.to_atoms(), format="extxyz")
             ase.io.write(work / "val.xyz", val.to_atoms(), format="extxyz")
+            history_file = work / "history.jsonl"
             cfg = hydra_config(
                 spec.name,
                 spec.params,
@@ -192,6 +189,7 @@ class NequIPFamily:
                 type_names,
                 work / "train.xyz",
                 work / "val.xyz",
+                history_file,
             )
             (work / "elmlff_nequip.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             run_dir = work / "run"
@@ -219,11 +217,15 @@ class NequIPFamily:
                     "raise max_epochs so validation runs at least once",
                 )
             shutil.copy(best, outdir / MODEL_FILE)
-            epochs = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1
+            best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1
+            lines = history_file.read_text().splitlines() if history_file.exists() else []
+            history = [json.loads(x) for x in lines]
             return {
                 "params": {**DEFAULT_PARAMS, **spec.params},
                 "training": {**DEFAULT_TRAINING, **spec.training},
-                "epochs": epochs,
+                "epochs_run": len(history) or best_epoch,
+                "best_epoch": best_epoch,  # the epoch of best.ckpt (lowest val loss)
+                "history": history,
                 "train_seconds": seconds,
                 "species": species,
                 "type_names": type_names,

@@ -24,29 +24,14 @@ import torchmetrics
 from pytorch_lightning.callbacks import EarlyStopping
 from schnetpack.interfaces.ase_interface import AtomsConverter
 
-from elmlff.bases import BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
+from elmlff.bases import FAMILIES, BaseSpec, check_species, checkpoint, frames_from_tensors, scratch
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 
 MODEL_FILE = "best_model"
 ARCHITECTURES = ("schnet", "painn")
-DEFAULT_PARAMS: dict[str, Any] = {
-    "architecture": "schnet",
-    "cutoff": 5.0,
-    "n_rbf": 20,
-    "n_atom_basis": 32,
-    "n_interactions": 3,
-}
-DEFAULT_TRAINING: dict[str, Any] = {
-    "max_epochs": 30,
-    "batch_size": 32,
-    "lr": 5e-4,
-    "energy_weight": 0.05,
-    "force_weight": 0.95,
-    "patience": 20,
-    "seed": 0,
-    "dtype": "float32",
-}
+DEFAULT_PARAMS: dict[str, Any] = FAMILIES["schnetpack"].params
+DEFAULT_TRAINING: dict[str, Any] = FAMILIES["schnetpack"].training
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -89,12 +74,20 @@ class EpochPrinter(pl.Callback):
 
     def __init__(self, name: str, max_epochs: int) -> None:
         self.name, self.max_epochs, self.t0 = name, max_epochs, time.perf_counter()
+        self.history: list[dict[str, float]] = []  # per epoch: val loss and force MAE
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         nan = float("nan")
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "val_loss": m.get("val_loss", nan),
+                "val_force_mae": m.get("val_forces_MAE", nan),
+            }
+        )
         print(
             f"[{self.name}] epoch {trainer.current_epoch + 1}/{self.max_epochs} "
             f"train_loss={m.get('train_loss', nan):.5f} val_loss={m.get('val_loss', nan):.5f} "
@@ -194,7 +187,7 @@ class SchNetPackFamily:
                 callbacks=[
                     ckpt,
                     EarlyStopping("val_loss", patience=int(tr["patience"])),
-                    EpochPrinter(spec.name, int(tr["max_epochs"])),
+                    printer := EpochPrinter(spec.name, int(tr["max_epochs"])),
                 ],
             )
             t0 = time.perf_counter()
@@ -209,8 +202,11 @@ class SchNetPackFamily:
             return {
                 "params": params,
                 "training": tr,
-                "epochs": int(trainer.current_epoch),
+                "epochs_run": len(printer.history),
+                # the checkpoint is the epoch of lowest val loss (ModelCheckpoint's monitor)
+                "best_epoch": min(printer.history, key=lambda h: h["val_loss"])["epoch"],
                 "best_val_loss": float(ckpt.best_model_score),
+                "history": printer.history,
                 "train_seconds": seconds,
                 "species": train.species,
             }

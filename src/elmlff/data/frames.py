@@ -10,6 +10,17 @@ import numpy as np
 from elmlff.errors import ElmlffError
 
 
+def degenerate_cells(cell: np.ndarray, pbc: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """(F,) True for frames periodic along some axis whose cell vectors along the periodic axes
+    span no length / area / volume (their Gram determinant is below ``tol``², Å units): a zero
+    or degenerate cell, which gives wrong neighbour lists."""
+    pbc = np.asarray(pbc, dtype=bool)
+    c = np.where(pbc[:, :, None], cell, 0.0)
+    # rows of non-periodic axes are zero; a 1 on their diagonal leaves the periodic block's det
+    gram = c @ c.transpose(0, 2, 1) + np.eye(3) * (~pbc)[:, None, :]
+    return pbc.any(axis=1) & (np.linalg.det(gram) < tol**2)
+
+
 @dataclass
 class Frames:
     """Structures with reference labels, in Å / eV / eV/Å.
@@ -82,6 +93,27 @@ class Frames:
                 )
         if (self.n_atoms <= 0).any():
             raise ElmlffError(f"{self.name}: a frame has no atoms", "drop empty frames")
+        self._check_periodic_cells()
+
+    def _check_periodic_cells(self) -> None:
+        """A frame periodic along any axis needs cell vectors along its periodic axes that span
+        a non-zero length/area/volume: a zero or degenerate cell gives wrong neighbour lists."""
+        if not self.pbc.any():
+            return
+        bad = np.flatnonzero(degenerate_cells(self.cell, self.pbc))
+        if len(bad):
+            f = int(bad[0])
+            part = str(self.source_part[f])
+            flags = "".join("T" if p else "F" for p in self.pbc[f])
+            raise ElmlffError(
+                f"{self.name}: {len(bad)} of {len(self)} frames are periodic but have a zero or "
+                f"degenerate cell, first frame {f} (part {part!r}, source index "
+                f"{int(self.source_index[f])}, pbc {flags}, |det cell| = "
+                f"{abs(np.linalg.det(self.cell[f])):.3g} Å³)",
+                "give every periodic frame its cell (DeePMD box.npy, npz 'cell', extxyz "
+                "Lattice=) or, for molecules in vacuum, set `datasets.<name>.pbc: false` in the "
+                "config",
+            )
 
     # -- indexing -------------------------------------------------------------------------
     def __len__(self) -> int:

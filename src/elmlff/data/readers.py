@@ -6,6 +6,7 @@ declares (``units: {energy: ..., length: ...}``); nothing is guessed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,56 @@ def _need(path: Path, what: str) -> Path:
             "the directory snakemake runs in)",
         )
     return path
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 120 characters) of a reader's exception."""
+    msg = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {msg[:120]}" if msg else type(exc).__name__
+
+
+def _numeric(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """``arr`` if it holds numbers, else an error naming the file and the key."""
+    if arr.dtype.kind not in "iuf":
+        raise ElmlffError(
+            f"{path}: '{key}' holds {arr.dtype} values, not numbers",
+            f"store '{key}' as a numeric array",
+        )
+    return arr
+
+
+def _load_npy(path: Path, key: str) -> np.ndarray:
+    """A numeric ``.npy`` array, or an error naming the file."""
+    _need(path, f"DeePMD {key}.npy")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for empty or damaged files
+        raise ElmlffError(
+            f"{path}: not a readable .npy array ({_why(exc)})",
+            "rewrite the file with numpy.save (a numeric array), or remove the set",
+        ) from exc
+    if not isinstance(arr, np.ndarray):
+        raise ElmlffError(f"{path}: not a .npy array", "rewrite the file with numpy.save")
+    return _numeric(arr, path, key)
+
+
+def _per_frame(arr: np.ndarray, shape: tuple[int, ...], path: Path, key: str) -> np.ndarray:
+    """``arr`` reshaped to ``(-1, *shape)`` (one row per frame), or an error naming the key."""
+    per = int(np.prod(shape))
+    if arr.size % per:
+        raise ElmlffError(
+            f"{path}: '{key}' holds {arr.size} numbers, not a multiple of {per} "
+            f"(one row of shape {shape} per frame)",
+            f"give '{key}' one row of {per} numbers per frame",
+        )
+    return arr.reshape(-1, *shape)
+
+
+def _no_frames(path: Path, key: str) -> ElmlffError:
+    return ElmlffError(
+        f"{path}: no frames ('{key}' is empty)",
+        "point the data set's `path`/`parts` at a file with frames, or drop the part",
+    )
 
 
 def _pbc_flags(pbc: bool | str, default: bool, nf: int) -> np.ndarray:
@@ -73,7 +124,21 @@ def read_deepmd(
 
     path = _need(Path(path), "DeePMD system")
     units = factors(energy_unit, length_unit, str(path))
-    types = np.loadtxt(_need(path / "type.raw", "DeePMD type.raw"), dtype=np.int64, ndmin=1)
+    type_raw = _need(path / "type.raw", "DeePMD type.raw")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns on an empty file; we say so below
+            types = np.loadtxt(type_raw, dtype=np.int64, ndmin=1)
+    except ValueError as exc:
+        raise ElmlffError(
+            f"{type_raw}: not a list of integer atom types ({_why(exc)})",
+            "write one integer type per atom (0, 1, ...) into type.raw",
+        ) from exc
+    if types.size == 0 or types.ndim != 1:
+        raise ElmlffError(
+            f"{type_raw}: {'empty' if types.size == 0 else 'not one type per line'}",
+            "write one integer type per atom (0, 1, ...) into type.raw",
+        )
     tmap = (path / "type_map.raw").read_text().split() if (path / "type_map.raw").exists() else []
     if not tmap:
         raise ElmlffError(
@@ -87,9 +152,10 @@ def read_deepmd(
             f"{path}/type_map.raw: {exc.args[0]!r} is not an element symbol",
             "list element symbols such as C, H, O",
         ) from exc
-    if types.max() >= len(tmap):
+    if types.min() < 0 or types.max() >= len(tmap):
         raise ElmlffError(
-            f"{path}: type.raw uses type {types.max()} but type_map.raw lists {len(tmap)} types",
+            f"{path}: type.raw uses type {types.max() if types.min() >= 0 else types.min()} "
+            f"but type_map.raw lists {len(tmap)} types",
             "make type_map.raw name every type",
         )
     sets = sorted(p for p in path.glob("set.*") if p.is_dir())
@@ -98,16 +164,22 @@ def read_deepmd(
     nat = len(types)
     coords, energies, forces, boxes = [], [], [], []
     for s in sets:
-        c = np.load(_need(s / "coord.npy", "coord.npy")).reshape(-1, nat, 3)
-        e = np.load(_need(s / "energy.npy", "energy.npy")).reshape(-1)
-        f = np.load(_need(s / "force.npy", "force.npy")).reshape(-1, nat, 3)
-        b = np.load(s / "box.npy").reshape(-1, 3, 3) if (s / "box.npy").exists() else None
+        c = _per_frame(_load_npy(s / "coord.npy", "coord"), (nat, 3), s / "coord.npy", "coord")
+        e = _load_npy(s / "energy.npy", "energy").reshape(-1)
+        f = _per_frame(_load_npy(s / "force.npy", "force"), (nat, 3), s / "force.npy", "force")
+        b = (
+            _per_frame(_load_npy(s / "box.npy", "box"), (3, 3), s / "box.npy", "box")
+            if (s / "box.npy").exists()
+            else None
+        )
         if not (len(c) == len(e) == len(f)) or (b is not None and len(b) != len(c)):
             raise ElmlffError(
                 f"{s}: coord/energy/force/box hold different frame counts "
                 f"({len(c)}, {len(e)}, {len(f)}, {None if b is None else len(b)})",
                 "repair the set so every array has one row per frame",
             )
+        if len(c) == 0:
+            raise _no_frames(s / "coord.npy", "coord")
         coords.append(c)
         energies.append(e)
         forces.append(f)
@@ -120,8 +192,31 @@ def read_deepmd(
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(_need(Path(path), "npz file")) as z:
-        return {k: z[k] for k in z.files}
+    """Every array of an npz archive, or an error naming the file (and the key that fails)."""
+    path = _need(Path(path), "npz file")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for empty or damaged files
+        raise ElmlffError(
+            f"{path}: not a readable npz archive ({_why(exc)})",
+            "rewrite it with numpy.savez, or check the data set's `format`",
+        ) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ElmlffError(
+            f"{path}: a single .npy array, not an npz archive of named arrays",
+            "rewrite it with numpy.savez(path, key=array, ...), or check the `format`",
+        )
+    out = {}
+    with z:
+        for k in z.files:
+            try:
+                out[k] = z[k]
+            except Exception as exc:  # a damaged or object (pickled) member
+                raise ElmlffError(
+                    f"{path}: key '{k}' cannot be read ({_why(exc)})",
+                    f"rewrite '{k}' as a numeric array with numpy.savez",
+                ) from exc
+    return out
 
 
 def _require_keys(d: dict, keys: tuple[str, ...], path: Path, fmt: str) -> None:
@@ -146,8 +241,18 @@ def read_rmd17(
     d = _npz(path)
     _require_keys(d, ("nuclear_charges", "coords", "energies", "forces"), path, "rmd17")
     units = factors(energy_unit, length_unit, str(path))
-    z, r, e, f = d["nuclear_charges"], d["coords"], d["energies"], d["forces"]
+    z, r, e, f = (
+        _numeric(d[k], path, k) for k in ("nuclear_charges", "coords", "energies", "forces")
+    )
+    if z.ndim != 1 or r.ndim != 3:
+        raise ElmlffError(
+            f"{path}: nuclear_charges {z.shape} must be (atoms,) and coords {r.shape} "
+            "(frames, atoms, 3)",
+            "reshape the arrays",
+        )
     nf, nat = r.shape[0], len(z)
+    if nf == 0:
+        raise _no_frames(path, "coords")
     if r.shape != (nf, nat, 3) or f.shape != (nf, nat, 3) or e.reshape(-1).shape != (nf,):
         raise ElmlffError(
             f"{path}: shapes do not agree (nuclear_charges {z.shape}, coords {r.shape}, "
@@ -168,14 +273,16 @@ def read_npz(
     d = _npz(path)
     _require_keys(d, ("R", "z", "E", "F"), path, "npz")
     units = factors(energy_unit, length_unit, str(path))
-    r, z, e, f = d["R"], d["z"], d["E"], d["F"]
+    r, z, e, f = (_numeric(d[k], path, k) for k in ("R", "z", "E", "F"))
     if r.ndim != 3 or f.shape != r.shape:
         raise ElmlffError(
             f"{path}: R {r.shape} and F {f.shape} must both be (frames, atoms, 3)",
             "reshape the arrays",
         )
     nf, nat = r.shape[:2]
-    z = np.broadcast_to(z, (nf, nat)) if z.ndim == 1 else z
+    if nf == 0:
+        raise _no_frames(path, "R")
+    z = np.broadcast_to(z, (nf, nat)) if z.ndim == 1 and z.shape == (nat,) else z
     e = e.reshape(-1)
     if z.shape != (nf, nat) or e.shape != (nf,):
         raise ElmlffError(
@@ -183,11 +290,15 @@ def read_npz(
             "give z as (atoms,) or (frames, atoms) and E as (frames,)",
         )
     cell = d.get("cell")
-    cell = (
-        np.zeros((nf, 3, 3))
-        if cell is None
-        else np.broadcast_to(cell.reshape(-1, 3, 3), (nf, 3, 3))
-    )
+    if cell is None:
+        cell = np.zeros((nf, 3, 3))
+    elif _numeric(cell, path, "cell").size in (9, 9 * nf):
+        cell = np.broadcast_to(cell.reshape(-1, 3, 3), (nf, 3, 3))
+    else:
+        raise ElmlffError(
+            f"{path}: cell {cell.shape} must be (3, 3) or (frames, 3, 3) with {nf} frames",
+            "give one cell for all frames or one per frame",
+        )
     has_cell = bool(np.abs(cell).sum() > 0)
     return _fixed_size(path, units, z, r, e, f, cell, _pbc_flags(pbc, has_cell, nf), part)
 
@@ -203,7 +314,15 @@ def read_ase(
 
     path = _need(Path(path), "structure file")
     fe, fl, ff = factors(energy_unit, length_unit, str(path))
-    frames = Frames.from_atoms(ase.io.read(path, index=":"), name=str(path), part=part)
+    try:
+        images = ase.io.read(path, index=":")
+    except Exception as exc:  # ASE raises many types for empty or unparsable files
+        raise ElmlffError(
+            f"{path}: ASE cannot read it ({_why(exc)})",
+            "give a structure file ASE reads (extxyz, traj, ...) with energies and forces, or "
+            "check the data set's `format`",
+        ) from exc
+    frames = Frames.from_atoms(images, name=str(path), part=part)
     frames.positions *= fl
     frames.cell *= fl
     frames.energy *= fe

@@ -10,6 +10,7 @@ predict the held-out one, so meta-models learn from out-of-fold predictions on a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,19 +151,92 @@ def _fold_number(fit: str, kfold: int) -> int:
     return int(fit[2:])
 
 
-def _take(size: int | float | str | None, available: int, role: str) -> int:
-    """How many frames a size asks for: int count, fraction in (0, 1), or 'rest'/None = all."""
+def _size(size: Any, role: str) -> int | float | None:
+    """A size as a count (int), a fraction in (0, 1) (float) or None for 'rest'/unset."""
     if size is None or size == "rest":
+        return None
+    if isinstance(size, bool) or not isinstance(size, int | float | np.integer | np.floating):
+        raise ElmlffError(
+            f"split.sizes.{role}: {size!r} is not a size",
+            'give a count (integer >= 1), a fraction of the pool in (0, 1), or "rest"',
+        )
+    if 0 < size < 1:
+        return float(size)
+    if size >= 1 and float(size).is_integer():
+        return int(size)
+    raise ElmlffError(
+        f"split.sizes.{role}: {size!r} is neither a count (integer >= 1) nor a fraction in (0, 1)",
+        f"set `split.sizes.{role}` to a whole number of frames or a fraction of the pool",
+    )
+
+
+def _of(size: int | float, n: int) -> int:
+    """Frames a count or a fraction asks for out of ``n`` (fractions rounded down)."""
+    return size if isinstance(size, int) else int(np.floor(size * n + 1e-9))
+
+
+def _take(size: Any, available: int, role: str) -> int:
+    """Frames of a role's own source part: a count, a fraction of the part, or None = all."""
+    s = _size(size, role)
+    if s is None:
         return available
-    if isinstance(size, float) and 0 < size < 1:
-        return round(size * available)
-    n = int(size)
+    n = _of(s, available)
     if n > available:
         raise ElmlffError(
-            f"split role '{role}' asks for {n} frames but only {available} are left",
+            f"split role '{role}' asks for {n} frames but only {available} are in its source part",
             f"lower `split.sizes.{role}` or use a fraction",
         )
     return n
+
+
+def check_sizes(sizes: dict[str, Any], pool_roles: Sequence[str] = ROLES) -> None:
+    """Refuse sizes that no pool can satisfy, before any data is read: more than one of the
+    roles drawn from the pool asking for 'rest', or their fractions of the pool summing to
+    more than 1 (each fraction is of the whole pool, not of what the other roles leave)."""
+    want = {r: sizes.get(r, "rest" if r == "train" else None) for r in pool_roles}
+    rest = [r for r, w in want.items() if w == "rest"]
+    if len(rest) > 1:
+        raise ElmlffError(f"split roles {rest} all ask for 'rest'", "give all but one a size")
+    fractions = {r: f for r, w in want.items() if isinstance(f := _size(w, r), float)}
+    total = sum(fractions.values())
+    if total > 1 + 1e-9:
+        parts = " + ".join(f"{r} {v:g}" for r, v in fractions.items())
+        raise ElmlffError(
+            f"split.sizes: fractions of the pool sum to {total:g} > 1 ({parts})",
+            "make the fractions sum to at most 1 (each is a fraction of the whole pool, not "
+            "of what the other roles leave)",
+        )
+
+
+def _pool_counts(sizes: dict[str, Any], free: Sequence[str], n_pool: int) -> dict[str, int]:
+    """Frames each of the roles ``free`` draws from a pool of ``n_pool``: counts as given,
+    fractions of the whole pool (rounded down), and the one 'rest' role (train by default)
+    whatever the others leave."""
+    check_sizes(sizes, free)
+    counts: dict[str, int] = {}
+    rest = None
+    for r in free:
+        w = sizes.get(r, "rest" if r == "train" else None)
+        if w is None:
+            raise ElmlffError(
+                f"split role '{r}' has no source part and no size",
+                f"set `split.sizes.{r}` (a count or a fraction of the pool)",
+            )
+        size = _size(w, r)
+        if size is None:
+            rest = r
+        else:
+            counts[r] = _of(size, n_pool)
+    total = sum(counts.values())
+    if total > n_pool:
+        asked = " + ".join(f"{r} {n}" for r, n in counts.items())
+        raise ElmlffError(
+            f"split roles ask for {total} frames of the pool ({asked}), which holds {n_pool}",
+            "lower `split.sizes` or give fractions of the pool",
+        )
+    if rest is not None:
+        counts[rest] = n_pool - total
+    return counts
 
 
 def make_split(part_roles: np.ndarray, spec: dict[str, Any]) -> Split:
@@ -196,25 +270,7 @@ def make_split(part_roles: np.ndarray, spec: dict[str, Any]) -> Split:
         free = [r for r in ("train", "meta", "val", "test") if r in free]
     else:
         raise ElmlffError(f"unknown split method {method!r}", "use 'random' or 'blocks'")
-    # 'rest' (the default for train) takes whatever the sized roles leave.
-    want = {r: sizes.get(r, "rest" if r == "train" else None) for r in free}
-    rest = [r for r in free if want[r] == "rest"]
-    if len(rest) > 1:
-        raise ElmlffError(f"split roles {rest} all ask for 'rest'", "give all but one a size")
-    counts: dict[str, int] = {}
-    left = len(pool)
-    for r in free:
-        if r in rest:
-            continue
-        if want[r] is None:
-            raise ElmlffError(
-                f"split role '{r}' has no source part and no size",
-                f"set `split.sizes.{r}` (a count or a fraction of the pool)",
-            )
-        counts[r] = _take(want[r], left, r)
-        left -= counts[r]
-    for r in rest:
-        counts[r] = left
+    counts = _pool_counts(sizes, free, len(pool))
     start = 0
     for r in free:
         roles[r] = np.sort(pool[start : start + counts[r]])

@@ -27,6 +27,7 @@ from elmlff.md.observables import (
     energy_drift,
     h_of_r,
     h_of_r_error,
+    is_molecule,
     loop_work,
     rdf,
     rdf_error,
@@ -59,7 +60,14 @@ def run_replica(
     subset: str = "all",
     diffusing_species: int | None = None,
 ) -> dict[str, Any]:
-    """MD of ``model`` from a seeded random test frame; observables against the test frames."""
+    """MD of ``model`` from a seeded random test frame; observables against the test frames.
+
+    The start frame decides molecule or condensed phase (:func:`is_molecule`, from the
+    structure: methane in its periodic box is a molecule). A molecule gets the bond criterion
+    and h(r) only, and starts without net rotation; a periodic condensed phase also gets the
+    RDF error, the RDF-window criterion and the diffusivity. The data's configurational
+    temperature (:func:`data_temperature`) is recorded beside the MD temperature, with a
+    warning when they differ by more than a factor of 2."""
     from ase.io import read
 
     from elmlff.calculator import EnsembleCalculator
@@ -79,6 +87,14 @@ def run_replica(
     ref_lengths = bond_lengths(ref_pos, pairs).mean(axis=0) if len(pairs) else None
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset))
     bases = [p.name for p in calc.ensemble.bases]
+    molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
+    temperature = data_temperature(
+        calc.ensemble.bases,
+        frames.subset(np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))),
+        s.temperature_K,
+        lay.dataset,
+        seed=s.seed,
+    )
     if len(bases) >= 2:  # the uncertainty monitor: U1 every step, U_c from the val frames
         calc.uq_weights, u_c = uncertainty_reference(dataset_dir, ds, frames, split, bases)
         if s.u_threshold <= 0:
@@ -86,28 +102,24 @@ def run_replica(
     log(f"MD of {model} replica {replica} from test frame {start}: {s}")
     # frames go to a .partial file as they come (a killed job keeps them there), renamed at the end
     partial = Path(f"{trajectory}.partial")
-    res = run_md(atoms, calc, s, partial, ref_lengths, log=log)
+    res = run_md(atoms, calc, s, partial, ref_lengths, log=log, molecule=molecule)
     traj = read(partial, index=":", format="extxyz")
     os.replace(partial, trajectory)
     pos = np.stack([a.positions for a in traj])
     dt_ps = s.timestep_fs * 1e-3 * s.record_every
     out = {"dataset": dataset_dir.name, "model": model, "replica": replica, "start_frame": start}
     out.update(res.to_dict())
+    out["horizon_ps"] = s.steps * s.timestep_fs * 1e-3  # the configured run length
+    out["temperature_K"] = s.temperature_K
+    out.update(temperature)
     # a run the uncertainty monitor stopped neither completed nor collapsed: stability unknown
     out["stable"] = None if res.stopped == "uncertainty" else res.stopped == "completed"
     out.update(uncertainty_warning(traj, s.u_threshold, res.collapse_time_ps))
-    out["hr_mae"] = h_of_r_error(h_of_r(pos), h_of_r(ref_pos)) if len(pos) > 1 else np.nan
-    if atoms.pbc.all():
-        _, g = rdf(pos, atoms.cell[:], atoms.numbers, r_max=6.0)
-        _, g_ref = rdf(ref_pos, atoms.cell[:], atoms.numbers, r_max=6.0)
-        out["rdf_mae"] = rdf_error(g, g_ref)
-        # the benchmark's periodic criterion: an RDF window (10 frames) off by MAE > 0.1
-        first = rdf_window_collapse(pos, atoms.cell[:], atoms.numbers, g_ref, 10, 0.1)
-        out["rdf_collapse_time_ps"] = None if first is None else first * dt_ps
-        mask = None if diffusing_species is None else atoms.numbers == diffusing_species
-        stable_long = out["stable"] and len(pos) >= 10
-        # positions in the extxyz are not wrapped by ASE's integrators: the MSD is unwrapped
-        out["diffusivity_A2_per_ps"] = diffusivity(pos, dt_ps, mask) if stable_long else np.nan
+    out.update(
+        structure_observables(
+            pos, ref_pos, atoms, dt_ps, bool(out["stable"]), molecule, diffusing_species
+        )
+    )
     out.update(conservation(atoms, calc, s, traj, trajectory))
     atomic_write_text(out_json, json.dumps(out, indent=1, default=float) + "\n")
     log(
@@ -115,6 +127,80 @@ def run_replica(
         f"{res.steps_per_second:.1f} steps/s, h(r) error {out['hr_mae']:.3f}"
     )
     return out
+
+
+def structure_observables(
+    pos: np.ndarray,
+    ref_pos: np.ndarray,
+    atoms,
+    dt_ps: float,
+    stable: bool,
+    molecule: bool,
+    diffusing_species: int | None = None,
+) -> dict[str, Any]:
+    """Observables of a trajectory ``pos (T, N, 3)`` against the reference frames ``ref_pos``:
+    h(r) error for every system; for a periodic condensed phase (not a ``molecule``, which
+    keeps to the bond criterion and h(r) even in a periodic box) also the RDF error, the
+    benchmark's RDF-window collapse (10 frames off by MAE > 0.1) and, for a stable run of at
+    least 10 frames, the diffusivity (of ``diffusing_species``, else all atoms)."""
+    out: dict[str, Any] = {
+        "molecule": bool(molecule),
+        "hr_mae": h_of_r_error(h_of_r(pos), h_of_r(ref_pos)) if len(pos) > 1 else np.nan,
+    }
+    if molecule or not np.asarray(atoms.pbc).all():
+        return out
+    _, g = rdf(pos, atoms.cell[:], atoms.numbers, r_max=6.0)
+    _, g_ref = rdf(ref_pos, atoms.cell[:], atoms.numbers, r_max=6.0)
+    out["rdf_mae"] = rdf_error(g, g_ref)
+    first = rdf_window_collapse(pos, atoms.cell[:], atoms.numbers, g_ref, 10, 0.1)
+    out["rdf_collapse_time_ps"] = None if first is None else first * dt_ps
+    mask = None if diffusing_species is None else atoms.numbers == diffusing_species
+    # positions in the extxyz are not wrapped by ASE's integrators: the MSD is unwrapped
+    long_enough = stable and len(pos) >= 10
+    out["diffusivity_A2_per_ps"] = diffusivity(pos, dt_ps, mask) if long_enough else np.nan
+    return out
+
+
+def data_temperature(
+    pots: Sequence[Any],
+    frames,
+    target_K: float,
+    dataset: str,
+    seed: int = 0,
+    max_frames: int = 128,
+    n_probes: int = 4,
+) -> dict[str, Any]:
+    """The configurational temperature of ``frames`` (the store's val and test frames, with
+    their reference forces) through the first differentiable base of ``pots``
+    (:func:`elmlff.md.temperature.estimate_temperature`), as ``data_temperature_K`` and
+    ``data_temperature_base``; a warning line when the MD's ``target_K`` differs from it by
+    more than a factor of 2. Nothing (and a log line saying why) where no base can tell."""
+    import sys
+
+    from elmlff.bases import is_differentiable
+    from elmlff.md.temperature import estimate_temperature
+
+    pot = next((p for p in pots if is_differentiable(p)), None)
+    if pot is None:
+        log("no data temperature estimate: no base with a differentiable energy")
+        return {"data_temperature_K": None}
+    try:
+        t = estimate_temperature(pot, frames, n_probes, max_frames, seed)
+    except (ElmlffError, RuntimeError) as exc:  # advice only: the MD runs without it
+        log(f"no data temperature estimate through {pot.name}: {str(exc).splitlines()[0]}")
+        return {"data_temperature_K": None, "data_temperature_base": pot.name}
+    log(
+        f"configurational temperature of the val/test frames through {pot.name}: {t:.0f} K "
+        f"(MD at {target_K:g} K)"
+    )
+    if not 0.5 <= target_K / t <= 2.0:
+        print(
+            f"elmlff: warning: MD at {target_K:g} K but the data's configurational temperature "
+            f"is ~{t:.0f} K (factor > 2); set datasets.{dataset}.md.settings.temperature_K",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"data_temperature_K": t, "data_temperature_base": pot.name}
 
 
 def uncertainty_reference(
@@ -203,6 +289,8 @@ def conservation(atoms, calc, s: MDSettings, traj: list, trajectory: Path) -> di
 #: per-replica quantities that go into md_summary.csv
 SUMMARY_KEYS = (
     "time_ps",
+    "horizon_ps",
+    "time_to_collapse_ps",
     "collapse_time_ps",
     "stable",
     "steps_per_second",
@@ -214,6 +302,8 @@ SUMMARY_KEYS = (
     "loop_work_eV",
     "loop_radius_A",
     "mean_temperature_K",
+    "temperature_K",
+    "data_temperature_K",
     "u_threshold",
     "u_max",
     "u_cross_time_ps",
@@ -221,17 +311,42 @@ SUMMARY_KEYS = (
 )
 
 
+def time_to_collapse(d: Mapping[str, Any]) -> float | None:
+    """The benchmark's time to collapse of one replica (its JSON ``d``): when it collapsed (or
+    blew up: NaN forces, runaway temperature, calculator error), else the run's full length
+    ``horizon_ps``; None for a run the uncertainty monitor stopped (stability unknown)."""
+    stopped = str(d["stopped"])
+    if stopped == "uncertainty":
+        return None
+    if stopped == "completed":
+        return float(d.get("horizon_ps") or d["time_ps"])
+    collapse = d.get("collapse_time_ps")
+    return float(d["time_ps"] if collapse is None else collapse)
+
+
 def summarize(
     replica_jsons: Sequence[Path], metrics_csv: Path, out_csv: Path, out_md: Path
 ) -> pd.DataFrame:
     """``md_summary.csv`` (tidy: dataset, model, replica, metric, value; replica ``all`` holds
-    the aggregates) and a Table-1-like Markdown table (force MAE from ``metrics.csv``)."""
-    rows, radii = [], set()
+    the means over replicas) and a Table-1-like Markdown table (force MAE from ``metrics.csv``).
+
+    Time to collapse is the benchmark's number, ``time_to_collapse_ps``: the mean over all
+    replicas with a stable run counted at its full length (``horizon_ps``), beside the stable
+    percentage; ``collapse_time_ps`` (replica ``all``) is the mean over the replicas that
+    collapsed only."""
+    rows, radii, horizons, temps, data_temps = [], set(), set(), set(), []
     for p in replica_jsons:
         if not Path(p).exists():
             raise ElmlffError(f"MD result {p} not found", "run the md_replica rule")
         d = json.loads(Path(p).read_text())
         radii.add(d.get("loop_radius_A"))
+        d["time_to_collapse_ps"] = time_to_collapse(d)
+        if d.get("horizon_ps") is None and d["stopped"] == "completed":
+            d["horizon_ps"] = d["time_ps"]  # an older replica JSON: a completed run's length
+        horizons.add(d.get("horizon_ps"))
+        temps.add(d.get("temperature_K"))
+        if d.get("data_temperature_K") is not None:
+            data_temps.append(float(d["data_temperature_K"]))
         for k in SUMMARY_KEYS:
             if k in d:
                 v = d[k]
@@ -257,17 +372,18 @@ def summarize(
     metrics = pd.read_csv(metrics_csv)
     mae = metrics[(metrics.split == "test") & (metrics.metric == "force_mae_framemean")]
     mae = mae.set_index("model").value
+    horizon = _known(horizons, "{:g} ps", "horizon_ps in md_summary.csv")
     lines = [
-        "| model | force MAE [meV/Å] | stable [%] | time to collapse [ps] | h(r) error | steps/s "
-        "| NVE drift [meV/atom/ps] | loop work [meV] | U > U_c before collapse [ps] |",
+        f"| model | force MAE [meV/Å] | stable [%] | time to collapse [ps, of {horizon}] "
+        "| h(r) error | steps/s | NVE drift [meV/atom/ps] | loop work [meV] "
+        "| U > U_c before collapse [ps] |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     a = agg.pivot_table(index="model", columns="metric", values="value", sort=False)
     for model, r in a.iterrows():
-        collapse = r.get("collapse_time_ps", np.nan)
         lines.append(
             f"| {model} | {1e3 * mae.get(model, np.nan):.2f} | {r['stable_percent']:.0f} | "
-            f"{'-' if not np.isfinite(collapse) else f'{collapse:.3f}'} | "
+            f"{_ps(r.get('time_to_collapse_ps', np.nan))} | "
             f"{r.get('hr_mae', np.nan):.3f} | {r.get('steps_per_second', np.nan):.1f} | "
             f"{_meV(r.get('nve_drift_eV_per_atom_ps', np.nan), 'no energy')} | "
             f"{_meV(np.abs(r.get('loop_work_eV', np.nan)), '-')} | "
@@ -276,10 +392,18 @@ def summarize(
     n = per.groupby("model").replica.nunique().max()
     text = "\n".join(
         [
-            f"MD of {len(a)} models x {n} replicas. h(r) error: ∫|h_MD(r) - h_test(r)| dr with h "
+            f"MD of {len(a)} models x {n} replicas of {horizon} at "
+            f"{_known(temps, '{:g} K', 'temperature_K in md_summary.csv')}"
+            f"{_data_temperature(data_temps)}. "
+            "h(r) error: ∫|h_MD(r) - h_test(r)| dr with h "
             f"a probability density of all interatomic distances on {len(HR_BINS) - 1} bins over "
-            "0-10 Å (0 = identical, 2 = disjoint); time to collapse: mean over the replicas that "
-            "collapsed (bond deviation > 0.5 Å); NVE drift: slope of the total energy per atom "
+            "0-10 Å (0 = identical, 2 = disjoint); time to collapse: the benchmark's number, the "
+            "mean over all replicas of the time of the first collapse (a bond deviation > "
+            "0.5 Å, or a run that blew up: NaN forces, runaway temperature, calculator error), "
+            "a stable run counted at its full length "
+            f"({horizon}), so it reads with the stable percentage (md_summary.csv also has "
+            "collapse_time_ps, the mean over the collapsed replicas only); NVE drift: slope of "
+            "the total energy per atom "
             "in a run without thermostat from the same start (models with an energy); loop work: "
             f"|∮F·dx| around a closed loop of radius {_radius(radii)} in configuration space at "
             "the start frame, mean over replicas (0 for a conservative force field; a direct "
@@ -295,6 +419,19 @@ def summarize(
     )
     atomic_write_text(out_md, text)
     return out
+
+
+def _known(values: set, fmt: str, elsewhere: str) -> str:
+    """The one value all runs share, formatted; else where to find each run's."""
+    known = {v for v in values if v is not None}
+    return fmt.format(known.pop()) if len(known) == 1 else elsewhere
+
+
+def _data_temperature(temps: Sequence[float]) -> str:
+    """' (the data's configurational temperature: ~Y K)' from the replicas' estimates."""
+    if not temps:
+        return ""
+    return f" (the val/test frames' configurational temperature: ~{np.median(temps):.0f} K)"
 
 
 def _ps(v: float) -> str:

@@ -4,12 +4,15 @@
   histogrammed on 500 bins over 0-10 Å and normalised as a probability density (∫h dr = 1),
   averaged over the frames; its error against the reference data (Eq. 11) is the integral
   ∫|h_sim - h_ref| dr (between 0 and 2);
-* stability (Eq. 12): bonds are the pairs closer than the sum of ASE's covalent radii
-  (``natural_cutoffs``) plus ASE's 0.3 Å neighbour-list skin in the initial frame; a run
-  collapses at the first frame where any bond length deviates from its reference length by
-  more than Δ = 0.5 Å;
-* RDF g_ab(r) for periodic cells (minimum-image neighbour lists through vesin), its MAE, and
-  the RDF-window stability criterion (a window whose RDF MAE exceeds a threshold);
+* stability (Eq. 12): bonds are the pairs of the initial frame that ASE's
+  ``NeighborList(natural_cutoffs(atoms), skin=0.3)`` lists, as the benchmark's code does: ASE
+  adds the skin to *each* atom's cutoff, so a pair is bonded when d < r_i + r_j + 0.6 Å with
+  r the covalent radii (C-H: 1.67 Å); a run collapses at the first frame where any bond length
+  deviates from its reference length by more than Δ = 0.5 Å;
+* molecule or condensed phase, from the structure rather than the ``pbc`` flag (a molecule in
+  a periodic box, DeePMD's convention, is still a molecule): :func:`is_molecule`;
+* RDF g_ab(r) for periodic condensed phases (minimum-image neighbour lists through vesin), its
+  MAE, and the RDF-window stability criterion (a window whose RDF MAE exceeds a threshold);
 * diffusivity from the mean-squared displacement of unwrapped positions, MSD = 6 D t;
 * NVE energy drift: slope of the total energy per atom against time;
 * loop work ∮ F·dx around a small closed loop in configuration space: zero for a conservative
@@ -53,17 +56,121 @@ def h_of_r_error(h_sim: np.ndarray, h_ref: np.ndarray, bins: np.ndarray = HR_BIN
     return float(np.sum(np.abs(np.asarray(h_sim) - np.asarray(h_ref)) * np.diff(bins)))
 
 
-def bonds(numbers: np.ndarray, positions: np.ndarray, skin: float = 0.3) -> np.ndarray:
-    """(B, 2) atom pairs i < j closer than the sum of their covalent radii plus ``skin`` in one
-    frame: what ASE's ``NeighborList(natural_cutoffs(atoms))`` (default skin 0.3 Å) calls
-    bonded, as the benchmark does (molecules: no periodicity)."""
-    from ase.data import covalent_radii
+def _bond_list(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray | None = None,
+    pbc: Sequence[bool] = (False, False, False),
+    skin: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, shifts): every pair ASE's ``NeighborList(natural_cutoffs(atoms), skin=skin,
+    self_interaction=False, bothways=False)`` lists, each once; atom j's partner of atom i sits at
+    ``positions[j] + shift @ cell`` (shifts are 0 without periodicity)."""
+    from ase import Atoms
+    from ase.neighborlist import NeighborList, natural_cutoffs
 
-    r = covalent_radii[np.asarray(numbers)]
-    i, j = np.triu_indices(len(numbers), 1)
-    d = np.linalg.norm(np.asarray(positions)[i] - np.asarray(positions)[j], axis=-1)
-    keep = d < r[i] + r[j] + skin
-    return np.stack([i[keep], j[keep]], axis=1)
+    numbers = np.asarray(numbers)
+    pbc = np.asarray(pbc, dtype=bool)
+    atoms = Atoms(numbers=numbers, positions=np.asarray(positions, dtype=float), pbc=pbc)
+    if cell is not None:
+        atoms.cell = np.asarray(cell, dtype=float)
+    if len(atoms) < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros((0, 3), dtype=np.int64)
+    nl = NeighborList(natural_cutoffs(atoms), skin=skin, self_interaction=False, bothways=False)
+    nl.update(atoms)
+    i, j, shifts = [], [], []
+    for a in range(len(atoms)):
+        nb, off = nl.get_neighbors(a)
+        i.append(np.full(len(nb), a))
+        j.append(nb)
+        shifts.append(np.asarray(off).reshape(-1, 3))
+    return (
+        np.concatenate(i).astype(np.int64),
+        np.concatenate(j).astype(np.int64),
+        np.concatenate(shifts).astype(np.int64),
+    )
+
+
+def bonds(numbers: np.ndarray, positions: np.ndarray, skin: float = 0.3) -> np.ndarray:
+    """(B, 2) bonded atom pairs i < j of one frame (sorted, molecules: no periodicity): the pairs
+    ASE's ``NeighborList(natural_cutoffs(atoms), skin=0.3, self_interaction=False,
+    bothways=False)`` lists, as the benchmark's code does. ASE adds the skin to each atom's
+    cutoff, so a pair is bonded when d < r_i + r_j + 2 x ``skin`` (r: ASE's covalent radii;
+    C-H 1.67 Å, C-C 2.12 Å)."""
+    i, j, _ = _bond_list(numbers, positions, skin=skin)
+    pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1).reshape(-1, 2)
+    return np.unique(pairs, axis=0).astype(np.int64)
+
+
+#: packing fraction of van der Waals spheres below which a periodic cell is far from condensed
+#: (liquids and solids: about 0.5 or more; methane in its 15 Å box: 0.015)
+CONDENSED_PACKING = 0.1
+
+
+def packing_fraction(numbers: np.ndarray, cell: np.ndarray) -> float:
+    """Σ (4/3) π r_vdW³ / V: the fraction of the cell the atoms' van der Waals spheres fill
+    (Alvarez's radii, ASE's where his are missing, else covalent + 0.8 Å); 0 without a volume."""
+    from ase.data import covalent_radii, vdw_radii
+    from ase.data.vdw_alvarez import vdw_radii as alvarez
+
+    z = np.asarray(numbers)
+    r = np.where(np.isnan(alvarez[z]), vdw_radii[z], alvarez[z])
+    r = np.where(np.isnan(r), covalent_radii[z] + 0.8, r)
+    volume = abs(float(np.linalg.det(np.asarray(cell, dtype=float))))
+    return 0.0 if volume < 1e-9 else float(np.sum(4.0 / 3.0 * np.pi * r**3) / volume)
+
+
+def is_molecule(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray | None,
+    pbc: Sequence[bool],
+    skin: float = 0.3,
+    max_packing: float = CONDENSED_PACKING,
+) -> bool:
+    """Whether one frame is a molecule or finite cluster (True) rather than a condensed phase
+    (False), from its structure, not its ``pbc`` flag.
+
+    A frame without periodicity (or without a cell) is a molecule. A periodic frame is
+    condensed when its bond network (the pairs of :func:`bonds`, across the cell's boundaries
+    too) is infinite: some closed path of bonds ends in another image of its first atom, as in
+    a crystal, a slab (periodic in-plane) or a polymer. A bond that merely crosses the
+    boundary, as in a molecule wrapped into its box, is not enough. A periodic frame without
+    such a network is still condensed when its atoms fill the cell densely (a molecular
+    liquid or crystal: van der Waals packing fraction ≥ ``max_packing``); otherwise it is a
+    molecule or cluster in a box (DeePMD's convention for gas-phase data)."""
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1)
+    if cell is None or not pbc.any():
+        return True
+    cell = np.asarray(cell, dtype=float)
+    lengths = np.linalg.norm(cell, axis=1)
+    if (lengths[pbc] < 1e-9).any():
+        return True  # no cell vector along a periodic direction: nothing to repeat
+    i, j, shifts = _bond_list(numbers, positions, cell, pbc, skin)
+    n = len(np.asarray(numbers))
+    adjacency: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n)]
+    for a, b, s in zip(i.tolist(), j.tolist(), shifts, strict=True):
+        if a == b:  # an atom bonded to its own image: an infinite chain
+            return False
+        adjacency[a].append((b, s))
+        adjacency[b].append((a, -s))
+    image: list[np.ndarray | None] = [None] * n
+    for root in range(n):  # each atom's image, so that bonded atoms sit side by side
+        if image[root] is not None:
+            continue
+        image[root] = np.zeros(3, dtype=np.int64)
+        stack = [root]
+        while stack:
+            a = stack.pop()
+            for b, s in adjacency[a]:
+                want = image[a] + s
+                if image[b] is None:
+                    image[b] = want
+                    stack.append(b)
+                elif (image[b] != want).any():  # a closed path that lands in another image
+                    return False
+    return packing_fraction(numbers, cell) < max_packing
 
 
 def bond_lengths(positions: np.ndarray, pairs: np.ndarray) -> np.ndarray:

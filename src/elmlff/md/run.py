@@ -19,7 +19,7 @@ import numpy as np
 
 from elmlff.errors import ElmlffError
 from elmlff.log import log
-from elmlff.md.observables import bond_lengths, bonds, first_collapse
+from elmlff.md.observables import bond_lengths, bonds, first_collapse, is_molecule
 
 THERMOSTATS = ("nose_hoover", "langevin", "nve")
 
@@ -120,10 +120,16 @@ def run_md(
     trajectory: Path,
     reference_lengths: np.ndarray | None = None,
     log: Callable[[str], None] = log,
+    molecule: bool | None = None,
 ) -> MDResult:
     """Run one MD replica of ``atoms`` with ``calc``; append every ``record_every``-th frame to
     the extxyz ``trajectory`` as it goes. ``reference_lengths`` are the bonds' reference lengths
-    (by default those of the initial frame; bonds are found in the initial frame)."""
+    (by default those of the initial frame; bonds are found in the initial frame).
+
+    Velocities are Maxwell-Boltzmann at the target temperature with the centre of mass at
+    rest; for a molecule (``molecule``, by default decided from the structure by
+    :func:`~elmlff.md.observables.is_molecule`, so a molecule in a periodic box counts) the net
+    rotation is removed too, as in gas-phase runs."""
     from ase.io import write
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
@@ -134,8 +140,14 @@ def run_md(
         atoms, temperature_K=s.temperature_K, rng=np.random.default_rng(s.seed)
     )
     Stationary(atoms)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
+    if molecule is None:
+        molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
+    if molecule:
+        import warnings
+
+        with warnings.catch_warnings():  # a molecule in a periodic box: the box is irrelevant
+            warnings.filterwarnings("ignore", "Periodic boundary conditions are ignored")
+            ZeroRotation(atoms)
     pairs = bonds(atoms.numbers, atoms.positions)
     ref = reference_lengths
     if ref is None:
@@ -195,5 +207,5 @@ def run_md(
         steps_per_second=timed / wall if wall > 0 else float("nan"),
         mean_temperature_K=float(np.mean(temps)) if temps else float("nan"),
         n_frames=n_frames,
-        extra={"n_bonds": len(pairs)},
+        extra={"n_bonds": len(pairs), "molecule": bool(molecule)},
     )

@@ -4,10 +4,14 @@ As in the EL-MLFFs paper (Eq. 3-5): node features are every base's force on the 
 base's energy through an embedding (per atom, standardised) and the atom's species; edges are a
 cutoff graph; layers are torch-geometric ``GATConv`` with residual connections
 ``H <- H + SiLU(GATConv(H, E))`` and jumping knowledge (every layer's output concatenated)
-before a per-atom force head. The output is a learned blend of the base forces plus the head's
-correction (the head starts at zero, so an untrained model is the plain mean):
+before a per-atom force head. Unlike the paper, whose GAT outputs the forces from its head,
+the output here is by default a learned blend of the base forces plus the head's correction
+(the head starts at zero, so an untrained model is the plain mean):
 
     F_i = sum_m a_m F_im + sigma_F * head(JK(H_0..H_L))_i
+
+``blend=False`` is the paper's form, F_i = sigma_F * head(...)_i from a default-initialised
+head (the default campaign trains it as the ablation ``ensemble_direct_noblend``).
 
 The model reads Cartesian components, so it is not equivariant by construction; training
 rotates each batch at random (``augment_rotations``) so that it learns to be nearly so.
@@ -53,9 +57,12 @@ class EnsembleDirect(nn.Module):
             GATConv(h, h // p.heads, heads=p.heads, edge_dim=p.n_rbf + 3) for _ in range(p.layers)
         )
         self.head = nn.Sequential(nn.Linear(h * (p.layers + 1), h), nn.SiLU(), nn.Linear(h, 3))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-        self.blend = nn.Parameter(torch.full((n_models,), 1.0 / n_models))
+        if p.blend:  # start at the plain mean of the bases: the head's correction is zero
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+            self.blend = nn.Parameter(torch.full((n_models,), 1.0 / n_models))
+        else:  # the paper's GAT: forces from the head alone (a fixed zero blend)
+            self.register_buffer("blend", torch.zeros(n_models))
 
     def forward(self, b: MetaBatch) -> torch.Tensor:
         """Forces (A, 3) in eV/Å."""

@@ -28,21 +28,31 @@ from elmlff.meta.data import MetaData, Stats
 from elmlff.meta.params import MetaSpec
 
 
-def meta_frames(split: Split, spec: MetaSpec) -> np.ndarray:
-    """Frames a meta-model learns from: out-of-sample (meta split / out-of-fold) or, for the
-    in-sample ablation, as many of the bases' own training frames (seeded draw), so that only
-    where the predictions come from differs."""
-    oos = split.meta_fit()
+def meta_frames(split: Split, spec: MetaSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(frames a meta-model learns from, frames it early-stops and picks its checkpoint on).
+
+    * ``out_of_sample``: the meta split (or out-of-fold predictions), early stopping on val;
+    * ``in_sample`` (ablation): as many of the bases' own training frames as the meta split
+      has (seeded draw), early stopping on val, so that only where the predictions come from
+      differs;
+    * ``in_sample_reference`` (ablation): the EL-MLFFs reference code's shortcut - every
+      training frame of the bases but a seeded tenth, on which (in-sample too) it early-stops.
+    """
+    oos, val = split.meta_fit(), split.roles["val"]
     if spec.out_of_sample:
-        return oos
+        return oos, val
     if split.kfold:
         raise ElmlffError(
-            f"meta '{spec.name}': the in-sample ablation needs one full fit per base (kfold 0)",
+            f"meta '{spec.name}': the in-sample ablations need one full fit per base (kfold 0)",
             "drop it from `run_metas` or set the data set's `split.kfold: 0`",
         )
     train = split.roles["train"]
     rng = np.random.default_rng(split.seed)
-    return np.sort(rng.choice(train, size=min(len(train), len(oos)), replace=False))
+    if spec.fit_on == "in_sample":
+        return np.sort(rng.choice(train, size=min(len(train), len(oos)), replace=False)), val
+    perm = rng.permutation(train)
+    n_stop = max(1, len(train) // 10)
+    return np.sort(perm[n_stop:]), np.sort(perm[:n_stop])
 
 
 @dataclass
@@ -88,7 +98,7 @@ def prepare(
     if len(sizes) != 1:
         raise ElmlffError(f"subsets of sizes {sizes} in one job", "pass subsets of one size k")
     used = [m for m in ensemble if any(m in c for c in chosen)]
-    fit_idx, val_idx = meta_frames(split, spec), split.roles["val"]
+    fit_idx, val_idx = meta_frames(split, spec)
     live = spec.live_in_training
     check_meta_split(ds, split, used, fit_idx, spec.fit_on, basedirs if live else None)
     data = MetaData.from_store(ds, spec.cutoff, used)

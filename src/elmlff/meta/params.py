@@ -19,6 +19,7 @@ class DirectParams:
     cutoff: float = 5.0  # Å, graph cutoff
     energy_dim: int = 16  # width of the base-energy embedding
     species_dim: int = 16  # width of the species embedding
+    blend: bool = True  # output = learned blend of base forces + head; False: the head alone
 
 
 @dataclass
@@ -70,9 +71,10 @@ class MetaSpec:
 
     name: str
     kind: str  # direct | conserv
-    fit_on: str  # out_of_sample | in_sample (the ablation)
+    fit_on: str  # out_of_sample | in_sample | in_sample_reference (ablations)
     params: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    ablation: bool = False  # shown beside the others, never chosen for a figure
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> MetaSpec:
@@ -83,6 +85,7 @@ class MetaSpec:
             entry["fit_on"],
             dict(entry.get("params", {})),
             dict(entry.get("training", {})),
+            bool(entry.get("ablation", False)) or entry["fit_on"] != "out_of_sample",
         )
 
     def check(self, source: str = "config") -> MetaSpec:

@@ -149,23 +149,51 @@ def score_store(
 
 
 # -- from an extxyz file --------------------------------------------------------------------
-def read_extxyz(
-    path: Path, models: Sequence[str] | None = None, ref_key: str = "forces"
-) -> tuple[list[str], np.ndarray, np.ndarray | None, np.ndarray]:
-    """(models, forces (M, A, 3), reference forces (A, 3) or None, n_atoms (F,)) from frames
-    carrying each model's forces as per-atom arrays ``forces_<model>``; the reference is the
-    array ``ref_key`` (or the forces of the frame's calculator, as ASE reads a ``forces``
-    column)."""
+def _read_frames(path: Path) -> list:
     from ase.io import read
 
     path = Path(path)
     if not path.exists():
         raise ElmlffError(f"file not found: {path}", "pass an extxyz file")
-    frames = read(path, index=":", format="extxyz")
+    try:
+        frames = read(path, index=":", format="extxyz")
+    except Exception as exc:  # ASE raises many types for unparsable files
+        msg = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise ElmlffError(
+            f"{path}: not a readable extxyz file ({type(exc).__name__}: {msg})",
+            "pass an extended XYZ file (ase.io.write(..., format='extxyz'))",
+        ) from exc
     if not frames:
         raise ElmlffError(f"{path} holds no frames", "pass an extxyz file with frames")
-    have = [{k[len("forces_") :] for k in a.arrays if k.startswith("forces_")} for a in frames]
+    return frames
+
+
+def _force_models(frames: list) -> list[set[str]]:
+    """Per frame, the models whose forces it carries (per-atom arrays ``forces_<model>``)."""
+    return [{k[len("forces_") :] for k in a.arrays if k.startswith("forces_")} for a in frames]
+
+
+def _first_bad(values: np.ndarray, n_atoms: np.ndarray) -> tuple[int, int, int] | None:
+    """(frames with NaN/inf, first such frame, atom within it) of per-atom ``values (A, 3)``."""
+    bad = ~np.isfinite(values).all(axis=1)
+    if not bad.any():
+        return None
+    frame_of = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    atom = int(np.flatnonzero(bad)[0])
+    first = int(frame_of[atom])
+    return len(np.unique(frame_of[bad])), first, atom - int(n_atoms[:first].sum())
+
+
+def _arrays(
+    path: Path, frames: list, models: Sequence[str] | None, ref_key: str
+) -> tuple[list[str], np.ndarray, np.ndarray | None, np.ndarray]:
+    have = _force_models(frames)
     models = list(models) if models else sorted(set.union(*have))
+    if not models:
+        raise ElmlffError(
+            f"{path}: no per-atom arrays forces_<model> in the file",
+            "write each model's forces as a per-atom array forces_<model>",
+        )
     for m in models:
         lacking = [i for i, h in enumerate(have) if m not in h]
         if lacking:
@@ -176,6 +204,14 @@ def read_extxyz(
             )
     forces = np.stack([np.concatenate([a.arrays[f"forces_{m}"] for a in frames]) for m in models])
     n_atoms = np.array([len(a) for a in frames])
+    for m, f in zip(models, forces, strict=True):
+        bad = _first_bad(f, n_atoms)
+        if bad is not None:
+            raise ElmlffError(
+                f"{path}: model '{m}' has NaN/inf forces on {bad[0]} frames (first: frame "
+                f"{bad[1]}, atom {bad[2]})",
+                "re-predict those frames with that model, or leave it out with --models",
+            )
     ref = []
     for a in frames:
         if ref_key in a.arrays:
@@ -191,7 +227,119 @@ def read_extxyz(
             "label every frame or none",
         )
     reference = None if ref[0] is None else np.concatenate(ref)
+    bad = None if reference is None else _first_bad(reference, n_atoms)
+    if bad is not None:
+        raise ElmlffError(
+            f"{path}: reference forces '{ref_key}' are NaN/inf on {bad[0]} frames (first: frame "
+            f"{bad[1]}, atom {bad[2]})",
+            "relabel or drop those frames",
+        )
     return models, forces, reference, n_atoms
+
+
+def read_extxyz(
+    path: Path, models: Sequence[str] | None = None, ref_key: str = "forces"
+) -> tuple[list[str], np.ndarray, np.ndarray | None, np.ndarray]:
+    """(models, forces (M, A, 3), reference forces (A, 3) or None, n_atoms (F,)) from frames
+    carrying each model's forces as per-atom arrays ``forces_<model>``; the reference is the
+    array ``ref_key`` (or the forces of the frame's calculator, as ASE reads a ``forces``
+    column). NaN/inf forces are refused, naming the model and the frame."""
+    return _arrays(Path(path), _read_frames(path), models, ref_key)
+
+
+def parse_rmse(items: Sequence[str] = (), json_file: Path | None = None) -> dict[str, float]:
+    """{model: force RMSE} from ``MODEL=VALUE`` items (an item may hold several, comma
+    separated) and/or a JSON file: an object {model: RMSE}, or this project's uncertainty
+    summary (its ``force_rmse_for_weights``). A model may be named once."""
+    out: dict[str, float] = {}
+    if json_file is not None:
+        json_file = Path(json_file)
+        if not json_file.exists():
+            raise ElmlffError(f"--rmse-json file not found: {json_file}", "pass an existing file")
+        try:
+            d = json.loads(json_file.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            where = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ElmlffError(
+                f"{json_file}{where}: not valid JSON ({type(exc).__name__})",
+                'write an object such as {"painn": 0.012, "nequip": 0.013} (eV/Å)',
+            ) from None
+        if isinstance(d, dict) and isinstance(d.get("force_rmse_for_weights"), dict):
+            d = d["force_rmse_for_weights"]
+        if not isinstance(d, dict):
+            raise ElmlffError(
+                f"{json_file}: holds a {type(d).__name__}, not an object {{model: RMSE}}",
+                'write an object such as {"painn": 0.012, "nequip": 0.013} (eV/Å)',
+            )
+        for k, v in d.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ElmlffError(
+                    f"{json_file}: RMSE of '{k}' is {v!r}, not a number",
+                    "give each model's force RMSE in eV/Å as a number",
+                )
+            out[str(k)] = float(v)
+    for item in (x for arg in items for x in arg.split(",") if x.strip()):
+        k, _, v = item.strip().partition("=")
+        try:
+            value = float(v)
+        except ValueError:
+            raise ElmlffError(f"bad --rmse {item!r}", "write MODEL=RMSE (eV/Å)") from None
+        if not k:
+            raise ElmlffError(f"bad --rmse {item!r}", "write MODEL=RMSE (eV/Å)")
+        if k in out:
+            raise ElmlffError(
+                f"model '{k}' has two RMSEs ({out[k]:g} and {value:g})",
+                "give each model one RMSE (in --rmse or --rmse-json, not both)",
+            )
+        out[k] = value
+    return out
+
+
+def score_arguments(
+    file: Path | None, models: Sequence[str] | None, rmse_items: Sequence[str]
+) -> tuple[Path, list[str] | None, list[str]]:
+    """(file, models, --rmse items) of ``elmlff uq score``: ``--rmse`` and ``--models`` take
+    every word that follows them, so a file given after them is taken back as the file (the
+    last word of --rmse without '=', or an existing file ending --models)."""
+    items = [x for x in rmse_items if "=" in x]
+    stray = [x for x in rmse_items if "=" not in x]
+    models = list(models) if models is not None else None
+    if file is None and len(stray) == 1 and stray == list(rmse_items[-1:]):
+        file = Path(stray.pop())
+    elif file is None and not stray and models and Path(models[-1]).is_file():
+        file = Path(models.pop())
+    if stray:
+        raise ElmlffError(
+            f"bad --rmse {stray[0]!r}",
+            "write MODEL=RMSE (eV/Å), e.g. --rmse painn=0.012 nequip=0.013",
+        )
+    if file is None:
+        raise ElmlffError(
+            "uq score: no extxyz file given", "pass it first: elmlff uq score FILE --out u.csv ..."
+        )
+    return Path(file), models or None, items
+
+
+def _weights(
+    rmse: Mapping[str, float], names: Sequence[str], in_file: Sequence[str], path: Path
+) -> np.ndarray:
+    """w ∝ 1/RMSE of the scored models ``names``; RMSEs of models in the file left out by
+    --models are ignored."""
+    unknown = sorted(set(rmse) - set(in_file))
+    if unknown:
+        raise ElmlffError(
+            f"RMSE given for {unknown}, not in {path} (its models: {sorted(in_file)})",
+            "name models whose forces_<model> arrays the file holds",
+        )
+    lacking = [m for m in names if m not in rmse]
+    if lacking:
+        raise ElmlffError(
+            f"RMSE weights name {lacking} missing (scored models: {list(names)}; RMSEs "
+            f"given for {sorted(rmse)})",
+            "give one RMSE per scored model, as MODEL=RMSE in eV/Å, or choose the models "
+            "with --models",
+        )
+    return inverse_rmse_weights([rmse[m] for m in names], names)
 
 
 def score_extxyz(
@@ -208,19 +356,11 @@ def score_extxyz(
     the ensemble of models in an extxyz file. Without ``rmse``, U1 and U2 weigh the models
     uniformly (then U0 = U1); with it, w_k ∝ 1/RMSE_k."""
     t0 = time.perf_counter()
-    names, forces, ref, n_atoms = read_extxyz(path, models, ref_key)
-    if rmse:
-        unknown = [m for m in rmse if m not in names]
-        lacking = [m for m in names if m not in rmse]
-        if unknown or lacking:
-            raise ElmlffError(
-                f"RMSE weights name {unknown or lacking} "
-                f"{'not in the file' if unknown else 'missing'} (models: {names})",
-                "give one RMSE per model in the file, as MODEL=RMSE in eV/Å",
-            )
-        w = inverse_rmse_weights([rmse[m] for m in names], names)
-    else:
-        w = np.full(len(names), 1.0 / len(names))
+    path = Path(path)
+    frames = _read_frames(path)
+    in_file = sorted(set.union(*_force_models(frames)))
+    names, forces, ref, n_atoms = _arrays(path, frames, models, ref_key)
+    w = _weights(rmse, names, in_file, path) if rmse else np.full(len(names), 1.0 / len(names))
     table = ensemble_uncertainty(forces, n_atoms, w, ref)
     table.insert(0, "frame", np.arange(len(n_atoms)))
     _write(table, out)
@@ -231,6 +371,7 @@ def score_extxyz(
             "models": names,
             "weights": dict(zip(names, w.tolist(), strict=True)),
             "weights_from": "given RMSE" if rmse else "uniform (no RMSE given)",
+            "rmse_not_scored": sorted(set(rmse or {}) - set(names)),
             "frames": len(n_atoms),
             "labelled": ref is not None,
             "spearman": summ.to_dict(orient="records"),
