@@ -33,6 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
         cfg["datasets"]["methane"]["split"]["kfold"] = 10
+        cfg["run_metas"] = [m for m in cfg["run_metas"] if "insample" not in m]
         kfold = Path(tmp) / "kfold.yaml"
         kfold.write_text(yaml.safe_dump(cfg))
         cases = {

@@ -166,6 +166,9 @@ RESULT_FILES = [
     "models.pt",
     "info.json",
     "to_label.extxyz",
+    "base.json",
+    "meta.pt",
+    "meta.json",
 ]
 RESULT_DIRS = ["bases", "metas", "subsets", "benchmarks", "figures", "md", "uq", "report"]
 

@@ -235,7 +235,7 @@ CASES: list[Case] = [
         lambda t: _small_config(t, base=", params: {n_rbff: 10}"),
     ),
     Case(
-        "a wrong type in a base's `training` (`max_epochs: \"two\"`)",
+        'a wrong type in a base\'s `training` (`max_epochs: "two"`)',
         lambda t: _small_config(t, base=", training: {max_epochs: two}"),
     ),
     Case(
@@ -260,6 +260,16 @@ CASES: list[Case] = [
             t,
             extra="metas: {m: {kind: direct}}\nrun_metas: [m]\n"
             "subsets: {metas: [m], select: [2]}\n",
+        ),
+    ),
+    Case(
+        "the in-sample ablations with K-fold cross-fitting",
+        lambda t: _config(t, "datasets: {methane: {split: {kfold: 3}}}\n", alone=False),
+    ),
+    Case(
+        'a meta-model parameter of the wrong type (`blend: "no"`)',
+        lambda t: _config(
+            t, "metas: {ensemble_direct: {kind: direct, params: {blend: 'no'}}}\n", alone=False
         ),
     ),
     Case(

@@ -211,3 +211,19 @@ def test_check_config_validates_the_project_overlays_as_the_workflow_merges_them
     overlay = str(ROOT / "config" / "campaigns" / "methanol_cu.yaml")
     assert main(["check-config", "--alone", overlay]) == 2
     assert "elmlff: error:" in capsys.readouterr().err
+
+
+def test_ensemble_conserv_refuses_a_base_without_a_differentiable_energy(tmp_path, monkeypatch):
+    """With GPUMD's `nep` on PATH, NEP joins the ensemble; Ensemble-conserv differentiates
+    through every base, so the config is refused before anything trains."""
+    exe = tmp_path / "nep"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["ensemble"] = ["painn", "nep"]
+    with pytest.raises(ElmlffError, match=r"'ensemble_conserv' \(Ensemble-conserv\).*\['nep'\]"):
+        validate_config(copy.deepcopy(cfg))
+    cfg["run_metas"] = ["ensemble_direct"]
+    cfg["md"]["models"] = ["painn", "ensemble_direct"]
+    validate_config(cfg)  # direct metas read the stored predictions: fine

@@ -110,8 +110,8 @@ def test_dry_run_lists_the_default_campaign():
         "train_nequip": "1",
         "predict_nequip": "1",
         "merge_store": "1",
-        "train_meta": "5",
-        "predict_meta": "5",
+        "train_meta": "6",
+        "predict_meta": "6",
         "evaluate": "1",
         "train_subsets": "8",  # one job per k trains all C(8, k) subsets: 255 models
         "subset_table": "1",
@@ -129,7 +129,7 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "64",
+        "total": "66",
     }
 
 
@@ -145,7 +145,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "124"
+    assert counts["train_subsets"] == "8" and counts["total"] == "126"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -286,7 +286,7 @@ def test_missing_data_path_stops_the_workflow_with_one_line(tmp_path):
     r = smk("-n", "--configfile", str(cfg), "--directory", str(tmp_path), check=False)
     assert r.returncode != 0
     assert re.search(
-        r"data set 'methane': path \S+no_such_data not found .*; fix: ", r.stdout + r.stderr
+        r"datasets.methane.path: \S+no_such_data not found .*; fix: ", r.stdout + r.stderr
     )
 
 
@@ -294,6 +294,7 @@ def test_kfold_cross_fitting_fans_out_one_base_per_fold(tmp_path):
     cfg = tiny_config(tmp_path)
     d = yaml.safe_load(cfg.read_text())
     d["datasets"]["methane"]["split"]["kfold"] = 3
+    d["run_metas"] = ["ensemble_direct", "ensemble_conserv"]  # in-sample needs kfold 0
     cfg.write_text(yaml.safe_dump(d))
     r = smk("-n", "--quiet", "rules", "--configfile", str(cfg), "--directory", str(tmp_path))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
@@ -353,6 +354,8 @@ def test_tiny_campaign_end_to_end(tmp_path):
         "linear_stacking",
         "ensemble_direct",
         "ensemble_direct_insample",
+        "ensemble_direct_insample_reference",
+        "ensemble_direct_noblend",
         "ensemble_conserv",
         "ensemble_conserv_energy",
     }
@@ -373,6 +376,14 @@ def test_tiny_campaign_end_to_end(tmp_path):
             assert set(mi["trained_on"]) <= base_train and len(mi["trained_on"]) == 24
         else:
             assert set(mi["trained_on"]) == roles["meta"] and not set(mi["trained_on"]) & base_train
+    # the reference code's shortcut: all the bases' training frames, early stopping in-sample
+    mi = json.loads(
+        (
+            res / "metas" / "ensemble_direct_insample_reference" / "all" / "model" / "meta.json"
+        ).read_text()
+    )
+    assert set(mi["trained_on"]) | set(mi["validated_on"]) == base_train
+    assert not set(mi["trained_on"]) & set(mi["validated_on"])
     mi = json.loads(
         (res / "metas" / "ensemble_conserv" / "all" / "model" / "meta.json").read_text()
     )
@@ -416,7 +427,15 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "linear stacking" in (res / "metrics_table.md").read_text()
     summary = (res / "summary.md").read_text()
-    assert "| schnet_tiny | base | schnetpack 2.2.0 | 2 / " in summary  # epochs run / best
+    # epochs run / best; 2-epoch bases barely learn: the flag follows learned_ratio exactly
+    flag = r"( \*\*\(learned nothing\)\*\*)?"
+    assert re.search(rf"\| schnet_tiny{flag} \| base \| schnetpack 2.2.0 \| 2 / [12] \|", summary)
+    assert re.search(rf"\| dp_tiny{flag} \| base \| deepmd-kit 3.2.0 \|", summary)
+    m = pd.read_csv(res / "metrics.csv")
+    b = m[(m.kind == "base") & (m.split == "test") & (m.metric == "force_rmse")]
+    assert ((b.learned_ratio >= 0.5) == b.flag.fillna("").str.startswith("learned nothing")).all()
+    for _, r in b.iterrows():
+        assert (f"| {r.model} **(learned nothing)** |" in summary) == (r.learned_ratio >= 0.5)
     # every meta against the best base, linear stacking and the mean: paired intervals
     comp = pd.read_csv(res / "comparisons.csv")
     cols = ["dataset", "model", "reference", "split", "metric", "difference", "lo", "hi"]
@@ -425,7 +444,6 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert (comp.lo <= comp.difference).all() and (comp.difference <= comp.hi).all()
     assert "Paired differences meta − reference" in summary
     assert "flag" in pd.read_csv(res / "metrics.csv").columns
-    assert "| dp_tiny | base | deepmd-kit 3.2.0 |" in summary
     from elmlff.summary import splice
 
     readme = tmp_path / "README.md"
@@ -433,7 +451,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
     splice(readme, "summary:methane", summary)
     text = readme.read_text()
     assert text.startswith("a\n<!-- summary:methane -->\n") and text.endswith("-->\nb\n")
-    assert "old" not in text and "| dp_tiny | base |" in text
+    assert "\nold\n" not in text and "| dp_tiny" in text
     assert (res / "benchmarks" / "train_painn_tiny_full.tsv").exists()
     assert "epoch 2/2" in (tmp_path / "logs" / "methane" / "train_painn_tiny_full.log").read_text()
     # the subset study: every non-empty subset of the 4 bases, one job per k, beside the
@@ -609,6 +627,13 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
         assert set(info["trained_on"]) == set(split["folds"][1 - k])
     bl = json.loads((res / "baselines.json").read_text())
     assert bl["fit_on"] == "out-of-fold (K-fold)" and bl["n_fit_frames"] == 48 + 24
+    # the single-fit vs mean-of-fits mismatch is on record, per base
+    from elmlff import store
+
+    kf = json.loads(store.open_store(res / "predictions.zarr").attrs["model_info"])
+    for m, facts in kf.items():
+        rec = facts["kfold_val_force_rmse"]
+        assert len(rec["single_fits"]) == 2 and rec["mean_of_fits"] > 0, m
     # Ensemble-conserv learned from out-of-fold frames through the fold's own (live) base fits
     mi = json.loads(
         (res / "metas" / "ensemble_conserv" / "all" / "model" / "meta.json").read_text()
@@ -679,9 +704,9 @@ def test_resume_after_snakemake_was_killed(tmp_path):
     )
     bases = tmp_path / "results" / "methane" / "bases" / "schnet_tiny" / "full"
     deadline = time.monotonic() + 300
-    while not list(bases.glob(".model.*.tmp")) and time.monotonic() < deadline:
+    while not list(bases.glob(".model.pid*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.2)  # until the training job writes its temporary
-    assert list(bases.glob(".model.*.tmp")), "the training job never started"
+    assert list(bases.glob(".model.pid*.tmp")), "the training job never started"
     os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its job, as a lost login would
     proc.wait()
     assert list((tmp_path / ".snakemake" / "locks").glob("*.lock"))  # what blocked reruns
@@ -702,15 +727,18 @@ def test_resume_after_snakemake_was_killed(tmp_path):
 
 
 def test_resume_leaves_a_live_run_alone(tmp_path):
-    """With another snakemake alive in the directory, nothing is removed."""
+    """With another snakemake alive in the directory, nothing is removed; without one, the
+    stale locks and the temporaries of dead writers go, a live writer's stays."""
     import time
 
     from elmlff.smk import resume_after_kill
 
     lock = tmp_path / ".snakemake" / "locks" / "0.input.lock"
-    tmp = tmp_path / "results" / "d" / ".metrics.csv.abc.tmp"
+    tmp = tmp_path / "results" / "d" / ".metrics.csv.pid999999999.abc.tmp"  # no such process
+    live = tmp_path / "results" / "d" / f".summary.md.pid{os.getpid()}.abc.tmp"
     lock.parent.mkdir(parents=True)
     tmp.mkdir(parents=True)
+    live.mkdir()
     lock.write_text("x")
     other = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 30"], cwd=tmp_path)
     try:
@@ -721,6 +749,6 @@ def test_resume_leaves_a_live_run_alone(tmp_path):
         other.wait()
     assert sorted(resume_after_kill(tmp_path)) == [
         ".snakemake/locks/0.input.lock",
-        "results/d/.metrics.csv.abc.tmp",
+        "results/d/.metrics.csv.pid999999999.abc.tmp",
     ]
-    assert not lock.exists() and not tmp.exists()
+    assert not lock.exists() and not tmp.exists() and live.exists()

@@ -36,7 +36,13 @@ def _keyvalue(item: str) -> tuple[str, Path]:
 def _meta_spec(text: str):
     from elmlff.meta.params import MetaSpec
 
-    return MetaSpec(**json.loads(text)).check()
+    try:
+        return MetaSpec(**json.loads(text)).check()
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ElmlffError(
+            f"--spec is not a meta-model spec ({err})",
+            "pass the JSON of a MetaSpec (the rules do: rerun through snakemake)",
+        ) from None
 
 
 def _device(name: str) -> str:
@@ -175,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("plot-parity", help="Fig. 3b parity plot of a meta vs the best base")
     s.add_argument("dataset_dir", type=Path)
-    s.add_argument("--meta", default=None, help="default: the lowest val force RMSE")
-    s.add_argument("--candidates", nargs="*", default=None, help="metas to choose from")
+    s.add_argument("--meta", default=None, help="default: the candidate of lowest val RMSE")
+    s.add_argument(
+        "--candidates", nargs="+", required=True, help="metas to choose from (no ablations)"
+    )
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("html", help="an HTML page of a Markdown table (for the report)")

@@ -206,6 +206,27 @@ def _check_study_and_uncertainty(config: MutableMapping[str, Any], source: str) 
                 choose(study.get("select", "all"), requested(config, d))
             except ElmlffError as err:
                 raise ElmlffError(f"{source}: subsets.select ({d}): {err.what}", err.fix) from None
+    from elmlff.bases import FAMILIES
+    from elmlff.meta.params import MetaSpec
+
+    for d in config["run"]:
+        kfold = config["datasets"][d].get("split", {}).get("kfold", 0) >= 2
+        bases = ensemble(config, d)  # as the workflow runs it (NEP only where GPUMD is)
+        flat = [b for b in bases if not FAMILIES[config["bases"][b]["family"]].differentiable]
+        for m in config.get("run_metas", []):
+            spec = MetaSpec.from_config(m, config["metas"][m])
+            if kfold and not spec.out_of_sample:
+                raise ElmlffError(
+                    f"{source}: run_metas: '{m}' (fit_on {spec.fit_on}) needs one full fit per "
+                    f"base, but data set '{d}' cross-fits (split.kfold)",
+                    f"drop '{m}' from `run_metas` or set `datasets.{d}.split.kfold: 0`",
+                )
+            if spec.live_at_inference and flat:
+                raise ElmlffError(
+                    f"{source}: run_metas: '{m}' (Ensemble-conserv) differentiates through every "
+                    f"base, but {flat} in data set '{d}' have no differentiable energy",
+                    f"leave {flat} out of that data set's `ensemble`, or run only direct metas",
+                )
     names = {m for d in config["run"] for m in requested(config, d)}
     unknown = sorted(set(config.get("uncertainty", {}).get("rmse") or {}) - names)
     if unknown:

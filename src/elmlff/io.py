@@ -21,7 +21,9 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    # the writer's PID in the name: a later run removes it only once that process is gone
+    prefix = f".{dest.name}.pid{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dest.parent))
     target = tmp / dest.name
     try:
         yield target

@@ -21,6 +21,11 @@ LOGS = "logs"
 
 #: files inside a subset-study group directory (``subsets/{meta}/k{k}/``)
 GROUP_MODELS, GROUP_INFO, GROUP_PREDICTIONS = "models.pt", "info.json", "predictions.npz"
+#: the facts every trained base records in its model directory (its checkpoint files are
+#: its family's own)
+BASE_INFO = "base.json"
+#: a trained meta-model's directory: weights with what rebuilds them, and its facts
+META_MODEL, META_INFO = "meta.pt", "meta.json"
 
 
 @dataclass(frozen=True)

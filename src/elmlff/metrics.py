@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elmlff.errors import ElmlffError
+
 FORCE_UNIT, ENERGY_UNIT = "eV/Å", "eV/atom"
 
 
@@ -101,10 +103,15 @@ def paired_differences(
     sample (a paired interval: the frames' shared difficulty cancels). An interval that excludes
     zero says one model is better on this metric; one that holds zero says the data cannot tell."""
     if len(p) != len(q) or not np.array_equal(p.n_comp, q.n_comp):
-        raise ValueError("paired differences need both models' errors on the same frames")
-    counts = _counts(len(p), bootstrap, seed)
+        raise ElmlffError(
+            "paired differences need both models' errors on the same frames",
+            "score both models on the same frames",
+        )
     one = np.ones(len(p))
     a, b = _stats(p, one), _stats(q, one)
+    if not bootstrap:  # no resampling: the difference without an interval
+        return {k: (float(a[k] - b[k]), np.nan, np.nan) for k in a}
+    counts = _counts(len(p), bootstrap, seed)
     ba, bb = _stats(p, counts), _stats(q, counts)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     out = {}

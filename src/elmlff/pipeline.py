@@ -22,7 +22,7 @@ from elmlff.data.split import ROLES
 from elmlff.errors import ElmlffError
 from elmlff.guards import check_no_leak
 from elmlff.io import atomic_path, atomic_write_text
-from elmlff.log import log
+from elmlff.log import log, warn
 from elmlff.meta.params import MetaSpec
 from elmlff.metrics import UNITS, PerFrame, force_rmse, metrics, paired_differences, per_frame
 
@@ -379,7 +379,7 @@ def evaluate(
             f"[{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}]"
         )
     for _, r in df[(df.flag != "") & (df.metric == "force_rmse") & (df.split == "test")].iterrows():
-        log(f"elmlff: warning: base '{r.model}' {r.flag}")
+        warn(f"base '{r.model}' {r.flag}")
     return df
 
 
@@ -458,7 +458,7 @@ def verdict(lo: float, hi: float) -> str:
         return "better"
     if lo > 0:
         return "worse"
-    return "indistinguishable"
+    return "indistinguishable"  # the interval holds zero (or there is none: bootstrap 0)
 
 
 # -- meta-models --------------------------------------------------------------------------

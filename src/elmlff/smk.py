@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
+
+from elmlff.layout import RESULTS
 
 
 def rule_environment(basedir: str | Path) -> None:
@@ -47,11 +50,13 @@ def _live_snakemakes(workdir: Path) -> list[int]:
     return out
 
 
-def resume_after_kill(workdir: Path | str = ".", results: str = "results") -> list[str]:
+def resume_after_kill(workdir: Path | str = ".", results: str = RESULTS) -> list[str]:
     """Make "run the same command again" work after snakemake itself was killed (SIGKILL, a
     lost login): with no other snakemake alive in ``workdir``, remove its stale locks
     (``.snakemake/locks``; otherwise every rerun stops until ``--unlock``) and the hidden
-    temporary siblings that killed jobs left under ``results/`` (:func:`elmlff.io.atomic_path`).
+    temporary siblings that killed jobs left under ``results/`` (:func:`elmlff.io.atomic_path`
+    puts its PID in the name: only those of processes that are gone are removed). Call it
+    from the main snakemake process only (a cluster job parses the Snakefile too).
     Incomplete outputs are redone by snakemake itself (``rerun-incomplete``). Returns what
     was removed. Where ``/proc`` is missing (not Linux) nothing is touched."""
     import shutil
@@ -64,8 +69,10 @@ def resume_after_kill(workdir: Path | str = ".", results: str = "results") -> li
     for lock in sorted(locks.glob("*.lock")) if locks.is_dir() else []:
         lock.unlink(missing_ok=True)
         removed.append(str(lock.relative_to(workdir)))
-    for tmp in sorted((workdir / results).rglob(".*.tmp")) if (workdir / results).is_dir() else []:
-        if tmp.is_dir():
+    root = workdir / results
+    for tmp in sorted(root.rglob(".*.pid*.tmp")) if root.is_dir() else []:
+        m = re.search(r"\.pid(\d+)\.", tmp.name)
+        if tmp.is_dir() and m and not Path(f"/proc/{m.group(1)}").exists():  # writer gone
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(str(tmp.relative_to(workdir)))
     return removed

@@ -83,12 +83,13 @@ def train_subsets(
                 pred_frames, data.base_energy[m][:, pred_idx], data.base_forces[m][:, atoms]
             )
         else:
-            bases = job.live(job.live_val, c) if job.live_val is not None else None
-            if bases is None:  # trained from the store: its forces still go through the bases
-                from elmlff.meta.live import load_bases
-
-                bases = load_bases(basedirs, c)
-            p = ConservEnsemble(model, bases).predict_all(pred_frames, batch_size)
+            if job.live_val is None:
+                raise ElmlffError(
+                    f"Ensemble-conserv '{spec.name}' predicts through its bases", "pass --bases"
+                )
+            p = ConservEnsemble(model, job.live(job.live_val, c)).predict_all(
+                pred_frames, batch_size
+            )
             energy[i], forces[i] = p.energy, p.forces
     seconds = time.perf_counter() - t1
     if not np.isfinite(forces).all():

@@ -53,7 +53,7 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
     for model, r in test[test.kind == "base"].iterrows():
         fits = lay.trained_bases([model])[model]
         infos = [B.read_info(fits[f]) for f in fits]
-        train = sum(v for k, v in bench.items() if k.startswith(f"train_{model}_"))
+        train = sum(bench.get(f"train_{model}_{f}", 0.0) for f in fits)
         preds = [np.load(lay.base_predictions(model, f)) for f in fits]
         ms = (
             1e3

@@ -44,8 +44,9 @@ rule_environment(workflow.basedir)
 
 # After snakemake itself was killed, running the same command again must just work: with no
 # other snakemake alive here, drop its stale locks and the temporaries killed jobs left.
-for _what in resume_after_kill():
-    logger.warning(f"elmlff: removed {_what}, left by a killed run")
+if workflow.is_main_process:
+    for _what in resume_after_kill():
+        logger.warning(f"elmlff: removed {_what}, left by a killed run")
 
 # Every path under results/ and logs/ comes from elmlff.layout: L gives the rules' patterns
 # (wildcard {dataset}), lay(d) a data set's concrete paths.
@@ -112,7 +113,11 @@ def base_json(wildcards):
 
 
 def meta_json(wildcards):
-    return spec_json(meta_spec(config, wildcards.meta))
+    """The MetaSpec the meta's rules get (``ablation`` left out: it only steers figures, and
+    toggling it must not retrain)."""
+    spec = asdict(meta_spec(config, wildcards.meta))
+    spec.pop("ablation")
+    return spec_json(spec)
 
 
 def data_input(wildcards):

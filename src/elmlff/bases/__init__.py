@@ -29,6 +29,7 @@ import numpy as np
 
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
+from elmlff.layout import BASE_INFO
 
 if TYPE_CHECKING:  # torch is imported where it is used: Snakemake parses this module
     import torch
@@ -195,7 +196,7 @@ FAMILIES: dict[str, FamilyRecord] = {
     )
 }
 
-INFO_FILE = "base.json"
+INFO_FILE = BASE_INFO
 
 #: training keys the top-level ``training`` block sets for every base, with their types; a
 #: family without a use for one ignores it (DeePMD's loss prefactors are its own, NEP counts

@@ -18,7 +18,7 @@ from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_path, atomic_write_text
 from elmlff.layout import DatasetLayout
-from elmlff.log import log
+from elmlff.log import log, warn
 from elmlff.md.observables import (
     HR_BINS,
     bond_lengths,
@@ -175,7 +175,6 @@ def data_temperature(
     (:func:`elmlff.md.temperature.estimate_temperature`), as ``data_temperature_K`` and
     ``data_temperature_base``; a warning line when the MD's ``target_K`` differs from it by
     more than a factor of 2. Nothing (and a log line saying why) where no base can tell."""
-    import sys
 
     from elmlff.bases import is_differentiable
     from elmlff.md.temperature import estimate_temperature
@@ -194,11 +193,9 @@ def data_temperature(
         f"(MD at {target_K:g} K)"
     )
     if not 0.5 <= target_K / t <= 2.0:
-        print(
-            f"elmlff: warning: MD at {target_K:g} K but the data's configurational temperature "
-            f"is ~{t:.0f} K (factor > 2); set datasets.{dataset}.md.settings.temperature_K",
-            file=sys.stderr,
-            flush=True,
+        warn(
+            f"MD at {target_K:g} K but the data's configurational temperature is ~{t:.0f} K "
+            f"(factor > 2); set datasets.{dataset}.md.settings.temperature_K"
         )
     return {"data_temperature_K": t, "data_temperature_base": pot.name}
 

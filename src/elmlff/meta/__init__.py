@@ -27,10 +27,10 @@ import numpy as np
 
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
-from elmlff.layout import GROUP_MODELS
+from elmlff.layout import GROUP_MODELS, META_INFO, META_MODEL
 
 KINDS = ("direct", "conserv")
-MODEL_FILE, INFO_FILE = "meta.pt", "meta.json"
+MODEL_FILE, INFO_FILE = META_MODEL, META_INFO
 
 
 def build(

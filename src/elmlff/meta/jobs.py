@@ -118,6 +118,7 @@ def prepare(
             job.fold_of = split.fold_of(len(data.frames))
         else:
             job.live_fit = {-1: load_fit(basedirs, used, "full")}
+    if spec.live_at_inference and basedirs:  # for validation, or for predicting afterwards
         job.live_val = load_bases(basedirs, used)
     log(
         f"meta '{spec.name}' ({spec.kind}), k={sizes[0]}: {len(chosen)} subset(s) of {used}; "
@@ -155,7 +156,7 @@ def train(job: MetaJob, device: str = "cpu") -> tuple[list, list[dict]]:
         if len(models) > 1:
             log(f"subset {i + 1}/{len(models)}: {job.names[i]}")
         live_fit = live_val = None
-        if job.live_fit is not None and job.live_val is not None:
+        if job.live_fit is not None and job.live_val is not None:  # trains through the bases
             live_fit = {k: job.live(v, c) for k, v in job.live_fit.items()}
             live_val = job.live(job.live_val, c)
         infos.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from elmlff.errors import ElmlffError
@@ -102,6 +102,17 @@ class MetaSpec:
                 f"for kind {self.kind}",
                 f"use some of {field_names(PARAMS[self.kind])}",
             )
+        from elmlff.bases import type_ok
+
+        defaults = asdict(PARAMS[self.kind]())
+        for key, value in self.params.items():
+            want = type(defaults[key])
+            if not type_ok(value, want):
+                raise ElmlffError(
+                    f"{source}: metas.{self.name}.params.{key}: {value!r} is not of type "
+                    f"{want.__name__}",
+                    f"give a value of type {want.__name__} (default {defaults[key]!r})",
+                )
         if self.kind == "conserv" and self.settings.bases == "store" and self.arch.use_forces:
             raise ElmlffError(
                 f"{source}: metas.{self.name}: Ensemble-conserv with base forces as inputs "

@@ -80,6 +80,12 @@ def fit(
     live = live_fit is not None
     if live and live_val is None:
         raise ElmlffError("Ensemble-conserv needs the live bases for validation", "pass them")
+    if not live and model.params["use_forces"]:
+        raise ElmlffError(
+            "Ensemble-conserv with base forces as inputs cannot train from the store (its "
+            "forces need Hessian-vector products through the bases)",
+            "pass the live bases (MetaSpec.live_in_training decides)",
+        )
     step = ConservStep(model)
     fr, m = data.frames.subset(fit_idx), data.model_index(list(models))
     blend = model.blend.detach().numpy() @ data.base_energy[m][:, fit_idx]
