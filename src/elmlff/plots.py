@@ -354,9 +354,10 @@ def parity(
     ax.set_xlabel("reference force component [eV/Å]")
     ax.set_ylabel("predicted force component [eV/Å]")
     mae = 1e3 * np.mean(np.abs(y_meta - ref)), 1e3 * np.mean(np.abs(y_base - ref))
-    how = " (lowest val force RMSE among non-ablation metas)" if chosen else ""
+    how = "chosen on val: lowest force RMSE, no ablations" if chosen else "as asked"
     ax.set_title(
-        f"{lay.dataset}, {split}: {len(idx)} frames, {len(ref)} components; {name}{how}\n"
+        f"{lay.dataset}, {split}: {len(idx)} frames, {len(ref)} components\n"
+        f"{name} ({how})\n"
         f"pooled force MAE: {name} {mae[0]:.1f}, best base (chosen on val) {mae[1]:.1f} meV/Å",
         fontsize=9,
     )
