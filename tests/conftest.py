@@ -34,6 +34,21 @@ def methane():
     return read("deepmd", METHANE / "training_data", energy_unit="eV", length_unit="angstrom")
 
 
+def write_npz(path: Path, n_frames: int = 3, **extra) -> Path:
+    """A generic npz data file (``R z E F``) of 2-atom frames with random labels; ``extra``
+    adds or replaces arrays."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "R": rng.normal(size=(n_frames, 2, 3)),
+        "z": np.array([1, 1]),
+        "E": rng.normal(size=n_frames),
+        "F": rng.normal(size=(n_frames, 2, 3)),
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{**arrays, **extra})
+    return Path(path)
+
+
 def random_frames(n_frames: int = 4, sizes=(3, 5, 2, 4), seed: int = 0, pbc: bool = False):
     """Frames with different atom counts and random labels."""
     from elmlff.data import Frames

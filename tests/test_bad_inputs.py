@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import ROOT, random_frames
+from conftest import ROOT, random_frames, write_npz
 
 DOC = ROOT / "docs" / "bad_inputs.md"
 UNITS = {"energy": "eV", "length": "angstrom"}
@@ -34,15 +34,7 @@ class Case:
 
 # -- builders -------------------------------------------------------------------------------
 def _npz(path: Path, n_frames: int = 20, **extra) -> None:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "R": rng.normal(size=(n_frames, 2, 3)),
-        "z": np.array([1, 1]),
-        "E": rng.normal(size=n_frames),
-        "F": rng.normal(size=(n_frames, 2, 3)),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{**arrays, **extra})
+    write_npz(path, n_frames, **extra)
 
 
 def _prepare(tmp: Path, fmt: str = "npz", part: str = "a.npz", **spec) -> list[str]:

@@ -9,7 +9,7 @@ from elmlff.data import Frames, read
 from elmlff.errors import ElmlffError
 from elmlff.units import ENERGY_TO_EV
 
-from conftest import METHANE, SHARED, random_frames
+from conftest import METHANE, SHARED, random_frames, write_npz
 
 KCAL_MOL_EV = 0.0433641  # the shared data README's factor
 
@@ -177,15 +177,7 @@ def _deepmd_system(root, n_frames=3, box=None, nopbc=False):
 
 
 def _npz(path, n_frames=3, **extra):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "R": rng.normal(size=(n_frames, 2, 3)),
-        "z": np.array([1, 1]),
-        "E": rng.normal(size=n_frames),
-        "F": rng.normal(size=(n_frames, 2, 3)),
-    }
-    np.savez(path, **{**arrays, **extra})
-    return path
+    return write_npz(path, n_frames, **extra)
 
 
 EV = {"energy_unit": "eV", "length_unit": "angstrom"}

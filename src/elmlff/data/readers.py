@@ -45,16 +45,21 @@ def _numeric(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
     return arr
 
 
+def _np_load(path: Path, what: str, fix: str):
+    """``np.load`` of a file, or one error naming it (numpy raises several types for empty or
+    damaged files)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ElmlffError(f"{path}: not a readable {what} ({_why(exc)})", fix) from exc
+
+
 def _load_npy(path: Path, key: str) -> np.ndarray:
     """A numeric ``.npy`` array, or an error naming the file."""
     _need(path, f"DeePMD {key}.npy")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for empty or damaged files
-        raise ElmlffError(
-            f"{path}: not a readable .npy array ({_why(exc)})",
-            "rewrite the file with numpy.save (a numeric array), or remove the set",
-        ) from exc
+    arr = _np_load(
+        path, ".npy array", "rewrite the file with numpy.save (a numeric array), or remove the set"
+    )
     if not isinstance(arr, np.ndarray):
         raise ElmlffError(f"{path}: not a .npy array", "rewrite the file with numpy.save")
     return _numeric(arr, path, key)
@@ -194,13 +199,9 @@ def read_deepmd(
 def _npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an npz archive, or an error naming the file (and the key that fails)."""
     path = _need(Path(path), "npz file")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for empty or damaged files
-        raise ElmlffError(
-            f"{path}: not a readable npz archive ({_why(exc)})",
-            "rewrite it with numpy.savez, or check the data set's `format`",
-        ) from exc
+    z = _np_load(
+        path, "npz archive", "rewrite it with numpy.savez, or check the data set's `format`"
+    )
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ElmlffError(
             f"{path}: a single .npy array, not an npz archive of named arrays",
