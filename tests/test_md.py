@@ -381,3 +381,23 @@ def test_time_to_collapse_is_the_benchmarks_mean_over_all_replicas(tmp_path):
     table = (tmp_path / "md_table.md").read_text()
     assert "of 0.25 ps" in table and "at 50 K" in table and "~48 K" in table
     assert "| m | 20.00 | 50 | 0.175 |" in table
+
+
+def test_a_wrapped_molecule_is_made_whole_before_bonds_and_h_of_r(methane):
+    from elmlff.md.observables import HR_BINS, bonds, h_of_r, h_of_r_error, make_whole
+
+    atoms = methane.subset([0]).to_atoms()[0]
+    whole = bonds(atoms.numbers, atoms.positions)
+    wrapped = atoms.copy()  # H atoms pushed across the boundary: the raw positions break bonds
+    wrapped.positions -= wrapped.positions[0] - 0.2
+    wrapped.wrap()
+    assert len(bonds(wrapped.numbers, wrapped.positions)) < len(whole)
+    fixed = make_whole(wrapped.numbers, wrapped.positions, wrapped.cell[:], wrapped.pbc)
+    assert np.array_equal(bonds(wrapped.numbers, fixed), whole)
+    assert h_of_r_error(h_of_r(fixed), h_of_r(atoms.positions), HR_BINS) < 1e-9
+    shift = fixed - atoms.positions  # one rigid translation, the same for every atom
+    assert np.allclose(shift, shift[0], atol=1e-9)
+    from ase.build import bulk  # an infinite network is left as it is
+
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    assert np.array_equal(make_whole(cu.numbers, cu.positions, cu.cell[:], cu.pbc), cu.positions)

@@ -29,6 +29,7 @@ from elmlff.md.observables import (
     h_of_r_error,
     is_molecule,
     loop_work,
+    make_whole,
     rdf,
     rdf_error,
     rdf_window_collapse,
@@ -81,13 +82,18 @@ def run_replica(
     start = int(np.random.default_rng(s.seed).choice(split.roles["test"]))
     frames = store.frames_from_dataset(ds)
     atoms = frames.subset([start]).to_atoms()[0]
+    molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
     ref_idx = reference_frames(ds, split, start)
     ref_pos = frames.positions[frames.atom_index(ref_idx)].reshape(len(ref_idx), -1, 3)
+    if molecule:  # a molecule wrapped across the box's boundary is made whole first
+        atoms.positions = make_whole(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
+        ref_pos = np.stack(
+            [make_whole(atoms.numbers, x, atoms.cell[:], atoms.pbc) for x in ref_pos]
+        )
     pairs = bonds(atoms.numbers, atoms.positions)
     ref_lengths = bond_lengths(ref_pos, pairs).mean(axis=0) if len(pairs) else None
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset))
     bases = [p.name for p in calc.ensemble.bases]
-    molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
     temperature = data_temperature(
         calc.ensemble.bases,
         frames.subset(np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))),

@@ -143,34 +143,72 @@ def is_molecule(
     pbc = np.asarray(pbc, dtype=bool).reshape(-1)
     if cell is None or not pbc.any():
         return True
-    cell = np.asarray(cell, dtype=float)
-    lengths = np.linalg.norm(cell, axis=1)
-    if (lengths[pbc] < 1e-9).any():
-        return True  # no cell vector along a periodic direction: nothing to repeat
-    i, j, shifts = _bond_list(numbers, positions, cell, pbc, skin)
+    if bond_images(numbers, positions, cell, pbc, skin) is None:
+        return False
+    return packing_fraction(numbers, cell) < max_packing
+
+
+
+def bond_images(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray | None,
+    pbc: Sequence[bool],
+    skin: float = 0.3,
+) -> np.ndarray | None:
+    """(N, 3) integer cell image of every atom such that bonded atoms (the pairs of
+    :func:`bonds`, across the cell's boundaries too) sit side by side, or None when the bond
+    network is infinite (some closed path of bonds ends in another image of its first atom: a
+    crystal, a slab, a polymer). Zeros without periodicity or a cell."""
     n = len(np.asarray(numbers))
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1)
+    if cell is None or not pbc.any():
+        return np.zeros((n, 3), dtype=np.int64)
+    cell = np.asarray(cell, dtype=float)
+    if (np.linalg.norm(cell, axis=1)[pbc] < 1e-9).any():
+        return np.zeros((n, 3), dtype=np.int64)  # no cell vector along a periodic direction
+    i, j, shifts = _bond_list(numbers, positions, cell, pbc, skin)
     adjacency: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n)]
     for a, b, s in zip(i.tolist(), j.tolist(), shifts, strict=True):
         if a == b:  # an atom bonded to its own image: an infinite chain
-            return False
+            return None
         adjacency[a].append((b, s))
         adjacency[b].append((a, -s))
-    image: list[np.ndarray | None] = [None] * n
-    for root in range(n):  # each atom's image, so that bonded atoms sit side by side
-        if image[root] is not None:
+    image = np.zeros((n, 3), dtype=np.int64)
+    seen = np.zeros(n, dtype=bool)
+    for root in range(n):
+        if seen[root]:
             continue
-        image[root] = np.zeros(3, dtype=np.int64)
+        seen[root] = True
         stack = [root]
         while stack:
             a = stack.pop()
             for b, s in adjacency[a]:
                 want = image[a] + s
-                if image[b] is None:
-                    image[b] = want
+                if not seen[b]:
+                    image[b], seen[b] = want, True
                     stack.append(b)
                 elif (image[b] != want).any():  # a closed path that lands in another image
-                    return False
-    return packing_fraction(numbers, cell) < max_packing
+                    return None
+    return image
+
+
+def make_whole(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray | None,
+    pbc: Sequence[bool],
+    skin: float = 0.3,
+) -> np.ndarray:
+    """Positions (N, 3) of one frame with every molecule made whole: a molecule wrapped across
+    a periodic boundary gets its atoms moved by whole cell vectors next to their bonded
+    partners, so bonds and h(r) see the molecule, not its broken image. Unchanged without
+    periodicity, and for an infinite bond network (nothing finite to make whole)."""
+    positions = np.asarray(positions, dtype=float)
+    image = bond_images(numbers, positions, cell, pbc, skin)
+    if image is None or not image.any():
+        return positions.copy()
+    return positions + image @ np.asarray(cell, dtype=float)
 
 
 def bond_lengths(positions: np.ndarray, pairs: np.ndarray) -> np.ndarray:
