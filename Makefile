@@ -32,10 +32,12 @@ lint: setup
 	$(PY) -m ruff check src tests bench
 	$(PY) -m snakemake --lint
 
-# splice results/methane/summary.md (made by the workflow's campaign_summary) into README.md
+# splice results/methane/summary.md and findings.md (made by the workflow's campaign_summary
+# and findings rules from results/ only) into README.md
 readme-table: setup
-	$(PY) -m snakemake results/methane/summary.md
+	$(PY) -m snakemake results/methane/summary.md results/methane/findings.md
 	$(PY) -m elmlff splice results/methane/summary.md --into README.md --marker summary:methane
+	$(PY) -m elmlff splice results/methane/findings.md --into README.md --marker findings:methane
 	$(PY) -m elmlff splice bench/measured/subsets_cuda_h200.md --into README.md --marker bench:subsets-cuda
 
 dag: setup

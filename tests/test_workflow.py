@@ -444,6 +444,13 @@ def test_tiny_campaign_end_to_end(tmp_path):
     assert (comp.lo <= comp.difference).all() and (comp.difference <= comp.hi).all()
     assert "Paired differences meta − reference" in summary
     assert "flag" in pd.read_csv(res / "metrics.csv").columns
+    # the README's results prose: generated, every verdict from comparisons.csv, metric named
+    found = (res / "findings.md").read_text()
+    assert "**Accuracy** (test force RMSE (frame mean, Eq. 9)" in found
+    verdicts = {"better": "is lower than", "worse": "is higher than"}
+    verdicts["indistinguishable"] = "cannot be told apart from"
+    for _, r in comp[(comp.metric == "force_rmse_framemean")].iterrows():
+        assert f"{verdicts[r.verdict]} {r.reference}'s" in found
     from elmlff.summary import splice
 
     readme = tmp_path / "README.md"

@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("findings", help="the README's results prose, from results/ only")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
+    s.add_argument("--candidates", nargs="*", default=[], help="the metas that are no ablation")
+    s.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("splice", help="put a generated Markdown file into a marked block")
     s.add_argument("markdown", type=Path, help="e.g. results/methane/summary.md")
     s.add_argument("--into", required=True, type=Path, help="e.g. README.md")
@@ -394,6 +400,10 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.summary import campaign_summary
 
         print(campaign_summary(a.dataset_dir, a.out, a.benchmarks))
+    elif a.cmd == "findings":
+        from elmlff.findings import findings
+
+        print(findings(a.dataset_dir, a.out, a.benchmarks, a.candidates))
     elif a.cmd == "splice":
         from elmlff.summary import splice
 

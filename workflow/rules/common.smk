@@ -64,6 +64,7 @@ localrules:
     parity_figure,
     metrics_table,
     campaign_summary,
+    findings,
     table_html,
     uncertainty,
     uncertainty_figure,
@@ -293,11 +294,32 @@ def benchmark_files(wildcards):
     return out
 
 
+def findings_inputs(wildcards):
+    """What the findings prose reads: every result file of the data set the campaign makes."""
+    d = wildcards.dataset
+    out = {
+        "metrics": lay(d).metrics,
+        "comparisons": lay(d).comparisons,
+        "baselines": lay(d).baselines,
+        "store": lay(d).store,
+    }
+    if subset_groups(config, d):
+        out["subsets"] = lay(d).subsets
+    if md_models(d):
+        out["md"] = lay(d).table("md_table")
+    if has_uncertainty(d):
+        out["uncertainty"] = lay(d).uncertainty_summary
+        out["coverage"] = lay(d).uncertainty_coverage
+        if config["uncertainty"]["adversarial"]["starts"]:
+            out["adversarial"] = lay(d).adversarial("json")
+    return out
+
+
 def figure_outputs():
     """Every figure and table, each made from files under results/ only."""
     out = [CAMPAIGN.figure("force_rmse")]
     for d in DATASETS:
-        tables = ["metrics_table", "summary"]
+        tables = ["metrics_table", "summary", "findings"]
         figures = ["force_rmse"]
         if headline_metas():
             figures += ["parity"]

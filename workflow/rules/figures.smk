@@ -117,6 +117,26 @@ rule campaign_summary:
         " --out {output} > {log} 2>&1"
 
 
+rule findings:
+    """The README's results prose (run facts, accuracy with paired verdicts, the subset
+    study, MD, uncertainty), every number read from results/."""
+    input:
+        unpack(findings_inputs),
+        benchmarks=benchmark_files,
+    output:
+        L.table("findings"),
+    params:
+        dir=lambda w: lay(w.dataset).dir,
+        candidates=lambda w: " ".join(headline_metas()),
+    log:
+        L.log("findings"),
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff findings {params.dir} --benchmarks {input.benchmarks}"
+        " --candidates {params.candidates} --out {output} > {log} 2>&1"
+
+
 rule table_html:
     """A Markdown table as an HTML page for the report."""
     input:

@@ -1,0 +1,246 @@
+"""A campaign's findings as prose, every number read from files under results/: the README's
+results section is this text, spliced in (``make readme-table``), so no number there is typed.
+
+Each sentence names its metric. A sentence that says one model's error is lower or higher than
+another's is the verdict of a paired bootstrap interval in ``comparisons.csv``; where the
+interval holds zero it says the two cannot be told apart. Sections whose files the campaign did
+not make (no subset study, MD or uncertainty) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from elmlff.errors import ElmlffError
+from elmlff.io import atomic_write_text
+from elmlff.layout import DatasetLayout
+from elmlff.summary import benchmark_seconds, metric_label
+
+#: the metric every accuracy sentence uses (the paper's Eq. 9)
+METRIC = "force_rmse_framemean"
+#: how a comparisons.csv verdict reads in a sentence
+VERDICT = {
+    "better": "is lower than",
+    "worse": "is higher than",
+    "indistinguishable": "cannot be told apart from",
+}
+
+
+def _read_csv(path: str | Path, rule: str) -> pd.DataFrame:
+    if not Path(path).exists():
+        raise ElmlffError(f"{path} not found", f"run the {rule} rule first")
+    return pd.read_csv(path)
+
+
+def _name(path: str) -> str:
+    """A result file's path below the data set's directory, as prose names it."""
+    parts = Path(path).parts
+    return "/".join(parts[parts.index("figures") :] if "figures" in parts else parts[-1:])
+
+
+def _meV(v: float) -> str:
+    return f"{1e3 * v:.2f}"
+
+
+def _interval(r: Any) -> str:
+    return f"{_meV(r.value)} [{_meV(r.ci_low)}, {_meV(r.ci_high)}] meV/Å"
+
+
+def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
+    """When and at which commit the campaign ran, and its summed job time (one job at a time
+    on the local profile, so its wall time), with the subset study's share."""
+    from elmlff import store
+
+    bench = benchmark_seconds(benchmarks)
+    total = sum(bench.values())
+    study = sum(s for j, s in bench.items() if j.startswith("train_subsets_"))
+    newest = max(Path(b).stat().st_mtime for b in benchmarks) if benchmarks else time.time()
+    commit = store.open_store(lay.store).attrs.get("git_commit", "unknown")[:7]
+    share = f", {study / 60:.1f} min of it the subset study" if study else ""
+    return [
+        f"**Run.** Dataset `{lay.dataset}`, finished "
+        f"{time.strftime('%Y-%m-%d', time.gmtime(newest))} at commit `{commit}`: "
+        f"the {len(bench)} benchmarked jobs took {total / 60:.1f} min in "
+        f"all (the sum of their `benchmark:` files{share}; the local profile runs one job at a "
+        "time, so this is the campaign's wall time).",
+        "",
+    ]
+
+
+def accuracy(lay: DatasetLayout, candidates: Sequence[str]) -> list[str]:
+    """The best base (chosen on val), each headline meta's test error and the verdicts of its
+    paired intervals against the references; the ablations with their intervals; the bases
+    flagged as having learned nothing."""
+    df = _read_csv(lay.metrics, "evaluate")
+    cmp = _read_csv(lay.comparisons, "evaluate")
+    label = metric_label(METRIC)
+    test = df[(df.split == "test") & (df.metric == METRIC)].set_index("model")
+    chosen = json.loads(Path(lay.baselines).read_text())["baselines"]["best_base"]["info"]
+    best = str(chosen["chosen"])
+    n = int(test.n_frames.iloc[0])
+    lines = [
+        f"**Accuracy** (test {label}, 95 % bootstrap intervals over the {n} test frames). "
+        f"The best single base, chosen on val, is `{best}`: "
+        f"{_interval(test.loc[best])}.",
+    ]
+    c = cmp[(cmp.metric == METRIC) & (cmp.split == "test")]
+    for meta in candidates:
+        if meta not in test.index:
+            continue
+        said = []
+        for _, r in c[c.model == meta].iterrows():
+            said.append(
+                f"{VERDICT[r.verdict]} {r.reference}'s (difference "
+                f"{1e3 * r.difference:+.2f} [{1e3 * r.lo:+.2f}, {1e3 * r.hi:+.2f}] meV/Å)"
+            )
+        claims = "; its error " + ", ".join(said) if said else ""
+        lines.append(f"`{meta}`: {_interval(test.loc[meta])}{claims}.")
+    for kind, what in (("baseline", "Baselines"), ("meta", "Ablations (never chosen)")):
+        rows = test[(test.kind == kind) & ~test.index.isin([*candidates, "best_base"])]
+        if len(rows):
+            parts = [f"`{m}` {_interval(r)}" for m, r in rows.iterrows()]
+            lines.append(f"{what}: " + "; ".join(parts) + ".")
+    lines.append(
+        "Differences are the meta's error minus the reference's on the same resampled test "
+        f"frames (paired bootstrap, `{_name(lay.comparisons)}`); a difference whose interval "
+        "holds zero "
+        "decides nothing."
+    )
+    if "flag" in df:
+        flagged = df[(df.split == "test") & (df.flag.fillna("") != "")]
+        for m, why in dict(zip(flagged.model, flagged.flag, strict=True)).items():
+            lines.append(f"**`{m}` {why}**; it stays in the mean and the study.")
+    return [" ".join(lines), ""]
+
+
+def subset_study(lay: DatasetLayout) -> list[str]:
+    """Per meta and size k: the median test error of its subset models against the median of
+    the plain mean of the same subsets, and the subset chosen on val with its test error."""
+    df = _read_csv(lay.subsets, "subset_table")
+    d = df[df.metric == METRIC]
+    base = _read_csv(lay.metrics, "evaluate")
+    base = base[(base.split == "test") & (base.metric == METRIC) & (base.kind == "base")]
+    base = base.set_index("model").value
+    out: list[str] = []
+    for meta, g in d[d.kind == "meta"].groupby("meta", sort=False):
+        test, val = g[g.split == "test"], g[g.split == "val"]
+        mean = d[(d.kind == "baseline") & (d.meta == "mean") & (d.split == "test")]
+        rows = [
+            f"| k | subsets | `{meta}` median | plain mean median | chosen on val | its test |",
+            "|---:|---:|---:|---:|---|---:|",
+        ]
+        for k, gk in test.groupby("k"):
+            pick = val[val.k == k].sort_values("value").subset.iloc[0]
+            rows.append(
+                f"| {k} | {len(gk)} | {_meV(gk.value.median())} | "
+                f"{_meV(mean[mean.k == k].value.median())} | `{pick}` | "
+                f"{_meV(gk[gk.subset == pick].value.iloc[0])} |"
+            )
+        one = test[test.k == 1]
+        gain = [base[m] - v for m, v in zip(one.models, one.value, strict=True) if m in base]
+        single = (
+            f" On a single base the meta's test error is below that base's own in "
+            f"{sum(x > 0 for x in gain)} of {len(gain)} cases (median change "
+            f"{-1e3 * float(np.median(gain)):+.2f} meV/Å), since it learns a correction."
+            if gain
+            else ""
+        )
+        out += [
+            f"**Subset study** (`{_name(lay.figure('subsets_raincloud'))}`): `{meta}` on "
+            "every subset of the "
+            f"bases, test {metric_label(METRIC)} in meV/Å by subset size k, beside the plain mean "
+            f"of the same bases; the subset of each size is chosen on val.{single}",
+            "",
+            *rows,
+            "",
+        ]
+    return out
+
+
+def uncertainty(lay: DatasetLayout) -> list[str]:
+    """Spearman ρ of each uncertainty against the error it should rank, the accuracy at half
+    coverage, the force delta and its cost, and the adversarial samples' U."""
+    info = json.loads(Path(lay.uncertainty_summary).read_text())
+    rho = {(r["uncertainty"], r["error"]): r for r in info["spearman"]}
+
+    def r(u: str, err: str) -> str:
+        x = rho.get((u, err))
+        if x is None or not np.isfinite(x["rho"]):
+            return "n/a"
+        return f"{x['rho']:.2f} [{x['ci_low']:.2f}, {x['ci_high']:.2f}]"
+
+    ranks = ", ".join(
+        f"{u} {r(u, err)}"
+        for (u, err) in rho
+        if err in ("dF", "dF_w") and u in ("U0", "U1", "U2", "std_mean", "std_max")
+    )
+    text = [
+        f"**Uncertainty** (`{_name(lay.figure('uncertainty'))}`, {info['n_frames']} test "
+        "frames). Spearman ρ "
+        "(95 % bootstrap interval) of each uncertainty against the ensemble mean's worst-atom "
+        f"force error ΔF (U2 against its weighted mean's): {ranks}."
+    ]
+    cov = pd.read_csv(lay.uncertainty_coverage)
+    half = cov[np.isclose(cov.coverage, 0.5)]
+    full = cov[np.isclose(cov.coverage, 1.0)]
+    if len(half) and len(full):
+        at = dict(zip(half.uncertainty, half.rmse, strict=True))
+        text.append(
+            f"Keeping the half of the frames with the lowest U1 lowers the mean force's pooled "
+            f"force RMSE from {_meV(full.rmse.iloc[0])} to {_meV(at.get('U1', np.nan))} meV/Å "
+            f"(the oracle, removing the frames of largest true error: "
+            f"{_meV(at.get('oracle (true error)', np.nan))})."
+        )
+    if ("force_delta", "rmse_direct") in rho:
+        cost = info.get("force_delta_cost")
+        text.append(
+            "The direct-vs-conservative force delta U_Δ ranks Ensemble-direct's own force RMSE "
+            f"per frame with ρ = {r('force_delta', 'rmse_direct')}, against "
+            f"{r('std_mean', 'rmse_direct')} for the bases' mean force spread on the same "
+            "frames" + (f"; it costs {cost:.3f}x one Ensemble-conserv evaluation." if cost else ".")
+        )
+    adv = Path(lay.adversarial("json"))
+    if adv.exists():
+        a = json.loads(adv.read_text())
+        steps = a.get("settings", {}).get("steps", "?")
+        text.append(
+            f"{steps} adversarial steps raised U1 from {1e3 * a['U_start_mean']:.0f} to "
+            f"{1e3 * a['U_end_mean']:.0f} meV/Å on average, on "
+            f"{a['U_raised_fraction'] * len(a['starts']):.0f} of {len(a['starts'])} test frames"
+            + (f" ({a['note']})." if a.get("note") else ".")
+        )
+    return [" ".join(text), ""]
+
+
+def md(lay: DatasetLayout) -> list[str]:
+    """The MD table as the md_summary rule wrote it (its header says horizon and temperature)."""
+    table = Path(lay.table("md_table"))
+    if not table.exists():
+        raise ElmlffError(f"{table} not found", "run the md_summary rule first")
+    where = f"`{_name(lay.table('md_table'))}`, `{_name(lay.figure('md_hr'))}`"
+    return [f"**MD** ({where}). " + table.read_text().strip(), ""]
+
+
+def findings(
+    dataset_dir: Path | str, out: Path | str, benchmarks: Sequence[Path], candidates: Sequence[str]
+) -> str:
+    """Write ``findings.md`` of a campaign's data set: run facts, accuracy with paired
+    verdicts, the subset study, MD and uncertainty, from whichever of their files exist."""
+    lay = DatasetLayout.of(Path(dataset_dir))
+    parts = run_facts(lay, [Path(b) for b in benchmarks]) + accuracy(lay, candidates)
+    if Path(lay.subsets).exists():
+        parts += subset_study(lay)
+    if Path(lay.table("md_table")).exists():
+        parts += md(lay)
+    if Path(lay.uncertainty_summary).exists():
+        parts += uncertainty(lay)
+    text = "\n".join(parts).rstrip() + "\n"
+    atomic_write_text(Path(out), text)
+    return text
