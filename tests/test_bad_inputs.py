@@ -167,6 +167,27 @@ CASES: list[Case] = [
         )[1],
     ),
     Case(
+        "a part `file@index.csv` whose index file lists frames the file does not have",
+        lambda t: (
+            _npz(t / "data" / "a.npz"),
+            (t / "data" / "i.csv").write_text("3\n25\n"),
+            _prepare(t, part="a.npz@i.csv"),
+        )[2],
+    ),
+    Case(
+        "a downloaded archive whose sha256 is not the configured one",
+        lambda t: (
+            (t / "a.tar").write_bytes(b"not the archive"),
+            [
+                "download",
+                "--spec",
+                json.dumps({"url": (t / "a.tar").as_uri(), "sha256": "0" * 64}),
+                "--out",
+                str(t / "data"),
+            ],
+        )[1],
+    ),
+    Case(
         "`split.sizes` fractions summing to more than 1",
         lambda t: (
             _npz(t / "data" / "a.npz"),

@@ -121,7 +121,8 @@ def test_dry_run_lists_the_default_campaign():
         "parity_figure": "1",
         "metrics_table": "1",
         "campaign_summary": "1",
-        "table_html": "3",
+        "findings": "1",
+        "table_html": "4",
         "uncertainty": "1",
         "uncertainty_figure": "1",
         "adversarial": "1",
@@ -129,7 +130,7 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "66",
+        "total": "68",
     }
 
 
@@ -145,7 +146,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "126"
+    assert counts["train_subsets"] == "8" and counts["total"] == "128"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):

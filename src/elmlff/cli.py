@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("download", help="fetch, verify and extract a data set's archive")
+    s.add_argument("--spec", required=True, help="JSON: url, sha256, members, strip_components")
+    s.add_argument("--out", required=True, type=Path, help="the data set's path")
+
     s = sub.add_parser("findings", help="the README's results prose, from results/ only")
     s.add_argument("dataset_dir", type=Path)
     s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
@@ -400,6 +404,10 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.summary import campaign_summary
 
         print(campaign_summary(a.dataset_dir, a.out, a.benchmarks))
+    elif a.cmd == "download":
+        from elmlff.data.source import download
+
+        download(json.loads(a.spec), a.out)
     elif a.cmd == "findings":
         from elmlff.findings import findings
 

@@ -169,18 +169,21 @@ def _check_bases(config: MutableMapping[str, Any], source: str) -> None:
 def _check_datasets(config: MutableMapping[str, Any], source: str) -> None:
     """What can be known before reading any frame: the data path and every part exist (relative
     to the directory snakemake runs in) and the split sizes can be drawn from a pool."""
+    from elmlff.data.source import missing_parts
     from elmlff.data.split import ROLES, check_sizes
 
     for d in config["run"]:
         spec = config["datasets"][d]
         root = Path(spec["path"])
-        if not root.exists():
+        if not root.exists() and spec.get("download"):
+            pass  # the download rule makes it; its parts are checked when it is read
+        elif not root.exists():
             raise ElmlffError(
                 f"{source}: datasets.{d}.path: {root} not found (working directory {Path.cwd()})",
-                f"fix `datasets.{d}.path` or run from the project root",
+                f"fix `datasets.{d}.path`, run from the project root, or give `download:` "
+                "(url, sha256) to fetch the data",
             )
-        missing = [p for p in spec["parts"] if p != "." and not (root / p).exists()]
-        if missing:
+        elif missing := missing_parts(root, list(spec["parts"])):
             have = sorted(x.name for x in root.iterdir()) if root.is_dir() else []
             raise ElmlffError(
                 f"{source}: datasets.{d}.parts: {missing} not found under {root}",

@@ -18,6 +18,7 @@ from elmlff import bases as B
 from elmlff import store
 from elmlff.baselines import fit_baselines
 from elmlff.data import Frames, Split, make_split, read
+from elmlff.data.source import missing_parts, part_files, read_index
 from elmlff.data.split import ROLES
 from elmlff.errors import ElmlffError
 from elmlff.guards import check_no_leak
@@ -42,12 +43,14 @@ def load_dataset(name: str, spec: Mapping[str, Any]) -> tuple[Frames, np.ndarray
         )
     parts, roles = [], []
     for part, role in spec["parts"].items():
-        path = root if part == "." else root / part
-        if not path.exists():
+        missing = missing_parts(root, [part])
+        if missing:
             raise ElmlffError(
-                f"data set '{name}': part {path} not found",
+                f"data set '{name}': part {part}: {missing} not found under {root}",
                 f"fix `datasets.{name}.parts` (sub-folders or files under {root})",
             )
+        file, index = part_files(part)
+        path = root if file == "." else root / file
         f = read(
             spec["format"],
             path,
@@ -56,6 +59,8 @@ def load_dataset(name: str, spec: Mapping[str, Any]) -> tuple[Frames, np.ndarray
             pbc=spec.get("pbc", "auto"),
             part=part,
         )
+        if index is not None:  # the frames an index file lists (the rMD17 archive's splits)
+            f = f.subset(read_index(root / index, len(f)))
         log(f"read {len(f)} frames from {path} ({spec['format']}, role {role})")
         parts.append(f)
         roles += [role] * len(f)

@@ -121,6 +121,12 @@ def meta_json(wildcards):
     return spec_json(spec)
 
 
+#: {dataset: download spec} of every data set the campaign runs that gives `download:`
+DOWNLOADS = {
+    d: config["datasets"][d]["download"] for d in DATASETS if config["datasets"][d].get("download")
+}
+
+
 def data_input(wildcards):
     return config["datasets"][wildcards.dataset]["path"]
 

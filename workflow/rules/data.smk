@@ -19,3 +19,27 @@ rule prepare_dataset:
     shell:
         "python -m elmlff prepare --name {wildcards.dataset} --spec {params.spec:q}"
         " --store {output.store} --split {output.split} > {log} 2>&1"
+
+
+
+# one rule per data set that gives `download:` (its path is the output, so it runs only when
+# the data are not on disk)
+for _dataset, _spec in DOWNLOADS.items():
+
+    rule:
+        """Fetch a data set's published archive once, verify its sha256, extract what the
+        campaign needs into the data set's `path` (renamed into place when complete)."""
+        name:
+            f"download_{_dataset}"
+        output:
+            directory(config["datasets"][_dataset]["path"]),
+        params:
+            spec=json.dumps(_spec, sort_keys=True),
+        log:
+            lay(_dataset).log("download"),
+        conda:
+            env_file("elmlff")
+        resources:
+            runtime=120,
+        shell:
+            "python -m elmlff download --spec {params.spec:q} --out {output} > {log} 2>&1"

@@ -150,7 +150,7 @@ rule table_html:
             labels={"table": "{table}"},
         ),
     wildcard_constraints:
-        table="metrics_table|summary|md_table",
+        table="metrics_table|summary|md_table|findings",
     log:
         L.log("table_html_{table}"),
     conda:
