@@ -251,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--spec", required=True, help="JSON: url, sha256, members, strip_components")
     s.add_argument("--out", required=True, type=Path, help="the data set's path")
 
+    s = sub.add_parser("table1", help="the paper's Table 1 over data sets, and survival curves")
+    s.add_argument("dataset_dirs", nargs="+", type=Path)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--html", type=Path, help="the table as an HTML page for the report")
+    s.add_argument("--figure", type=Path, help="survival curves of the MD replicas (PNG)")
+
     s = sub.add_parser("findings", help="the README's results prose, from results/ only")
     s.add_argument("dataset_dir", type=Path)
     s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
@@ -408,6 +415,17 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.data.source import download
 
         download(json.loads(a.spec), a.out)
+    elif a.cmd == "table1":
+        from elmlff.table1 import stability_figure, table1
+
+        print(table1(a.dataset_dirs, a.models, a.out))
+        if a.html:
+            from elmlff.io import atomic_write_text
+            from elmlff.plots import markdown_to_html
+
+            atomic_write_text(a.html, markdown_to_html(a.out.read_text(), "Table 1"))
+        if a.figure:
+            stability_figure(a.dataset_dirs, a.models, a.figure)
     elif a.cmd == "findings":
         from elmlff.findings import findings
 

@@ -178,6 +178,13 @@ class CampaignLayout:
     def figure(self, name: str) -> str:
         return str(Path(self.results, "figures", f"{name}.png"))
 
+    def table(self, name: str) -> str:
+        """A campaign-wide Markdown table: ``table1`` (the paper's Table 1 over data sets)."""
+        return str(Path(self.results, f"{name}.md"))
+
+    def table_html(self, name: str) -> str:
+        return str(Path(self.results, "report", f"{name}.html"))
+
     def log(self, job: str) -> str:
         return str(Path(self.logs, f"{job}.log"))
 

@@ -321,9 +321,21 @@ def findings_inputs(wildcards):
     return out
 
 
+def table1_inputs(wildcards):
+    """Each Table 1 data set's metrics, comparisons and MD summary."""
+    out = {}
+    for d in config["table1"]["datasets"]:
+        out[f"{d}_metrics"] = lay(d).metrics
+        out[f"{d}_comparisons"] = lay(d).comparisons
+        out[f"{d}_md"] = lay(d).md_summary
+    return out
+
+
 def figure_outputs():
     """Every figure and table, each made from files under results/ only."""
     out = [CAMPAIGN.figure("force_rmse")]
+    if config.get("table1"):
+        out += [CAMPAIGN.table("table1"), CAMPAIGN.figure("stability")]
     for d in DATASETS:
         tables = ["metrics_table", "summary", "findings"]
         figures = ["force_rmse"]

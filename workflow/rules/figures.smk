@@ -187,3 +187,37 @@ rule uncertainty_figure:
     shell:
         "python -m elmlff uq plot {input.table} --coverage {input.coverage}"
         " --summary {input.summary} --out {output} > {log} 2>&1"
+
+
+if config.get("table1"):
+
+    rule table1:
+        """The paper's Table 1 over data sets (force MAE, stability, h(r) error per model, best
+        per row bold, paired comparisons of the metas with the best base) and the survival
+        curves of the MD replicas, from results/ only."""
+        input:
+            unpack(table1_inputs),
+        output:
+            table=CAMPAIGN.table("table1"),
+            html=report(
+                CAMPAIGN.table_html("table1"),
+                caption="../report/table1.rst",
+                category="Tables",
+                subcategory="campaign",
+            ),
+            figure=report(
+                CAMPAIGN.figure("stability"),
+                caption="../report/stability.rst",
+                category="MD",
+                subcategory="campaign",
+            ),
+        params:
+            dirs=lambda w: " ".join(lay(d).dir for d in config["table1"]["datasets"]),
+            models=" ".join(config["table1"]["models"]),
+        log:
+            CAMPAIGN.log("table1"),
+        conda:
+            env_file("elmlff")
+        shell:
+            "python -m elmlff table1 {params.dirs} --models {params.models}"
+            " --out {output.table} --html {output.html} --figure {output.figure} > {log} 2>&1"

@@ -1,0 +1,171 @@
+"""The paper's Table 1 across data sets (molecule x {force MAE, stability, h(r) error} x model)
+and the stability survival figure, from each data set's ``metrics.csv``, ``comparisons.csv``
+and ``md_summary.csv`` only.
+
+Force MAE is pooled over all force components of the test frames (for one molecule, whose
+frames all have the same atoms, it equals the frame mean of Eq. 8), with its 95 % bootstrap
+interval. Stability is the percentage of MD replicas that never collapsed within the horizon;
+h(r) error is ∫|h_MD − h_ref| dr over the stable part of the runs. The best value of each row
+is bold (lowest MAE and h(r) error, highest stability); each meta's force MAE against the best
+base comes as a paired bootstrap interval of the difference, with its verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from elmlff.errors import ElmlffError
+from elmlff.io import atomic_path, atomic_write_text
+from elmlff.layout import DatasetLayout
+
+MAE = "force_mae"  # pooled over components (= frame mean for a single molecule)
+
+
+def _read(path: str, rule: str) -> pd.DataFrame:
+    if not Path(path).exists():
+        raise ElmlffError(f"{path} not found", f"run the {rule} rule first")
+    return pd.read_csv(path)
+
+
+def _bold(cells: list[str], values: list[float], best: str) -> list[str]:
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return cells
+    target = min(finite) if best == "min" else max(finite)
+    return [
+        f"**{c}**" if np.isfinite(v) and v == target else c
+        for c, v in zip(cells, values, strict=True)
+    ]
+
+
+def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[str], dict]:
+    """Three Markdown rows (force MAE, stability %, h(r) error) of one data set over ``models``,
+    the paired lines of its metas against the best base, and facts (horizon, temperature)."""
+    lay = DatasetLayout.of(dataset_dir)
+    met = _read(lay.metrics, "evaluate")
+    test = met[(met.split == "test") & (met.metric == MAE)].set_index("model")
+    md = _read(lay.md_summary, "md_summary")
+    agg = md[md.replica == "all"].pivot_table(index="model", columns="metric", values="value")
+    mae = [1e3 * test.value.get(m, np.nan) for m in models]
+    mae_cells = [
+        f"{v:.1f} [{1e3 * test.ci_low[m]:.1f}, {1e3 * test.ci_high[m]:.1f}]"
+        if m in test.index
+        else "–"
+        for m, v in zip(models, mae, strict=True)
+    ]
+    stab = [
+        agg.stable_percent.get(m, np.nan) if "stable_percent" in agg else np.nan for m in models
+    ]
+    hr = [agg.hr_mae.get(m, np.nan) if "hr_mae" in agg else np.nan for m in models]
+    name = lay.dataset
+    rows = [
+        f"| {name} | force MAE [meV/Å] | " + " | ".join(_bold(mae_cells, mae, "min")) + " |",
+        "| | stability [%] | "
+        + " | ".join(_bold([f"{v:.0f}" if np.isfinite(v) else "–" for v in stab], stab, "max"))
+        + " |",
+        "| | h(r) error | "
+        + " | ".join(_bold([f"{v:.3f}" if np.isfinite(v) else "–" for v in hr], hr, "min"))
+        + " |",
+    ]
+    cmp = _read(lay.comparisons, "evaluate")
+    c = cmp[(cmp.metric == MAE) & (cmp.reference == "best_base") & cmp.model.isin(models)]
+    paired = [
+        f"{name}: {r.model} − best base force MAE {1e3 * r.difference:+.1f} "
+        f"[{1e3 * r.lo:+.1f}, {1e3 * r.hi:+.1f}] meV/Å ({r.verdict})"
+        for r in c.itertuples()
+    ]
+    per = md[md.replica != "all"]
+    facts = {
+        "horizon": sorted(set(per[per.metric == "horizon_ps"].value.round(6))),
+        "temperature": sorted(set(per[per.metric == "temperature_K"].value)),
+        "replicas": int(per.groupby("model").replica.nunique().max()) if len(per) else 0,
+    }
+    return rows, paired, facts
+
+
+def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> str:
+    """``table1.md``: every data set's three rows over ``models``, the paired comparisons of
+    the metas with the best base, and the horizon, temperature and replicas that produced it."""
+    head = [
+        "| molecule | metric | " + " | ".join(models) + " |",
+        "|---|---|" + "---:|" * len(models),
+    ]
+    rows, paired, horizons, temps, reps = [], [], set(), set(), set()
+    for d in dataset_dirs:
+        r, p, f = rows_of(Path(d), models)
+        rows += r
+        paired += p
+        horizons.update(f["horizon"])
+        temps.update(f["temperature"])
+        reps.add(f["replicas"])
+    horizon = ", ".join(f"{h:g} ps" for h in sorted(horizons)) or "unknown"
+    temp = ", ".join(f"{t:g} K" for t in sorted(temps)) or "unknown"
+    text = "\n".join(
+        [
+            f"Table 1 (generated from results/): test force MAE (pooled over components, 95 % "
+            f"bootstrap interval), MD stability (replicas without a bond deviation > 0.5 Å within "
+            f"the horizon) and h(r) error (∫|h_MD − h_ref| dr over the stable part), from "
+            f"{'/'.join(str(x) for x in sorted(reps))} replicas of {horizon} at {temp} per model. "
+            "Bold: the best of each row. – : not run.",
+            "",
+            *head,
+            *rows,
+            "",
+            "Each meta's force MAE against the best base (chosen on val), paired bootstrap "
+            "interval of the difference on the same resampled test frames:",
+            "",
+            *[f"- {x}" for x in paired],
+            "",
+        ]
+    )
+    atomic_write_text(out, text)
+    return text
+
+
+def stability_figure(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> None:
+    """Survival curves: the fraction of each model's replicas not yet collapsed against time,
+    one panel per data set (a stable run survives to its horizon)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1, len(dataset_dirs), figsize=(3.6 * len(dataset_dirs), 3.2), squeeze=False
+    )
+    for ax, d in zip(axes[0], dataset_dirs, strict=True):
+        lay = DatasetLayout.of(d)
+        md = _read(lay.md_summary, "md_summary")
+        per = md[md.replica != "all"].pivot_table(
+            index=["model", "replica"], columns="metric", values="value"
+        )
+        horizon = float(per.horizon_ps.max()) if "horizon_ps" in per else 1.0
+        for i, m in enumerate(models):
+            if m not in per.index.get_level_values(0):
+                continue
+            t = per.loc[m].time_to_collapse_ps.to_numpy(dtype=float)
+            t = np.sort(t[np.isfinite(t)])  # a run the uncertainty monitor stopped: unknown
+            if not len(t):
+                continue
+            grid = np.linspace(0, horizon, 200)
+            alive = [(t >= g).mean() * 100 for g in grid]
+            ax.step(grid, alive, where="post", label=m, lw=1.3, color=f"C{i % 10}")
+        ax.set_title(lay.dataset, fontsize=10)
+        ax.set_xlabel("time [ps]")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("replicas not collapsed [%]")
+    handles = {}
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    order = [m for m in models if m in handles]
+    fig.legend([handles[m] for m in order], order, fontsize=7, loc="lower center", ncol=6)
+    fig.suptitle("MD stability (collapse: a bond > 0.5 Å from its reference length)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
