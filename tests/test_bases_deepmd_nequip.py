@@ -131,6 +131,9 @@ def test_epochs_run_and_best_epoch_are_recorded(which, deepmd_dir, nequip_dir):
     if which == "deepmd":  # checkpoint model.ckpt-<step>.pt of the best val force RMSE
         step = int(info["best_checkpoint"].split("-")[1].split(".")[0])
         assert info["best_epoch"] == -(-step // (info["steps"] // 2))
+        # the learning curve from deepmd's lcurve.out: one row per epoch, forces in eV/Å
+        assert [h["epoch"] for h in info["history"]] == [1, 2]
+        assert all(0 < h["val_force_rmse"] < 10 for h in info["history"])
     else:
         assert [h["epoch"] for h in info["history"]] == [1, 2]
         assert all(h["val_force_mae"] > 0 for h in info["history"])

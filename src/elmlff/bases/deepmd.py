@@ -105,6 +105,29 @@ def input_json(
     }
 
 
+def lcurve_history(path: Path, steps_per_epoch: int) -> list[dict[str, float]]:
+    """Per epoch, deepmd's ``lcurve.out`` row: ``val_force_rmse`` (eV/Å, on the one val batch
+    deepmd scores at each display step) and ``train_force_rmse``; empty without the file."""
+    if not Path(path).exists():
+        return []
+    lines = Path(path).read_text().splitlines()
+    head = next((ln.lstrip("#").split() for ln in lines if ln.startswith("#")), [])
+    rows = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
+    if "rmse_f_val" not in head or "step" not in head:
+        return []
+    col = {k: head.index(k) for k in ("step", "rmse_f_val", "rmse_f_trn") if k in head}
+    out = []
+    for r in rows:
+        step = int(float(r[col["step"]]))
+        if step == 0 or step % steps_per_epoch:
+            continue  # the first step's line (before an epoch ends)
+        entry = {"epoch": step // steps_per_epoch, "val_force_rmse": float(r[col["rmse_f_val"]])}
+        if "rmse_f_trn" in col:
+            entry["train_force_rmse"] = float(r[col["rmse_f_trn"]])
+        out.append(entry)
+    return out
+
+
 class DeePMDFamily:
     """deepmd-kit (PyTorch backend): se_e2_a, se_e2_r, se_e3 descriptors."""
 
@@ -142,6 +165,7 @@ class DeePMDFamily:
                     "read the full log above and fix the base's params",
                 )
             seconds = time.perf_counter() - t0
+            history = lcurve_history(work / "lcurve.out", inp["training"]["disp_freq"])
             best, scores = self._select(work, spec.name, val)
             shutil.copy(best, outdir / MODEL_FILE)
             return {
@@ -153,6 +177,8 @@ class DeePMDFamily:
                     -int(re.findall(r"-(\d+)\.pt$", best.name)[0]) // inp["training"]["disp_freq"]
                 ),
                 "steps": steps,
+                # deepmd's lcurve: force RMSE on one val batch per epoch (not the whole val set)
+                "history": history,
                 "best_checkpoint": best.name,
                 "val_force_rmse_per_checkpoint": scores,
                 "train_seconds": seconds,
