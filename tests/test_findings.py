@@ -108,8 +108,16 @@ def test_subset_study_medians_and_the_choice_on_val(toy):
     def add(subset, k, meta, kind, val, test):
         for split, v in (("val", val), ("test", test)):
             rows.append(
-                dict(subset=subset, k=k, models=subset, meta=meta, kind=kind, split=split,
-                     metric="force_rmse_framemean", value=v)
+                dict(
+                    subset=subset,
+                    k=k,
+                    models=subset,
+                    meta=meta,
+                    kind=kind,
+                    split=split,
+                    metric="force_rmse_framemean",
+                    value=v,
+                )
             )
 
     add("a", 1, "direct", "meta", 0.018, 0.019)  # a: 21 meV/Å alone -> the meta helps

@@ -117,6 +117,7 @@ def test_dry_run_lists_the_default_campaign():
         "subset_table": "1",
         "force_rmse_figure": "1",
         "force_rmse_campaign": "1",
+        "learning_curves_figure": "1",
         "subset_raincloud": "1",
         "parity_figure": "1",
         "metrics_table": "1",
@@ -130,7 +131,7 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "68",
+        "total": "69",
     }
 
 
@@ -146,7 +147,7 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "128"
+    assert counts["train_subsets"] == "8" and counts["total"] == "129"
 
 
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
@@ -561,8 +562,11 @@ def test_tiny_campaign_end_to_end(tmp_path):
         res / "figures" / "parity.png",
         res / "figures" / "md_hr.png",
         res / "figures" / "uncertainty.png",
+        res / "figures" / "learning_curves.png",
     ]
-    tables = [res / "report" / f"{t}.html" for t in ("metrics_table", "summary", "md_table")]
+    tables = [
+        res / "report" / f"{t}.html" for t in ("metrics_table", "summary", "md_table", "findings")
+    ]
     for f in figures:
         assert f.stat().st_size > 10_000 and f.read_bytes()[:4] == b"\x89PNG", f
     for f in tables:
@@ -592,6 +596,7 @@ def test_tiny_campaign_end_to_end(tmp_path):
         "subset_raincloud",
         "parity_figure",
         "md_hr_figure",
+        "learning_curves_figure",
         "table_html",
         "uncertainty_figure",
     }, ran

@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--out", required=True, type=Path)
 
+    s = sub.add_parser("plot-learning", help="the bases' learning curves (val force error)")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--out", required=True, type=Path)
+
     s = sub.add_parser("html", help="an HTML page of a Markdown table (for the report)")
     s.add_argument("markdown", type=Path)
     s.add_argument("--title", default="")
@@ -397,6 +402,10 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.plots import parity
 
         parity(a.dataset_dir, a.out, a.meta, candidates=a.candidates)
+    elif a.cmd == "plot-learning":
+        from elmlff.plots import learning_curves
+
+        learning_curves(a.dataset_dir, a.models, a.out)
     elif a.cmd == "html":
         from elmlff.io import atomic_write_text
         from elmlff.plots import markdown_to_html

@@ -282,6 +282,44 @@ def subset_raincloud(
     plt.close(fig)
 
 
+def learning_curves(dataset_dir: Path | str, models: Sequence[str], out: Path | str) -> None:
+    """Each base's validation force error against epoch, from the ``history`` in its
+    ``base.json`` (the first fit under K-fold), the epoch of the checkpoint kept marked. The
+    families record different errors: schnetpack and NequIP the val force MAE over all val
+    frames, DeePMD its lcurve's force RMSE on one val batch; the legend says which."""
+    from elmlff import bases as B
+    from elmlff.layout import DatasetLayout
+
+    lay = DatasetLayout.of(dataset_dir)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (model, fits) in enumerate(lay.trained_bases(list(models)).items()):
+        info = B.read_info(next(iter(fits.values())))
+        hist = info.get("history") or []
+        key, what = (
+            ("val_force_mae", "MAE, val")
+            if hist and "val_force_mae" in hist[0]
+            else ("val_force_rmse", "RMSE, one val batch")
+        )
+        pts = [(h["epoch"], h[key]) for h in hist if np.isfinite(h.get(key, np.nan))]
+        if not pts:
+            continue
+        x, y = np.array(pts).T
+        color = f"C{i % 10}"
+        ax.plot(x, 1e3 * y, color=color, lw=1.2, label=f"{model} ({what})")
+        best = info.get("best_epoch")
+        if best in x:
+            ax.plot(best, 1e3 * y[list(x).index(best)], "o", color=color, ms=4)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation force error [meV/Å]")
+    ax.set_title(f"{lay.dataset}: learning curves of the bases (dot: checkpoint kept)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out)
+
+
 def choose_meta(metrics: pd.DataFrame, candidates: Sequence[str] | None = None) -> str:
     """The meta-model with the lowest *val* frame-mean force RMSE among ``candidates`` (default:
     every meta in ``metrics``); the test split never takes part in the choice."""

@@ -60,6 +60,7 @@ localrules:
     evaluate,
     force_rmse_figure,
     force_rmse_campaign,
+    learning_curves_figure,
     subset_raincloud,
     parity_figure,
     metrics_table,
@@ -338,7 +339,7 @@ def figure_outputs():
         out += [CAMPAIGN.table("table1"), CAMPAIGN.figure("stability")]
     for d in DATASETS:
         tables = ["metrics_table", "summary", "findings"]
-        figures = ["force_rmse"]
+        figures = ["force_rmse", "learning_curves"]
         if headline_metas():
             figures += ["parity"]
         if subset_groups(config, d):

@@ -17,6 +17,29 @@ rule force_rmse_figure:
         "python -m elmlff plot-rmse {input} --out {output} > {log} 2>&1"
 
 
+rule learning_curves_figure:
+    """Each base's validation force error against epoch (from base.json), checkpoint marked."""
+    input:
+        unpack(base_models),
+    output:
+        report(
+            L.figure("learning_curves"),
+            caption="../report/learning_curves.rst",
+            category="Accuracy",
+            subcategory="{dataset}",
+        ),
+    params:
+        dir=lambda w: lay(w.dataset).dir,
+        models=lambda w: " ".join(ensemble(config, w.dataset)),
+    log:
+        L.log("learning_curves_figure"),
+    conda:
+        env_file("elmlff")
+    shell:
+        "python -m elmlff plot-learning {params.dir} --models {params.models}"
+        " --out {output} > {log} 2>&1"
+
+
 rule force_rmse_campaign:
     """Fig. 2: test force RMSE per model (bases, baselines, metas), one panel per data set."""
     input:

@@ -148,7 +148,6 @@ def is_molecule(
     return packing_fraction(numbers, cell) < max_packing
 
 
-
 def bond_images(
     numbers: np.ndarray,
     positions: np.ndarray,
