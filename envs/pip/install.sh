@@ -42,10 +42,24 @@ if ! "$venv/bin/python" -c "import deepmd.pt" 2>/dev/null; then
   DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 DP_ENABLE_PYTORCH=1 CMAKE_BUILD_PARALLEL_LEVEL=2 \
     "${pip[@]}" install -q --no-warn-script-location -c "$c" --no-build-isolation --no-deps --no-binary deepmd-kit "deepmd-kit==3.2.0"
 fi
-# 5. this project, editable.
+# 5. orb-models 0.5.5 (the orb_direct family: the orb-v3-direct architecture, trained from
+#    scratch) with --no-deps: its cached_path is only for downloading pretrained weights, which
+#    the project never uses, and pins rich<14 and filelock<4 against the stack's rich 15
+#    (schnetpack) and filelock 4 (torch), so it is left out. Its other deps (dm-tree 0.1.8,
+#    ase, numpy, scipy, torch, tqdm) are in requirements.txt.
+log "orb-models 0.5.5 (without cached_path)"
+"${pip[@]}" install -q --no-warn-script-location --no-deps "orb-models==0.5.5" -c "$c"
+# 6. this project, editable.
 log "elmlff (editable)"
 "${pip[@]}" install -q --no-warn-script-location --no-deps --no-build-isolation -e "$root"
-"${pip[@]}" check || { echo "elmlff install: pip check failed (see above)"; exit 1; }
-"$venv/bin/python" -c "import torch, schnetpack, deepmd.pt, nequip, torch_geometric, e3nn, snakemake; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# pip check, where the one missing requirement allowed is orb-models' cached_path (step 5)
+if ! check="$("$venv/bin/python" -m pip --disable-pip-version-check check 2>&1)"; then
+  if grep -qv "^orb-models 0.5.5 requires cached-path, which is not installed.$" <<<"$check"; then
+    echo "$check"
+    echo "elmlff install: pip check failed (see above)"
+    exit 1
+  fi
+fi
+"$venv/bin/python" -c "import torch, schnetpack, deepmd.pt, nequip, torch_geometric, e3nn, snakemake, orb_models.forcefield.direct_regressor; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "$want" > "$stamp"
 log "done"

@@ -171,6 +171,36 @@ FAMILIES: dict[str, FamilyRecord] = {
             },
             differentiable=True,
         ),
+        # the direct-force base (orb-v3-direct architecture, trained from scratch) in
+        # ForceNet's role: predict() gives its direct forces, energy() its energy head
+        FamilyRecord(
+            "orb_direct",
+            "elmlff.bases.orb:OrbDirectFamily",
+            distribution="orb-models",
+            params={
+                "latent_dim": 64,
+                "base_mlp_hidden_dim": 128,
+                "base_mlp_depth": 2,
+                "head_mlp_hidden_dim": 128,
+                "head_mlp_depth": 1,
+                "num_message_passing_steps": 3,
+                "cutoff": 6.0,
+                "max_num_neighbors": 120,
+                "pair_repulsion": True,
+            },
+            training={
+                "max_epochs": 30,
+                "batch_size": 16,
+                "lr": 1e-3,
+                "energy_weight": 0.1,
+                "force_weight": 1.0,
+                "patience": 20,
+                "seed": 0,
+                "dtype": "float32",
+                "rotation_augmentation": True,
+            },
+            differentiable=True,
+        ),
         FamilyRecord(
             "nep",
             "elmlff.bases.nep:NEPFamily",
