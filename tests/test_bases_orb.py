@@ -408,3 +408,24 @@ def test_unsupported_cutoff_and_partial_periodicity_are_clear_errors(potential, 
     slab.pbc = np.array([[True, True, False]])
     with pytest.raises(ElmlffError, match="periodic along some axes only"):
         potential.predict(slab)
+
+
+def test_live_paths_use_the_direct_forces_as_the_store_does(potential, frames):
+    """Metas, MD and the calculator run bases live: for a direct-force base they must see the
+    forces its ``predict`` wrote to the store (the direct ones), not −dE/dx of its energy head."""
+    from elmlff.meta.ensemble import base_predictions
+    from elmlff.meta.live import base_outputs
+
+    e_pred, f_pred = potential.predict(frames)
+    e, f = base_predictions([potential], frames)
+    np.testing.assert_allclose(f[0], f_pred, atol=1e-5)
+    np.testing.assert_allclose(e[0], e_pred, atol=1e-5)
+    pos = torch.as_tensor(frames.positions, dtype=torch.float64).requires_grad_(True)
+    _, f_live = base_outputs([potential], pos, *B.frame_tensors(frames))
+    np.testing.assert_allclose(f_live[:, 0].detach().numpy(), f_pred, atol=1e-5)
+    conservative = potential.conservative_forces(frames)
+    assert np.abs(conservative - f_pred).max() > 1e-3  # the test can tell the two apart
+    # and the live direct forces stay differentiable (Ensemble-conserv's second term)
+    w = torch.as_tensor(np.random.default_rng(0).normal(size=f_live.shape))
+    (g,) = torch.autograd.grad((f_live * w).sum(), pos)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0

@@ -75,6 +75,9 @@ class FamilyRecord:
     distribution: str
     #: whether its potentials have a differentiable torch ``energy()`` (False for NEP)
     differentiable: bool
+    #: whether its forces are a direct output (``direct_forces()``), not −dE/dx of its energy:
+    #: every live path (metas, MD, the calculator) then uses the direct forces, as the store does
+    direct_forces: bool = False
     #: a program that must be on PATH and that no pip install provides
     executable: str | None = None
     #: the one-line reason given when ``executable`` is missing
@@ -200,6 +203,7 @@ FAMILIES: dict[str, FamilyRecord] = {
                 "rotation_augmentation": True,
             },
             differentiable=True,
+            direct_forces=True,
         ),
         FamilyRecord(
             "nep",
@@ -475,6 +479,34 @@ def frames_from_tensors(positions, numbers, n_atoms, cell, pbc, name: str = "fra
         forces=np.zeros((len(numbers), 3)),
         name=name,
     )
+
+
+def has_direct_forces(pot: Potential) -> bool:
+    """Whether ``pot``'s forces are a direct output (its family's record says so)."""
+    rec = FAMILIES.get(getattr(pot, "family", ""))
+    return rec is not None and rec.direct_forces
+
+
+def energy_and_forces(
+    pot: Potential,
+    positions: torch.Tensor,
+    numbers: torch.Tensor,
+    n_atoms: torch.Tensor,
+    cell: torch.Tensor,
+    pbc: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energy (F,), forces (A, 3)) of a differentiable base as torch functions of
+    ``positions``: the forces its ``predict`` gives, so that live bases and the store agree —
+    −dE/dx, or the direct forces of a family whose record says ``direct_forces`` (then
+    differentiable through ``direct_forces()``, not a gradient of the energy)."""
+    import torch
+
+    if has_direct_forces(pot):  # one forward pass gives both (orb's heads)
+        return pot.outputs(positions, numbers, n_atoms, cell, pbc)
+    e = pot.energy(positions, numbers, n_atoms, cell, pbc)
+    (g,) = torch.autograd.grad(e.sum(), positions, create_graph=create_graph, retain_graph=True)
+    return e, -g
 
 
 def forces(pot: Potential, frames: Frames, create_graph: bool = False) -> torch.Tensor:

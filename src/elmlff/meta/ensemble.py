@@ -59,9 +59,8 @@ def base_predictions(
             parts = []
             for fr in _batched(frames, batch_size):
                 pos = torch.as_tensor(fr.positions, dtype=torch.float64).requires_grad_(True)
-                e = pot.energy(pos, *B.frame_tensors(fr))
-                (g,) = torch.autograd.grad(e.sum(), pos)
-                parts.append((e.detach().numpy(), -g.numpy()))
+                e, f = B.energy_and_forces(pot, pos, *B.frame_tensors(fr))
+                parts.append((e.detach().numpy(), f.detach().numpy()))
             e, f = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         energies.append(e)
         forces.append(f)

@@ -71,11 +71,10 @@ def base_outputs(
     The energies keep their graph; with ``create_graph`` the forces do too, so a model of them
     can be differentiated again (Hessian-vector products through each base)."""
     energies, forces = [], []
-    for pot in pots:
-        e = pot.energy(positions, numbers, n_atoms, cell, pbc)
-        (g,) = torch.autograd.grad(e.sum(), positions, create_graph=create_graph, retain_graph=True)
+    for pot in pots:  # −dE/dx, or a direct-force base's own forces (as in the store)
+        e, f = B.energy_and_forces(pot, positions, numbers, n_atoms, cell, pbc, create_graph)
         energies.append(e)
-        forces.append(-g)
+        forces.append(f)
     return torch.stack(energies, dim=1), torch.stack(forces, dim=1)
 
 
