@@ -429,3 +429,17 @@ def test_live_paths_use_the_direct_forces_as_the_store_does(potential, frames):
     w = torch.as_tensor(np.random.default_rng(0).normal(size=f_live.shape))
     (g,) = torch.autograd.grad((f_live * w).sum(), pos)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_the_uncertainty_stage_reports_a_direct_base_s_own_force_delta(tiny_orb, frames):
+    """U_Δ of the stage equals the base's force delta, from its own direct and conservative
+    forces (a hand computation), with a measured cost relative to one force call."""
+    from elmlff.uq.score import direct_base_delta
+
+    pot = B.load(tiny_orb)
+    u, cost = direct_base_delta(tiny_orb, frames)
+    _, direct = pot.predict(frames)
+    d = np.linalg.norm(direct - pot.conservative_forces(frames), axis=1)
+    want = [np.sqrt(np.mean(d[frames.atom_index([f])] ** 2)) for f in range(len(frames))]
+    np.testing.assert_allclose(u, want, rtol=1e-6)
+    assert cost > 0 and np.isfinite(cost)

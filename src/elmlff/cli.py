@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--split", required=True, type=Path)
     u.add_argument("--metrics", required=True, type=Path)
     u.add_argument("--pair", nargs="*", default=[], help="direct=PATH conserv=PATH predictions")
+    u.add_argument(
+        "--direct", nargs="*", default=[], help="BASE=DIR of each direct-force base (its U_Δ)"
+    )
     u.add_argument("--rmse", default="{}", help="JSON {base: force RMSE} over the val RMSEs")
     u.add_argument("--dataset", default="")
     u.add_argument("--bootstrap", type=int, default=1000)
@@ -462,6 +465,7 @@ def _run_uq(a: argparse.Namespace) -> None:
             print(summ.to_string(index=False))
     elif a.uq_cmd == "stage":
         pair = dict(_keyvalue(x) for x in a.pair)
+        direct = {k: Path(v) for k, v in (_keyvalue(x) for x in a.direct)}
         score.score_store(
             a.store,
             a.split,
@@ -473,6 +477,7 @@ def _run_uq(a: argparse.Namespace) -> None:
             pair or None,
             a.bootstrap,
             rmse_given=json.loads(a.rmse),
+            direct=direct or None,
         )
     elif a.uq_cmd == "adversarial":
         from elmlff.uq.adversarial import AttackSettings, adversarial_stage

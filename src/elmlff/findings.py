@@ -206,6 +206,13 @@ def uncertainty(lay: DatasetLayout) -> list[str]:
             f"{r('std_mean', 'rmse_direct')} for the bases' mean force spread on the same "
             "frames" + (f"; it costs {cost:.3f}x one Ensemble-conserv evaluation." if cost else ".")
         )
+    for m, cost in (info.get("direct_force_delta_cost") or {}).items():
+        text.append(
+            f"The direct-force base `{m}`'s own force delta (its direct forces against −dE/dx of "
+            f"its energy head) ranks its per-frame force RMSE with ρ = "
+            f"{r(f'force_delta_{m}', f'rmse_{m}')} (U1 of the ensemble: "
+            f"{r('U1', f'rmse_{m}')}); it costs {cost:.2f}x one force call of `{m}`."
+        )
     adv = Path(lay.adversarial("json"))
     if adv.exists():
         a = json.loads(adv.read_text())

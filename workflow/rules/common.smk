@@ -12,6 +12,7 @@ from elmlff.config import (
     subset_groups,
     validate_config,
 )
+from elmlff.bases import FAMILIES
 from elmlff.errors import ElmlffError
 from elmlff.layout import CAMPAIGN, DatasetLayout
 from elmlff.smk import resume_after_kill, rule_environment
@@ -182,6 +183,17 @@ def force_delta_pair(wildcards):
     if len(first) < 2:
         return {}
     return {k: lay(wildcards.dataset).meta_predictions(first[k]) for k in ("direct", "conserv")}
+
+
+def direct_force_bases(wildcards):
+    """{base: model directory (its first fit)} of the data set's direct-force bases, whose own
+    direct-vs-conservative force delta U_Δ the uncertainty stage reports."""
+    d = wildcards.dataset
+    return {
+        m: lay(d).base_model(m, fits(d)[0])
+        for m in ensemble(config, d)
+        if FAMILIES[config["bases"][m]["family"]].direct_forces
+    }
 
 
 def has_uncertainty(d):

@@ -39,12 +39,14 @@ rule uncertainty:
         split=L.split,
         metrics=L.metrics,
         pair=lambda w: list(force_delta_pair(w).values()),
+        direct=lambda w: list(direct_force_bases(w).values()),
     output:
         table=L.uncertainty,
         summary=L.uncertainty_summary,
         coverage=L.uncertainty_coverage,
     params:
         pair=lambda w: keyed(force_delta_pair(w)),
+        direct=lambda w: keyed(direct_force_bases(w)),
         bootstrap=config["evaluation"]["bootstrap"],
         rmse=spec_json(config["uncertainty"]["rmse"]),
     log:
@@ -53,7 +55,8 @@ rule uncertainty:
         env_file("elmlff")
     shell:
         "python -m elmlff uq stage --store {input.store} --split {input.split}"
-        " --metrics {input.metrics} --pair {params.pair} --dataset {wildcards.dataset}"
+        " --metrics {input.metrics} --pair {params.pair} --direct {params.direct}"
+        " --dataset {wildcards.dataset}"
         " --bootstrap {params.bootstrap} --rmse {params.rmse:q} --out {output.table}"
         " --summary {output.summary}"
         " --coverage {output.coverage} > {log} 2>&1"

@@ -42,6 +42,9 @@ def summarize(table: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.D
     if "force_delta" in table:
         pairs += [("force_delta", "rmse_direct"), ("U1", "rmse_direct")]
         pairs += [("std_mean", "rmse_direct")]
+    for c in table.columns:  # each direct-force base's own U_Δ against its own error
+        if c.startswith("force_delta_") and f"rmse_{c[12:]}" in table:
+            pairs += [(c, f"rmse_{c[12:]}"), ("U1", f"rmse_{c[12:]}")]
     for u, err in pairs:
         if err not in table:
             continue
@@ -49,6 +52,24 @@ def summarize(table: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.D
             {"uncertainty": u, "error": err, **spearman(table[u], table[err], bootstrap, seed)}
         )
     return pd.DataFrame(rows)
+
+
+def direct_base_delta(model_dir: Path, frames) -> tuple[np.ndarray, float]:
+    """A direct-force base's data-free uncertainty on ``frames``: U_Δ per frame (the RMS over
+    atoms of |F_direct − (−dE/dx)| of its own energy head, eV/Å), and its cost relative to one
+    force call of the base (its ``predict``), both timed here after a warm-up call."""
+    from elmlff import bases as B
+
+    pot = B.load(model_dir)
+    one = frames.subset([0])
+    pot.predict(one)
+    pot.force_delta(one)  # warm-up: graphs, allocations
+    t0 = time.perf_counter()
+    pot.predict(frames)
+    t1 = time.perf_counter()
+    u, _ = pot.force_delta(frames)
+    t2 = time.perf_counter()
+    return u, (t2 - t1) / max(t1 - t0, 1e-9)
 
 
 def coverage(table: pd.DataFrame) -> pd.DataFrame:
@@ -93,11 +114,14 @@ def score_store(
     bootstrap: int = 1000,
     seed: int = 0,
     rmse_given: Mapping[str, float] | None = None,
+    direct: Mapping[str, Path] | None = None,
 ) -> pd.DataFrame:
     """``uncertainty.csv`` for the test frames of a store: the bases are the ensemble, weights
     from their val force RMSE in ``metrics.csv`` unless ``rmse_given`` names a base's RMSE (a
     pretrained model's published error, say). ``pair`` (``direct``, ``conserv``: meta
-    ``predictions.npz``) adds the force delta between Ensemble-direct and Ensemble-conserv."""
+    ``predictions.npz``) adds the force delta between Ensemble-direct and Ensemble-conserv;
+    ``direct`` (base name -> model directory of each direct-force base) adds each such base's
+    own U_Δ (:func:`direct_base_delta`)."""
     from elmlff import keys, store
     from elmlff.data import Split
 
@@ -126,6 +150,12 @@ def score_store(
         table["force_delta"] = force_delta(f["direct"], f["conserv"], sub.n_atoms)
         table["rmse_direct"] = force_delta(f["direct"], sub.forces, sub.n_atoms)
         table.attrs["force_delta_cost"] = (sec["direct"] + sec["conserv"]) / sec["conserv"]
+    delta_cost = {}
+    for m, d in (direct or {}).items():
+        sub = frames.subset(idx)
+        own = ds[keys.BASE_FORCES].values[models.index(m)][atoms]
+        table[f"force_delta_{m}"], delta_cost[m] = direct_base_delta(d, sub)
+        table[f"rmse_{m}"] = force_delta(own, sub.forces, sub.n_atoms)
     _write(table, out)
     summ = summarize(table, bootstrap, seed)
     info = {
@@ -138,6 +168,8 @@ def score_store(
         "threshold_U1": threshold_table(table).to_dict(orient="records"),
         "weights": dict(zip(models, w.tolist(), strict=True)),
         "force_delta_cost": table.attrs.get("force_delta_cost"),
+        # per direct-force base: U_Δ's cost relative to one force call of that base
+        "direct_force_delta_cost": delta_cost,
         "spearman": summ.to_dict(orient="records"),
     }
     with atomic_path(summary_out) as tmp:
