@@ -443,3 +443,24 @@ def test_the_uncertainty_stage_reports_a_direct_base_s_own_force_delta(tiny_orb,
     want = [np.sqrt(np.mean(d[frames.atom_index([f])] ** 2)) for f in range(len(frames))]
     np.testing.assert_allclose(u, want, rtol=1e-6)
     assert cost > 0 and np.isfinite(cost)
+
+
+def test_md_of_a_direct_base_alone_monitors_its_force_delta(potential, frames):
+    """The calculator of a direct-force base alone reports its U_Δ as ``uncertainty`` each
+    call (the MD monitor's input), equal to the base's own force delta at that geometry, and
+    its forces are the direct ones."""
+    from elmlff.baselines import LinearCombiner
+    from elmlff.calculator import EnsembleCalculator
+    from elmlff.meta.ensemble import LinearEnsemble
+
+    calc = EnsembleCalculator(
+        LinearEnsemble(LinearCombiner(potential.name, [potential.name], np.ones(1)), [potential])
+    )
+    assert "uncertainty" in calc.implemented_properties
+    one = frames.subset([1])
+    atoms = one.to_atoms()[0]
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_forces(), potential.predict(one)[1], atol=1e-5)
+    u = calc.get_property("uncertainty", atoms)
+    np.testing.assert_allclose(u, potential.force_delta(one)[0][0], rtol=1e-6)
+    assert u > 0

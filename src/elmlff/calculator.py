@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from elmlff import bases as B
 from elmlff.data.frames import Frames
 from elmlff.meta.ensemble import DirectEnsemble
 from elmlff.uq.metrics import ensemble_uncertainty, force_std
@@ -21,7 +22,9 @@ class EnsembleCalculator(Calculator):
     ``force_std_mean`` / ``force_std_max`` (eV/Å), ``base_energies`` (M,) and ``base_forces``
     (M, N, 3), for MD monitors and uncertainty; with two or more bases also ``uncertainty``, the
     ensemble force deviation U of :mod:`elmlff.uq.metrics` with ``uq_weights`` (U1 when they
-    are ∝ 1/RMSE, U0 when uniform, the default). Like MACE's variance outputs, every extra
+    are ∝ 1/RMSE, U0 when uniform, the default); for a single direct-force base (orb_direct)
+    ``uncertainty`` is its own force delta U_Δ, the RMS over atoms of its direct forces minus
+    −dE/dx of its energy head. Like MACE's variance outputs, every extra
     result is listed in ``implemented_properties``, so ``calc.get_property(name, atoms)`` works.
     """
 
@@ -40,7 +43,11 @@ class EnsembleCalculator(Calculator):
         self.ensemble = ensemble
         self.uq_weights = uq_weights
         self.has_energy = not isinstance(ensemble, DirectEnsemble)
-        extras = [p for p in self.EXTRAS if p != "uncertainty" or len(ensemble.bases) >= 2]
+        one = ensemble.bases[0] if len(ensemble.bases) == 1 else None
+        #: a single direct-force base monitors its own force delta U_Δ (no ensemble spread)
+        self.delta_base = one if one is not None and B.has_direct_forces(one) else None
+        monitored = len(ensemble.bases) >= 2 or self.delta_base is not None
+        extras = [p for p in self.EXTRAS if p != "uncertainty" or monitored]
         self.implemented_properties = [
             *(["energy", "free_energy"] if self.has_energy else []),
             "forces",
@@ -72,6 +79,8 @@ class EnsembleCalculator(Calculator):
             w = np.full(m, 1.0 / m) if self.uq_weights is None else self.uq_weights
             u = ensemble_uncertainty(p.base_forces, fr.n_atoms, w)
             self.results["uncertainty"] = float(u.U1.iloc[0])
+        elif self.delta_base is not None:  # U_Δ: direct forces vs −dE/dx of its energy head
+            self.results["uncertainty"] = float(self.delta_base.force_delta(fr)[0][0])
         if p.energy is not None:
             self.results["energy"] = self.results["free_energy"] = float(p.energy[0])
         elif "energy" in properties:

@@ -101,10 +101,15 @@ def run_replica(
         lay.dataset,
         seed=s.seed,
     )
+    u_c = None
     if len(bases) >= 2:  # the uncertainty monitor: U1 every step, U_c from the val frames
         calc.uq_weights, u_c = uncertainty_reference(dataset_dir, ds, frames, split, bases)
-        if s.u_threshold <= 0:
-            s = dataclasses.replace(s, u_threshold=u_c)
+    elif calc.delta_base is not None:  # a direct-force base alone: its U_Δ, U_c on val frames
+        u_c = float(
+            calc.delta_base.force_delta(frames.subset(np.sort(split.roles["val"])))[0].max()
+        )
+    if u_c is not None and s.u_threshold <= 0:
+        s = dataclasses.replace(s, u_threshold=u_c)
     log(f"MD of {model} replica {replica} from test frame {start}: {s}")
     # frames go to a .partial file as they come (a killed job keeps them there), renamed at the end
     partial = Path(f"{trajectory}.partial")
