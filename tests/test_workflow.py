@@ -150,6 +150,25 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     assert counts["train_subsets"] == "8" and counts["total"] == "129"
 
 
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared" / "data" / "rmd17").exists(), reason="needs ../shared/data/rmd17"
+)
+@pytest.mark.parametrize("overlay", ["md17", "md17_laptop"])
+def test_md17_dry_run_lists_every_job(overlay):
+    """Table 1's campaign: four molecules x six bases of five families (DimeNet and the
+    direct-force base included), both metas, the 63-subset study, MD and Table 1 itself."""
+    cfg = str(ROOT / "config" / "campaigns" / f"{overlay}.yaml")
+    r = smk("-n", "--forceall", "--quiet", "rules", "--configfile", cfg)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
+    for family in ("deepmd", "dimenet", "nequip", "orb_direct"):
+        assert counts[f"train_{family}"] == "4" and counts[f"predict_{family}"] == "4"
+    assert counts["train_schnetpack"] == "8" and counts["train_meta"] == "8"
+    assert counts["train_subsets"] == "24" and counts["table1"] == "1"
+    replicas = {"md17": 5, "md17_laptop": 2}[overlay]
+    models = {"md17": 10, "md17_laptop": 9}[overlay]
+    assert counts["md_replica"] == str(4 * models * replicas)
+
+
 def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
     """Both profiles parse; the SLURM one names no model family (the rules take each family's
     resources from its record) and dry-runs (minus conda, which this machine lacks): training
