@@ -18,9 +18,8 @@ import pytest
 import yaml
 from ase import units as _u
 
-from elmlff.data.source import download
+from elmlff.data.source import download, load_dataset
 from elmlff.errors import ElmlffError
-from elmlff.pipeline import load_dataset
 
 from conftest import ROOT
 

@@ -401,3 +401,36 @@ def test_a_wrapped_molecule_is_made_whole_before_bonds_and_h_of_r(methane):
 
     cu = bulk("Cu", "fcc", a=3.6, cubic=True)
     assert np.array_equal(make_whole(cu.numbers, cu.positions, cu.cell[:], cu.pbc), cu.positions)
+
+
+def test_md_reference_is_the_test_frames_or_the_whole_data_set_plus_extra_parts(tmp_path):
+    """The benchmark takes reference bond lengths and h(r) from the whole reference data; a
+    data set's extra reference parts (e.g. other rMD17 split files) join them, and only frames
+    with the start frame's atoms count."""
+    from elmlff import store
+    from elmlff.data import Split
+    from elmlff.md.campaign import reference_positions
+
+    from conftest import random_frames
+
+    f = random_frames(n_frames=6, sizes=(3,))
+    f.numbers = np.tile([8, 1, 1], 6)  # one molecule, six frames
+    split = Split({"train": [0, 1], "meta": [2], "val": [3], "test": [4, 5]})
+    ds = store.reference_dataset(f, split)
+    pos = f.positions.reshape(6, 3, 3)
+    np.testing.assert_allclose(reference_positions(ds, split, 4, "test", None), pos[[4, 5]])
+    np.testing.assert_allclose(reference_positions(ds, split, 4, "all", None), pos)
+    extra = tmp_path / "more.npz"  # two more frames of the molecule, one of another molecule
+    more = np.random.default_rng(3).normal(size=(2, 3, 3))
+    np.savez(extra, R=more, z=np.array([8, 1, 1]), E=np.zeros(2), F=np.zeros((2, 3, 3)))
+    np.savez(
+        tmp_path / "other.npz", R=more, z=np.array([6, 1, 1]), E=np.zeros(2), F=np.zeros((2, 3, 3))
+    )
+    spec = {
+        "format": "npz",
+        "path": str(tmp_path),
+        "units": {"energy": "eV", "length": "angstrom"},
+        "parts": {"more.npz": "pool", "other.npz": "pool"},
+    }
+    got = reference_positions(ds, split, 4, "all", spec)
+    np.testing.assert_allclose(got, np.concatenate([pos, more]))

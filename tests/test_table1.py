@@ -103,3 +103,93 @@ def test_table1_rows_bold_the_best_and_name_horizon_and_comparisons(tmp_path):
     png = tmp_path / "stability.png"
     stability_figure([a, b], MODELS, png)
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+
+
+def test_a_tiny_md17_like_campaign_makes_table1_through_the_workflow(tmp_path):
+    """Two rMD17-like molecules (npz files in kcal/mol), three base families of Table 1
+    (SchNet, DimeNet++, the direct-force base), Ensemble-direct, MD: `results/table1.md` has
+    every column and a row triple per molecule, and the survival figure is drawn."""
+    import re
+    import subprocess
+    import sys
+
+    import numpy as np
+    import yaml
+
+    from conftest import ROOT
+
+    rng = np.random.default_rng(0)
+    shape = np.array([[0.0, 0.0, 0.0], [1.09, 0.0, 0.0], [-0.36, 1.03, 0.0], [-0.36, -0.5, 0.9]])
+    data = tmp_path / "rmd17"
+    data.mkdir()
+    for mol in ("toya", "toyb"):
+        for part, n in (("train_01", 40), ("test_01", 12)):
+            x = shape + rng.normal(scale=0.03, size=(n, 4, 3))
+            np.savez(
+                data / f"rmd17_{mol}_{part}.npz",
+                nuclear_charges=np.array([6, 1, 1, 1], dtype=np.uint8),
+                coords=x,
+                energies=-25000.0 + 50.0 * ((x - shape) ** 2).sum(axis=(1, 2)),
+                forces=-100.0 * (x - shape),  # a harmonic well in kcal/mol/Å
+            )
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    ds = {
+        "format": "rmd17",
+        "path": str(data),
+        "units": {"energy": "kcal/mol", "length": "angstrom"},
+        "split": {"sizes": {"train": 24, "meta": 8, "val": 8, "test": 12}},
+    }
+    cfg["datasets"] = {
+        m: {**ds, "parts": {f"rmd17_{m}_train_01.npz": "pool", f"rmd17_{m}_test_01.npz": "test"}}
+        for m in ("toya", "toyb")
+    }
+    cfg["run"] = ["toya", "toyb"]
+    tiny = {"max_epochs": 2, "batch_size": 8}
+    cfg["bases"] = {
+        "schnet_t": {"family": "schnetpack", "params": {"n_atom_basis": 8, "n_interactions": 1}},
+        "dimenet_t": {
+            "family": "dimenet",
+            "params": {
+                "hidden_channels": 8,
+                "num_blocks": 1,
+                "int_emb_size": 8,
+                "basis_emb_size": 4,
+                "out_emb_channels": 8,
+                "num_spherical": 3,
+                "num_radial": 3,
+            },
+        },
+        "orb_t": {
+            "family": "orb_direct",
+            "params": {"latent_dim": 8, "base_mlp_hidden_dim": 8, "num_message_passing_steps": 1},
+        },
+    }
+    cfg["ensemble"] = list(cfg["bases"])
+    cfg["training"].update(tiny)
+    cfg["metas"]["ensemble_direct"]["params"].update(hidden=8, layers=1, heads=2)
+    cfg["metas"]["ensemble_direct"]["training"].update(tiny)
+    cfg["run_metas"] = ["ensemble_direct"]
+    cfg["md"] = {
+        "models": ["schnet_t", "orb_t", "ensemble_direct"],
+        "replicas": 1,
+        "settings": {"steps": 20, "record_every": 5, "temperature_K": 300, "nve_probe_steps": 10},
+    }
+    models = ["schnet_t", "dimenet_t", "orb_t", "best_base", "mean", "ensemble_direct"]
+    cfg["table1"] = {"datasets": ["toya", "toyb"], "models": models}
+    path = tmp_path / "md17.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+    cmd += ["--configfile", str(path), "--directory", str(tmp_path), "--cores", "2"]
+    r = subprocess.run([*cmd, "results/table1.md"], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = (tmp_path / "results" / "table1.md").read_text()
+    assert "| molecule | metric | " + " | ".join(models) + " |" in text
+    for mol in ("toya", "toyb"):
+        row = re.search(rf"^\| {mol} \| force MAE \[meV/Å\] \|(.*)$", text, re.M).group(1)
+        assert row.count("[") == len(models)  # every model has a test MAE with an interval
+    stab = re.findall(r"^\| \| stability \[%\] \|(.*)$", text, re.M)
+    assert len(stab) == 2 and all(s.count("–") == 3 for s in stab)  # MD of three models
+    assert "1 replicas of 0.01 ps at 300 K" in text
+    assert "ensemble_direct − best base force MAE" in text
+    png = tmp_path / "results" / "figures" / "stability.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--replica", type=int, default=0)
     s.add_argument("--settings", default="{}", help="MDSettings as JSON")
     s.add_argument("--diffusing-species", type=int, default=None)
+    s.add_argument("--reference", choices=["test", "all"], default="test")
+    s.add_argument("--reference-data", default=None, help="data spec of extra reference parts")
     s.add_argument("--trajectory", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
 
@@ -365,6 +367,8 @@ def _run(a: argparse.Namespace) -> int:
             a.out,
             a.subset,
             a.diffusing_species,
+            a.reference,
+            json.loads(a.reference_data) if a.reference_data else None,
         )
     elif a.cmd == "md-summary":
         from elmlff.md.campaign import summarize

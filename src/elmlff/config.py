@@ -189,6 +189,12 @@ def _check_datasets(config: MutableMapping[str, Any], source: str) -> None:
                 f"{source}: datasets.{d}.parts: {missing} not found under {root}",
                 f"name sub-folders or files of {root}: {have[:8]}",
             )
+        extra = spec.get("md", {}).get("reference_parts", [])
+        if root.exists() and (missing := missing_parts(root, extra)):
+            raise ElmlffError(
+                f"{source}: datasets.{d}.md.reference_parts: {missing} not found under {root}",
+                "name files under the data set's `path` (the same format and units)",
+            )
         fixed = {r for r in spec["parts"].values() if r in ROLES}
         try:
             check_sizes(

@@ -17,8 +17,8 @@ import pandas as pd
 from elmlff import bases as B
 from elmlff import store
 from elmlff.baselines import fit_baselines
-from elmlff.data import Frames, Split, make_split, read
-from elmlff.data.source import missing_parts, part_files, read_index
+from elmlff.data import Frames, Split, make_split
+from elmlff.data.source import load_dataset
 from elmlff.data.split import ROLES
 from elmlff.errors import ElmlffError
 from elmlff.guards import check_no_leak
@@ -32,41 +32,6 @@ REFERENCES = ("best_base", "linear_stacking", "mean")
 
 
 # -- data ---------------------------------------------------------------------------------
-def load_dataset(name: str, spec: Mapping[str, Any]) -> tuple[Frames, np.ndarray]:
-    """All frames of a data set's parts, and each frame's part role (pool or a fixed role)."""
-    root = Path(spec["path"])
-    if not root.exists():
-        raise ElmlffError(
-            f"data set '{name}': path {root} not found",
-            f"fix `datasets.{name}.path` in the config (relative to the "
-            "directory snakemake runs in)",
-        )
-    parts, roles = [], []
-    for part, role in spec["parts"].items():
-        missing = missing_parts(root, [part])
-        if missing:
-            raise ElmlffError(
-                f"data set '{name}': part {part}: {missing} not found under {root}",
-                f"fix `datasets.{name}.parts` (sub-folders or files under {root})",
-            )
-        file, index = part_files(part)
-        path = root if file == "." else root / file
-        f = read(
-            spec["format"],
-            path,
-            energy_unit=spec["units"]["energy"],
-            length_unit=spec["units"]["length"],
-            pbc=spec.get("pbc", "auto"),
-            part=part,
-        )
-        if index is not None:  # the frames an index file lists (the rMD17 archive's splits)
-            f = f.subset(read_index(root / index, len(f)))
-        log(f"read {len(f)} frames from {path} ({spec['format']}, role {role})")
-        parts.append(f)
-        roles += [role] * len(f)
-    return Frames.concatenate(parts, name=name), np.array(roles)
-
-
 def prepare(
     name: str,
     spec: Mapping[str, Any],

@@ -237,7 +237,8 @@ def subset_group_dirs(wildcards):
 
 
 def md_model_inputs(wildcards):
-    """What loading an MD model needs: its bases, plus baselines.json or the meta's model."""
+    """What loading an MD model needs: its bases, plus baselines.json or the meta's model (and
+    the data set's files when it has extra MD reference parts)."""
     from elmlff.baselines import BASELINES
 
     name, d = wildcards.model, lay(wildcards.dataset)
@@ -246,6 +247,8 @@ def md_model_inputs(wildcards):
         "split": d.split,
         "metrics": d.metrics,  # val RMSEs: the uncertainty monitor's weights
     }
+    if md_spec(config, wildcards.dataset).get("reference_parts"):
+        out["data"] = config["datasets"][wildcards.dataset]["path"]
     bases = base_models(wildcards)
     if name in config["metas"]:
         out["meta"] = d.meta_model(name)
@@ -280,6 +283,18 @@ def md_settings_json(wildcards):
 def md_species_arg(wildcards):
     z = md_spec(config, wildcards.dataset).get("diffusing_species")
     return "" if z is None else f"--diffusing-species {z}"
+
+
+def md_reference_args(wildcards):
+    """--reference test|all, and the data set's extra reference parts as a data spec."""
+    d = wildcards.dataset
+    md = md_spec(config, d)
+    out = f"--reference {md.get('reference', 'test')}"
+    if md.get("reference_parts"):
+        spec = {k: v for k, v in config["datasets"][d].items() if k in ("format", "path", "units")}
+        spec["parts"] = {p: "pool" for p in md["reference_parts"]}
+        out += f" --reference-data '{spec_json(spec)}'"
+    return out
 
 
 def keyed(paths):

@@ -14,6 +14,7 @@ rule md_replica:
     params:
         settings=md_settings_json,
         species=md_species_arg,
+        reference=md_reference_args,
         dir=lambda w: lay(w.dataset).dir,
     log:
         L.log("md/{model}_replica{replica}"),
@@ -28,7 +29,8 @@ rule md_replica:
     shell:
         "python -m elmlff md-replica --dataset-dir {params.dir}"
         " --model {wildcards.model} --replica {wildcards.replica} --settings {params.settings:q}"
-        " {params.species} --trajectory {output.trajectory} --out {output.result} > {log} 2>&1"
+        " {params.species} {params.reference} --trajectory {output.trajectory}"
+        " --out {output.result} > {log} 2>&1"
 
 
 rule md_summary:

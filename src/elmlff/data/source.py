@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from elmlff.data.frames import Frames
+from elmlff.data.readers import read
 from elmlff.errors import ElmlffError
 from elmlff.log import log
 
@@ -69,6 +71,41 @@ def read_index(path: Path, n_frames: int) -> np.ndarray:
     if len(np.unique(idx)) != len(idx):
         raise ElmlffError(f"{path}: repeated frame numbers", "list each frame once")
     return idx
+
+
+def load_dataset(name: str, spec: Mapping[str, Any]) -> tuple[Frames, np.ndarray]:
+    """All frames of a data set's parts, and each frame's part role (pool or a fixed role)."""
+    root = Path(spec["path"])
+    if not root.exists():
+        raise ElmlffError(
+            f"data set '{name}': path {root} not found",
+            f"fix `datasets.{name}.path` in the config (relative to the "
+            "directory snakemake runs in)",
+        )
+    parts, roles = [], []
+    for part, role in spec["parts"].items():
+        missing = missing_parts(root, [part])
+        if missing:
+            raise ElmlffError(
+                f"data set '{name}': part {part}: {missing} not found under {root}",
+                f"fix `datasets.{name}.parts` (sub-folders or files under {root})",
+            )
+        file, index = part_files(part)
+        path = root if file == "." else root / file
+        f = read(
+            spec["format"],
+            path,
+            energy_unit=spec["units"]["energy"],
+            length_unit=spec["units"]["length"],
+            pbc=spec.get("pbc", "auto"),
+            part=part,
+        )
+        if index is not None:  # the frames an index file lists (the rMD17 archive's splits)
+            f = f.subset(read_index(root / index, len(f)))
+        log(f"read {len(f)} frames from {path} ({spec['format']}, role {role})")
+        parts.append(f)
+        roles += [role] * len(f)
+    return Frames.concatenate(parts, name=name), np.array(roles)
 
 
 # -- download -----------------------------------------------------------------------------

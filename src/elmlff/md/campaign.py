@@ -37,18 +37,47 @@ from elmlff.md.observables import (
 from elmlff.md.run import MDSettings, run_md
 
 
-def reference_frames(ds, split: Split, like: int) -> np.ndarray:
-    """Test frames with the same atoms (same numbers in the same order) as frame ``like``."""
+def reference_frames(ds, split: Split, like: int, which: str = "test") -> np.ndarray:
+    """Frames of the store with the same atoms (same numbers in the same order) as frame
+    ``like``: the test frames, or every frame (``which="all"``)."""
     frames = store.frames_from_dataset(ds)
-    z0 = frames.numbers[frames.atom_index([like])]
-    test = split.roles["test"]
+    pool = split.roles["test"] if which == "test" else np.arange(len(frames))
+    return same_atoms(frames, frames.numbers[frames.atom_index([like])], pool)
+
+
+def same_atoms(frames, z0: np.ndarray, pool) -> np.ndarray:
+    """The frames of ``pool`` whose atomic numbers are ``z0`` in that order."""
     same = [
         f
-        for f in test
+        for f in pool
         if frames.n_atoms[f] == len(z0)
         and np.array_equal(frames.numbers[frames.atom_index([f])], z0)
     ]
     return np.asarray(same, dtype=np.int64)
+
+
+def reference_positions(
+    ds, split: Split, start: int, which: str, extra: Mapping[str, Any] | None
+) -> np.ndarray:
+    """(T, N, 3) positions of the MD reference frames of the start frame's molecule: the test
+    frames or every store frame, plus the frames of ``extra`` (a data spec of more parts, read
+    only here, never trained on) with the same atoms."""
+    frames = store.frames_from_dataset(ds)
+    idx = reference_frames(ds, split, start, which)
+    z0 = frames.numbers[frames.atom_index([start])]
+    pos = [frames.positions[frames.atom_index(idx)].reshape(len(idx), -1, 3)]
+    if extra:
+        from elmlff.data.source import load_dataset
+
+        more, _ = load_dataset("md reference", extra)
+        keep = same_atoms(more, z0, range(len(more)))
+        pos.append(more.positions[more.atom_index(keep)].reshape(len(keep), -1, 3))
+    out = np.concatenate(pos)
+    log(
+        f"MD reference: {len(out)} frames ({which} frames of the store"
+        + (", extra parts)" if extra else ")")
+    )
+    return out
 
 
 def run_replica(
@@ -60,8 +89,12 @@ def run_replica(
     out_json: Path,
     subset: str = "all",
     diffusing_species: int | None = None,
+    reference: str = "test",
+    reference_data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """MD of ``model`` from a seeded random test frame; observables against the test frames.
+    """MD of ``model`` from a seeded random test frame; observables against the reference
+    frames (:func:`reference_positions`: the test frames, or every frame of the data set as
+    the benchmark does, plus any extra reference parts).
 
     The start frame decides molecule or condensed phase (:func:`is_molecule`, from the
     structure: methane in its periodic box is a molecule). A molecule gets the bond criterion
@@ -83,8 +116,7 @@ def run_replica(
     frames = store.frames_from_dataset(ds)
     atoms = frames.subset([start]).to_atoms()[0]
     molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
-    ref_idx = reference_frames(ds, split, start)
-    ref_pos = frames.positions[frames.atom_index(ref_idx)].reshape(len(ref_idx), -1, 3)
+    ref_pos = reference_positions(ds, split, start, reference, reference_data)
     if molecule:  # a molecule wrapped across the box's boundary is made whole first
         atoms.positions = make_whole(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
         ref_pos = np.stack(
@@ -122,6 +154,8 @@ def run_replica(
     out.update(res.to_dict())
     out["horizon_ps"] = s.steps * s.timestep_fs * 1e-3  # the configured run length
     out["temperature_K"] = s.temperature_K
+    out["reference"] = reference + ("+parts" if reference_data else "")
+    out["reference_frames"] = len(ref_pos)
     out.update(temperature)
     # a run the uncertainty monitor stopped neither completed nor collapsed: stability unknown
     out["stable"] = None if res.stopped == "uncertainty" else res.stopped == "completed"
@@ -478,13 +512,14 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
             traj = read(t, index=":", format="extxyz")
             pos.append(np.stack([a.positions for a in traj]))
             if ref_h is None:
-                start = json.loads(t.with_suffix(".json").read_text())["start_frame"]
-                idx = reference_frames(ds, split, start)
+                info = json.loads(t.with_suffix(".json").read_text())
+                which = str(info.get("reference", "test")).split("+")[0]
+                idx = reference_frames(ds, split, info["start_frame"], which)
                 ref = frames.positions[frames.atom_index(idx)].reshape(len(idx), -1, 3)
                 ref_h = h_of_r(ref)
         h = h_of_r(np.concatenate([p for p in pos if p.shape[1:] == pos[0].shape[1:]]))
         err = h_of_r_error(h, ref_h)
-        ax.plot(centres, ref_h, color="black", lw=1.2, label="test frames")
+        ax.plot(centres, ref_h, color="black", lw=1.2, label=f"reference ({which} frames)")
         ax.plot(centres, h, color="#C44E52", lw=1.0, label=f"MD ({len(trajs)} replicas)")
         ax.set_title(f"{model}: ∫|Δh| dr = {err:.3f}", fontsize=9)
         ax.grid(alpha=0.3)
