@@ -185,3 +185,40 @@ def test_per_split_files_on_disk_read_as_a_pool_and_a_test_part():
     assert set(frames.n_atoms) == {9} and sorted(set(frames.numbers)) == [1, 6, 8]
     raw = np.load(RMD17 / "rmd17_ethanol_train_01.npz")
     np.testing.assert_allclose(frames.energy[:1000], raw["energies"] * KCAL_MOL_TO_EV)
+
+
+@pytest.mark.skipif(not RMD17.exists(), reason="needs ../shared/data/rmd17")
+def test_md17_manifests_train_on_at_most_one_split_and_never_on_its_test_frames(
+    tmp_path, monkeypatch
+):
+    """The MD17 campaign's data stage as the workflow runs it: every frame a base or a meta
+    learns from, or is chosen on, is one of the split's 1,000 training frames (at most 1,000 of
+    them), the test frames are the split's own 1,000, and no test frame is a training frame of
+    the original trajectory (rMD17's old_indices are disjoint)."""
+    import json
+
+    from elmlff.config import load_config
+    from elmlff.pipeline import prepare
+
+    monkeypatch.chdir(ROOT)  # the configs' data paths are relative to the project root
+    cfg = load_config(
+        ROOT / "config" / "config.yaml",
+        ROOT / "config" / "campaigns" / "md17.yaml",
+        ROOT / "config" / "campaigns" / "md17_laptop.yaml",
+    )
+    for mol in cfg["run"]:
+        spec = {**cfg["datasets"][mol], "path": str(RMD17)}
+        prepare(mol, spec, tmp_path / f"{mol}.zarr", tmp_path / f"{mol}.json")
+        split = json.loads((tmp_path / f"{mol}.json").read_text())
+        source = split["source"]
+        learn = [i for r in ("train", "meta", "val") for i in split["roles"][r]]
+        assert len(learn) <= 1000 and len(split["roles"]["train"]) <= 1000
+        assert {source[i][0] for i in learn} == {f"rmd17_{mol}_train_01.npz"}
+        assert {source[i][0] for i in split["roles"]["test"]} == {f"rmd17_{mol}_test_01.npz"}
+        assert len(split["roles"]["test"]) == 1000
+        old = {
+            part: np.load(RMD17 / f"rmd17_{mol}_{part}_01.npz")["old_indices"]
+            for part in ("train", "test")
+        }
+        seen = {int(old["train"][source[i][1]]) for i in learn}
+        assert not seen & {int(x) for x in old["test"]}
