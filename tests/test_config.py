@@ -227,3 +227,27 @@ def test_ensemble_conserv_refuses_a_base_without_a_differentiable_energy(tmp_pat
     cfg["run_metas"] = ["ensemble_direct"]
     cfg["md"]["models"] = ["painn", "ensemble_direct"]
     validate_config(cfg)  # direct metas read the stored predictions: fine
+
+
+def test_a_data_set_sets_a_base_of_its_own_over_the_base_key_by_key():
+    """Per-molecule settings of one base: the data set's params/training win key by key, other
+    data sets keep the base's; a typo or an unknown base there is one line, before training."""
+    from elmlff.config import base_spec
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"]["other"] = copy.deepcopy(cfg["datasets"]["methane"])
+    cfg["datasets"]["methane"]["bases"] = {
+        "painn": {"params": {"n_rbf": 7}, "training": {"max_epochs": 3}}
+    }
+    validate_config(cfg)
+    mine, other = base_spec(cfg, "painn", "methane"), base_spec(cfg, "painn", "other")
+    assert mine.params["n_rbf"] == 7 and mine.params["n_interactions"] == 3
+    assert mine.training["max_epochs"] == 3 and mine.training["lr"] == other.training["lr"]
+    assert other.params["n_rbf"] == 20 and other.training["max_epochs"] == 25
+    bad = copy.deepcopy(cfg)
+    bad["datasets"]["methane"]["bases"] = {"painn": {"params": {"n_rbff": 7}}}
+    with pytest.raises(ElmlffError, match=r"datasets.methane.bases.painn.params: unknown key"):
+        validate_config(bad)
+    bad["datasets"]["methane"]["bases"] = {"painnn": {}}
+    with pytest.raises(ElmlffError, match="no base 'painnn'"):
+        validate_config(bad)

@@ -150,6 +150,21 @@ def _check_bases(config: MutableMapping[str, Any], source: str) -> None:
             dict(base.get("training", {})),
             f"{source}: bases.{name}",
         )
+    for d, spec in config["datasets"].items():
+        for name, own in spec.get("bases", {}).items():
+            if name not in config["bases"]:
+                raise ElmlffError(
+                    f"{source}: datasets.{d}.bases: no base {name!r}",
+                    f"set bases that `bases` defines: {sorted(config['bases'])}",
+                )
+            base = config["bases"][name]
+            check_spec(
+                name,
+                base["family"],
+                {**base.get("params", {}), **own.get("params", {})},
+                {**base.get("training", {}), **own.get("training", {})},
+                f"{source}: datasets.{d}.bases.{name}",
+            )
     known = {**{k: t() for k, t in COMMON_TRAINING.items()}}
     for rec in FAMILIES.values():
         known = {**rec.training, **known}
@@ -374,16 +389,18 @@ def left_out(config: MutableMapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def base_spec(config: MutableMapping[str, Any], name: str):
-    """The :class:`~elmlff.bases.BaseSpec` of a base, training defaults merged in."""
+def base_spec(config: MutableMapping[str, Any], name: str, dataset: str | None = None):
+    """The :class:`~elmlff.bases.BaseSpec` of a base, training defaults merged in, and the
+    data set's own settings of it (``datasets.<dataset>.bases.<name>``) over its own."""
     from elmlff.bases import BaseSpec
 
     b = config["bases"][name]
+    own = config["datasets"][dataset].get("bases", {}).get(name, {}) if dataset else {}
     return BaseSpec(
         name,
         b["family"],
-        dict(b.get("params", {})),
-        {**config.get("training", {}), **b.get("training", {})},
+        {**b.get("params", {}), **own.get("params", {})},
+        {**config.get("training", {}), **b.get("training", {}), **own.get("training", {})},
     )
 
 

@@ -112,7 +112,8 @@ def dataset_json(wildcards):
 
 
 def base_json(wildcards):
-    return spec_json(base_spec(config, wildcards.model))
+    """The base's spec for this data set (its per-data-set settings over its own)."""
+    return spec_json(base_spec(config, wildcards.model, wildcards.dataset))
 
 
 def meta_json(wildcards):
