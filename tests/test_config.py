@@ -251,3 +251,22 @@ def test_a_data_set_sets_a_base_of_its_own_over_the_base_key_by_key():
     bad["datasets"]["methane"]["bases"] = {"painnn": {}}
     with pytest.raises(ElmlffError, match="no base 'painnn'"):
         validate_config(bad)
+
+
+def test_table1_names_run_data_sets_with_md_and_shared_downloads_agree():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["table1"] = {"datasets": ["water"], "models": ["painn"]}
+    with pytest.raises(ElmlffError, match=r"table1.datasets: 'water' is not in `run`"):
+        validate_config(copy.deepcopy(cfg))
+    cfg["table1"]["datasets"] = ["methane"]
+    cfg["md"]["models"] = []
+    with pytest.raises(ElmlffError, match="runs no MD"):
+        validate_config(copy.deepcopy(cfg))
+    cfg = copy.deepcopy(DEFAULT)
+    two = copy.deepcopy(cfg["datasets"]["methane"])
+    cfg["datasets"] = {"a": two, "b": copy.deepcopy(two)}
+    cfg["run"] = ["a", "b"]
+    for d, sha in (("a", "0" * 64), ("b", "1" * 64)):
+        cfg["datasets"][d].update(path="nowhere/yet", download={"url": "http://x", "sha256": sha})
+    with pytest.raises(ElmlffError, match="different `download` specs"):
+        validate_config(cfg)

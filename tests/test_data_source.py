@@ -163,7 +163,9 @@ def test_index_files_that_do_not_fit_their_data_file_are_one_line_errors(tmp_pat
     (root / "splits" / "big.csv").write_text("3\n12\n")
     (root / "splits" / "twice.csv").write_text("3\n3\n")
     spec = {**SPEC, "path": str(root)}
-    for index, match in (("big", r"frame numbers \[12\] outside"), ("twice", "repeated")):
+    (root / "splits" / "cols.csv").write_text("3 4\n5 6\n")
+    cases = (("big", r"frame numbers \[12\] outside"), ("twice", "repeated"), ("cols", "columns"))
+    for index, match in cases:
         spec["parts"] = {f"toy.npz@splits/{index}.csv": "pool"}
         with pytest.raises(ElmlffError, match=match):
             load_dataset("toy", spec)

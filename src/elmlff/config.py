@@ -135,6 +135,7 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
     _check_bases(config, source)
     _check_datasets(config, source)
     _check_study_and_uncertainty(config, source)
+    _check_downloads_and_table1(config, source)
 
 
 def _check_bases(config: MutableMapping[str, Any], source: str) -> None:
@@ -217,6 +218,36 @@ def _check_datasets(config: MutableMapping[str, Any], source: str) -> None:
             )
         except ElmlffError as err:
             raise ElmlffError(f"{source}: datasets.{d}.{err.what}", err.fix) from None
+
+
+def _check_downloads_and_table1(config: MutableMapping[str, Any], source: str) -> None:
+    """Data sets sharing a path download it with one spec; Table 1's data sets are run and
+    have MD, and its models are trained models or baselines of the campaign."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for d in config["run"]:
+        spec = config["datasets"][d]
+        if spec.get("download"):
+            first = seen.setdefault(spec["path"], (d, spec["download"]))
+            if first[1] != spec["download"]:
+                raise ElmlffError(
+                    f"{source}: datasets {first[0]} and {d} download into {spec['path']} with "
+                    "different `download` specs",
+                    "give data sets that share a path the same `download`",
+                )
+    t1 = config.get("table1")
+    if not t1:
+        return
+    for d in t1["datasets"]:
+        if d not in config["run"]:
+            raise ElmlffError(
+                f"{source}: table1.datasets: {d!r} is not in `run` {config['run']}",
+                "list only data sets the campaign runs in table1.datasets",
+            )
+        if not md_spec(config, d).get("models"):
+            raise ElmlffError(
+                f"{source}: table1.datasets: {d!r} runs no MD (md.models is empty)",
+                "give md.models, or leave the data set out of table1",
+            )
 
 
 def _check_study_and_uncertainty(config: MutableMapping[str, Any], source: str) -> None:

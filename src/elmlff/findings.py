@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from elmlff.errors import ElmlffError
-from elmlff.io import atomic_write_text
+from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
 from elmlff.summary import benchmark_seconds, metric_label
 
@@ -31,12 +31,6 @@ VERDICT = {
     "worse": "is higher than",
     "indistinguishable": "cannot be told apart from",
 }
-
-
-def _read_csv(path: str | Path, rule: str) -> pd.DataFrame:
-    if not Path(path).exists():
-        raise ElmlffError(f"{path} not found", f"run the {rule} rule first")
-    return pd.read_csv(path)
 
 
 def _name(path: str) -> str:
@@ -62,14 +56,15 @@ def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
     total = sum(bench.values())
     study = sum(s for j, s in bench.items() if j.startswith("train_subsets_"))
     newest = max(Path(b).stat().st_mtime for b in benchmarks) if benchmarks else time.time()
-    commit = store.open_store(lay.store).attrs.get("git_commit", "unknown")[:7]
+    commit = str(store.open_store(lay.store).attrs.get("git_commit", "unknown"))
+    commit = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
     share = f", {study / 60:.1f} min of it the subset study" if study else ""
     return [
         f"**Run.** Dataset `{lay.dataset}`, finished "
-        f"{time.strftime('%Y-%m-%d', time.gmtime(newest))} at commit `{commit}`: "
+        f"{time.strftime('%Y-%m-%d', time.gmtime(newest))} (store made at commit `{commit}`): "
         f"the {len(bench)} benchmarked jobs took {total / 60:.1f} min in "
-        f"all (the sum of their `benchmark:` files{share}; the local profile runs one job at a "
-        "time, so this is the campaign's wall time).",
+        f"all (the sum of their `benchmark:` files{share}; run one job at a time, as the local "
+        "profile does, this is the campaign's wall time).",
         "",
     ]
 
@@ -78,8 +73,8 @@ def accuracy(lay: DatasetLayout, candidates: Sequence[str]) -> list[str]:
     """The best base (chosen on val), each headline meta's test error and the verdicts of its
     paired intervals against the references; the ablations with their intervals; the bases
     flagged as having learned nothing."""
-    df = _read_csv(lay.metrics, "evaluate")
-    cmp = _read_csv(lay.comparisons, "evaluate")
+    df = read_result_csv(lay.metrics, "evaluate")
+    cmp = read_result_csv(lay.comparisons, "evaluate")
     label = metric_label(METRIC)
     test = df[(df.split == "test") & (df.metric == METRIC)].set_index("model")
     chosen = json.loads(Path(lay.baselines).read_text())["baselines"]["best_base"]["info"]
@@ -123,9 +118,9 @@ def accuracy(lay: DatasetLayout, candidates: Sequence[str]) -> list[str]:
 def subset_study(lay: DatasetLayout) -> list[str]:
     """Per meta and size k: the median test error of its subset models against the median of
     the plain mean of the same subsets, and the subset chosen on val with its test error."""
-    df = _read_csv(lay.subsets, "subset_table")
+    df = read_result_csv(lay.subsets, "subset_table")
     d = df[df.metric == METRIC]
-    base = _read_csv(lay.metrics, "evaluate")
+    base = read_result_csv(lay.metrics, "evaluate")
     base = base[(base.split == "test") & (base.metric == METRIC) & (base.kind == "base")]
     base = base.set_index("model").value
     out: list[str] = []
@@ -146,9 +141,9 @@ def subset_study(lay: DatasetLayout) -> list[str]:
         one = test[test.k == 1]
         gain = [base[m] - v for m, v in zip(one.models, one.value, strict=True) if m in base]
         single = (
-            f" On a single base the meta's test error is below that base's own in "
-            f"{sum(x > 0 for x in gain)} of {len(gain)} cases (median change "
-            f"{-1e3 * float(np.median(gain)):+.2f} meV/Å), since it learns a correction."
+            f" A meta on a single base against that base alone (test point values, no "
+            f"interval): its error is the smaller in {sum(x > 0 for x in gain)} of {len(gain)} "
+            f"cases, median difference meta − base {-1e3 * float(np.median(gain)):+.2f} meV/Å."
             if gain
             else ""
         )
@@ -193,9 +188,9 @@ def uncertainty(lay: DatasetLayout) -> list[str]:
     if len(half) and len(full):
         at = dict(zip(half.uncertainty, half.rmse, strict=True))
         text.append(
-            f"Keeping the half of the frames with the lowest U1 lowers the mean force's pooled "
-            f"force RMSE from {_meV(full.rmse.iloc[0])} to {_meV(at.get('U1', np.nan))} meV/Å "
-            f"(the oracle, removing the frames of largest true error: "
+            f"Pooled force RMSE of the mean force on every test frame: {_meV(full.rmse.iloc[0])}"
+            f" meV/Å; on the half with the lowest U1: {_meV(at.get('U1', np.nan))} meV/Å "
+            f"(the oracle, keeping the half of smallest true error: "
             f"{_meV(at.get('oracle (true error)', np.nan))})."
         )
     if ("force_delta", "rmse_direct") in rho:
@@ -218,9 +213,10 @@ def uncertainty(lay: DatasetLayout) -> list[str]:
         a = json.loads(adv.read_text())
         steps = a.get("settings", {}).get("steps", "?")
         text.append(
-            f"{steps} adversarial steps raised U1 from {1e3 * a['U_start_mean']:.0f} to "
-            f"{1e3 * a['U_end_mean']:.0f} meV/Å on average, on "
-            f"{a['U_raised_fraction'] * len(a['starts']):.0f} of {len(a['starts'])} test frames"
+            f"Adversarial sampling ({steps} steps from {len(a['starts'])} test frames): mean U1 "
+            f"{1e3 * a['U_start_mean']:.0f} meV/Å at the start, {1e3 * a['U_end_mean']:.0f} at "
+            f"the end; U1 ended higher than it started on "
+            f"{a['U_raised_fraction'] * len(a['starts']):.0f} of {len(a['starts'])} frames"
             + (f" ({a['note']})." if a.get("note") else ".")
         )
     return [" ".join(text), ""]

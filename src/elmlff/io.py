@@ -54,3 +54,14 @@ def run_streaming(cmd: list[str], cwd: Path, env: dict[str, str], prefix: str = 
                 print(prefix + line, flush=True)
                 last.append(line)
     return None if proc.returncode == 0 else " | ".join(last)
+
+
+def read_result_csv(path: Path | str, rule: str):
+    """A CSV under results/ as a DataFrame, or a one-line error naming the rule that makes it."""
+    import pandas as pd
+
+    from elmlff.errors import ElmlffError
+
+    if not Path(path).exists():
+        raise ElmlffError(f"{path} not found", f"run the {rule} rule first")
+    return pd.read_csv(path)

@@ -16,19 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from elmlff.errors import ElmlffError
-from elmlff.io import atomic_path, atomic_write_text
+from elmlff.io import atomic_path, atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
 
 MAE = "force_mae"  # pooled over components (= frame mean for a single molecule)
-
-
-def _read(path: str, rule: str) -> pd.DataFrame:
-    if not Path(path).exists():
-        raise ElmlffError(f"{path} not found", f"run the {rule} rule first")
-    return pd.read_csv(path)
 
 
 def _bold(cells: list[str], values: list[float], best: str) -> list[str]:
@@ -46,9 +38,9 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
     """Three Markdown rows (force MAE, stability %, h(r) error) of one data set over ``models``,
     the paired lines of its metas against the best base, and facts (horizon, temperature)."""
     lay = DatasetLayout.of(dataset_dir)
-    met = _read(lay.metrics, "evaluate")
+    met = read_result_csv(lay.metrics, "evaluate")
     test = met[(met.split == "test") & (met.metric == MAE)].set_index("model")
-    md = _read(lay.md_summary, "md_summary")
+    md = read_result_csv(lay.md_summary, "md_summary")
     agg = md[md.replica == "all"].pivot_table(index="model", columns="metric", values="value")
     mae = [1e3 * test.value.get(m, np.nan) for m in models]
     mae_cells = [
@@ -71,7 +63,7 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
         + " | ".join(_bold([f"{v:.3f}" if np.isfinite(v) else "–" for v in hr], hr, "min"))
         + " |",
     ]
-    cmp = _read(lay.comparisons, "evaluate")
+    cmp = read_result_csv(lay.comparisons, "evaluate")
     c = cmp[(cmp.metric == MAE) & (cmp.reference == "best_base") & cmp.model.isin(models)]
     paired = [
         f"{name}: {r.model} − best base force MAE {1e3 * r.difference:+.1f} "
@@ -139,7 +131,7 @@ def stability_figure(dataset_dirs: Sequence[Path], models: Sequence[str], out: P
     )
     for ax, d in zip(axes[0], dataset_dirs, strict=True):
         lay = DatasetLayout.of(d)
-        md = _read(lay.md_summary, "md_summary")
+        md = read_result_csv(lay.md_summary, "md_summary")
         per = md[md.replica != "all"].pivot_table(
             index=["model", "replica"], columns="metric", values="value"
         )

@@ -1,5 +1,6 @@
 # Config validation and input functions shared by every stage.
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,10 +125,12 @@ def meta_json(wildcards):
     return spec_json(spec)
 
 
-#: {dataset: download spec} of every data set the campaign runs that gives `download:`
-DOWNLOADS = {
-    d: config["datasets"][d]["download"] for d in DATASETS if config["datasets"][d].get("download")
-}
+#: {data path: (first data set, download spec)} of the data sets the campaign runs that give
+#: `download:` (the config check refuses two different specs for one path)
+DOWNLOADS = {}
+for _d in DATASETS:
+    if config["datasets"][_d].get("download"):
+        DOWNLOADS.setdefault(config["datasets"][_d]["path"], (_d, config["datasets"][_d]["download"]))
 
 
 def data_input(wildcards):
@@ -292,9 +295,10 @@ def md_reference_args(wildcards):
     md = md_spec(config, d)
     out = f"--reference {md.get('reference', 'test')}"
     if md.get("reference_parts"):
-        spec = {k: v for k, v in config["datasets"][d].items() if k in ("format", "path", "units")}
+        keys = ("format", "path", "units", "pbc")
+        spec = {k: v for k, v in config["datasets"][d].items() if k in keys}
         spec["parts"] = {p: "pool" for p in md["reference_parts"]}
-        out += f" --reference-data '{spec_json(spec)}'"
+        out += f" --reference-data {shlex.quote(spec_json(spec))}"
     return out
 
 

@@ -22,9 +22,9 @@ rule prepare_dataset:
 
 
 
-# one rule per data set that gives `download:` (its path is the output, so it runs only when
-# the data are not on disk)
-for _dataset, _spec in DOWNLOADS.items():
+# one rule per data path that a data set downloads (its path is the output, so it runs only
+# when the data are not on disk; data sets sharing a path share the rule)
+for _path, (_dataset, _spec) in DOWNLOADS.items():
 
     rule:
         """Fetch a data set's published archive once, verify its sha256, extract what the
@@ -32,7 +32,7 @@ for _dataset, _spec in DOWNLOADS.items():
         name:
             f"download_{_dataset}"
         output:
-            directory(config["datasets"][_dataset]["path"]),
+            directory(_path),
         params:
             spec=json.dumps(_spec, sort_keys=True),
         log:

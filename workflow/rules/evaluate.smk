@@ -52,7 +52,7 @@ rule uncertainty:
     log:
         L.log("uncertainty"),
     conda:
-        env_file("elmlff")
+        env_file("meta")  # a direct-force base's U_Δ loads it (orb-models)
     shell:
         "python -m elmlff uq stage --store {input.store} --split {input.split}"
         " --metrics {input.metrics} --pair {params.pair} --direct {params.direct}"

@@ -498,8 +498,9 @@ def energy_and_forces(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(energy (F,), forces (A, 3)) of a differentiable base as torch functions of
     ``positions``: the forces its ``predict`` gives, so that live bases and the store agree —
-    −dE/dx, or the direct forces of a family whose record says ``direct_forces`` (then
-    differentiable through ``direct_forces()``, not a gradient of the energy)."""
+    −dE/dx, or the direct forces of a family whose record says ``direct_forces``: its
+    ``outputs()`` gives energy and direct forces in one forward pass, the forces
+    differentiable but not a gradient of the energy."""
     import torch
 
     if has_direct_forces(pot):  # one forward pass gives both (orb's heads)

@@ -32,7 +32,7 @@ neighbour changes), ``pair_repulsion`` (orb-v3's ZBL term).
 
 ``training``: ``max_epochs``, ``batch_size``, ``lr`` (AdamW), ``energy_weight`` and
 ``force_weight``, ``patience`` (early stopping on validation loss; ReduceLROnPlateau halves the
-learning rate after patience // 3 epochs without improvement), ``seed``, ``dtype``
+learning rate after max(2, patience // 3) epochs without improvement), ``seed``, ``dtype``
 (``float32``, orb's default, or ``float64``), ``rotation_augmentation`` (a random rotation of
 every training frame at every step, as orb-v3 and ForceNet train: neither architecture is
 rotation-equivariant by construction, and without it the network memorises orientations).

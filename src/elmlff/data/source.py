@@ -14,6 +14,7 @@ An index file holds 0-based frame numbers, one per line (the rMD17 archive's ``s
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -60,6 +61,11 @@ def read_index(path: Path, n_frames: int) -> np.ndarray:
             f"{path}: not an index file ({str(exc).splitlines()[0]})",
             "give one 0-based frame number per line, as the rMD17 archive's splits/",
         ) from None
+    if idx.ndim != 1:
+        raise ElmlffError(
+            f"{path}: {idx.shape[1]} columns, not one frame number per line",
+            "give one 0-based frame number per line, as the rMD17 archive's splits/",
+        )
     if idx.size == 0:
         raise ElmlffError(f"{path}: no frame numbers", "give one 0-based frame number per line")
     bad = idx[(idx < 0) | (idx >= n_frames)]
@@ -137,7 +143,7 @@ def download(spec: Mapping[str, Any], out: Path, timeout: float = 60.0) -> list[
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r, open(archive, "wb") as fh:
                 shutil.copyfileobj(r, fh, 1 << 20)
-        except OSError as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # incl. a bad URL
             raise ElmlffError(
                 f"download of {url} failed ({exc})",
                 "check the URL and the network, or download it yourself and set the data "

@@ -156,6 +156,7 @@ def run_replica(
     out["temperature_K"] = s.temperature_K
     out["reference"] = reference + ("+parts" if reference_data else "")
     out["reference_frames"] = len(ref_pos)
+    out["reference_hr"] = h_of_r(ref_pos).tolist()  # what hr_mae compares with (the figure too)
     out.update(temperature)
     # a run the uncertainty monitor stopped neither completed nor collapsed: stability unknown
     out["stable"] = None if res.stopped == "uncertainty" else res.stopped == "completed"
@@ -513,10 +514,13 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
             pos.append(np.stack([a.positions for a in traj]))
             if ref_h is None:
                 info = json.loads(t.with_suffix(".json").read_text())
-                which = str(info.get("reference", "test")).split("+")[0]
-                idx = reference_frames(ds, split, info["start_frame"], which)
-                ref = frames.positions[frames.atom_index(idx)].reshape(len(idx), -1, 3)
-                ref_h = h_of_r(ref)
+                which = str(info.get("reference", "test"))
+                if "reference_hr" in info:  # the replica's own reference (hr_mae's)
+                    ref_h = np.asarray(info["reference_hr"])
+                else:  # a replica of an older run: its test frames
+                    idx = reference_frames(ds, split, info["start_frame"], "test")
+                    ref = frames.positions[frames.atom_index(idx)].reshape(len(idx), -1, 3)
+                    ref_h = h_of_r(ref)
         h = h_of_r(np.concatenate([p for p in pos if p.shape[1:] == pos[0].shape[1:]]))
         err = h_of_r_error(h, ref_h)
         ax.plot(centres, ref_h, color="black", lw=1.2, label=f"reference ({which} frames)")
