@@ -1,5 +1,6 @@
 # Config validation and input functions shared by every stage.
 import json
+import re
 import shlex
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +18,6 @@ from elmlff.bases import FAMILIES
 from elmlff.errors import ElmlffError
 from elmlff.layout import CAMPAIGN, DatasetLayout
 from elmlff.smk import resume_after_kill, rule_environment
-from elmlff.subsets import PATTERN as SUBSET_PATTERN
 from elmlff.subsets import resolve as resolve_subset
 from snakemake.logging import logger
 
@@ -124,6 +124,12 @@ def meta_json(wildcards):
     spec.pop("ablation")
     return spec_json(spec)
 
+
+#: the `subset` wildcard: `all`, or configured bases joined by '+' (not any name: a benchmark
+#: file `train_meta_ensemble_conserv_energy_all` must not parse as meta `ensemble_conserv`,
+#: subset `energy_all`)
+_BASE_NAMES = "|".join(re.escape(b) for b in sorted(config["bases"], key=len, reverse=True))
+SUBSET_WILDCARD = rf"all|(?:{_BASE_NAMES})(?:\+(?:{_BASE_NAMES}))*"
 
 #: {data path: (first data set, download spec)} of the data sets the campaign runs that give
 #: `download:` (the config check refuses two different specs for one path)

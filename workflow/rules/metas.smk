@@ -12,7 +12,7 @@ rule train_meta:
         directory(L.meta_model("{meta}", "{subset}")),
     wildcard_constraints:
         meta="|".join(config["metas"]) or "^$",
-        subset=SUBSET_PATTERN,
+        subset=SUBSET_WILDCARD,
     params:
         spec=meta_json,
         ensemble=lambda w: " ".join(ensemble(config, w.dataset)),
@@ -45,7 +45,7 @@ rule predict_meta:
         L.meta_predictions("{meta}", "{subset}"),
     wildcard_constraints:
         meta="|".join(config["metas"]) or "^$",
-        subset=SUBSET_PATTERN,
+        subset=SUBSET_WILDCARD,
     params:
         bases=lambda w: keyed(meta_inference_bases(w)),
         batch=config["evaluation"]["predict_batch_size"],

@@ -417,8 +417,8 @@ def summarize(
     mae = mae.set_index("model").value
     horizon = _known(horizons, "{:g} ps", "horizon_ps in md_summary.csv")
     lines = [
-        f"| model | force MAE [meV/Å] | stable [%] | time to collapse [ps, of {horizon}] "
-        "| h(r) error | steps/s | NVE drift [meV/atom/ps] | loop work [meV] "
+        "| model | force MAE, frame mean [meV/Å] | stable [%] "
+        f"| time to collapse [ps, of {horizon}] | h(r) error | steps/s | NVE drift [meV/atom/ps] | loop work [meV] "
         "| U > U_c before collapse [ps] |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
