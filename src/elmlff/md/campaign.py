@@ -418,8 +418,8 @@ def summarize(
     horizon = _known(horizons, "{:g} ps", "horizon_ps in md_summary.csv")
     lines = [
         "| model | force MAE, frame mean [meV/Å] | stable [%] "
-        f"| time to collapse [ps, of {horizon}] | h(r) error | steps/s | NVE drift [meV/atom/ps] | loop work [meV] "
-        "| U > U_c before collapse [ps] |",
+        f"| time to collapse [ps, of {horizon}] | h(r) error | steps/s "
+        "| NVE drift [meV/atom/ps] | loop work [meV] | U > U_c before collapse [ps] |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     a = agg.pivot_table(index="model", columns="metric", values="value", sort=False)
