@@ -293,6 +293,7 @@ def learning_curves(dataset_dir: Path | str, models: Sequence[str], out: Path | 
     lay = DatasetLayout.of(dataset_dir)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    missing: list[str] = []  # bases whose base.json has no learning curve (an older run)
     for i, (model, fits) in enumerate(lay.trained_bases(list(models)).items()):
         info = B.read_info(next(iter(fits.values())))
         hist = info.get("history") or []
@@ -303,6 +304,7 @@ def learning_curves(dataset_dir: Path | str, models: Sequence[str], out: Path | 
         )
         pts = [(h["epoch"], h[key]) for h in hist if np.isfinite(h.get(key, np.nan))]
         if not pts:
+            missing.append(model)
             continue
         x, y = np.array(pts).T
         color = f"C{i % 10}"
@@ -314,6 +316,11 @@ def learning_curves(dataset_dir: Path | str, models: Sequence[str], out: Path | 
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation force error [meV/Å]")
     ax.set_title(f"{lay.dataset}: learning curves of the bases (dot: checkpoint kept)", fontsize=9)
+    if missing:
+        ax.text(
+            0.01, 0.01, "no curve recorded: " + ", ".join(missing), transform=ax.transAxes,
+            fontsize=7, color="0.4",
+        )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

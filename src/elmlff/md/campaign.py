@@ -538,7 +538,11 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
     axes[0][0].legend(fontsize=8)
     hi = np.flatnonzero(ref_h > 0)
     axes[0][0].set_xlim(0, min(10.0, HR_BINS[hi[-1] + 1] + 0.5) if len(hi) else 10.0)
-    fig.suptitle(f"{lay.dataset}: distribution of interatomic distances in MD", fontsize=10)
+    fig.suptitle(
+        f"{lay.dataset}: distribution of interatomic distances in MD (∫|Δh| dr of the replicas "
+        "pooled; the MD table averages each replica's own)",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
