@@ -20,6 +20,20 @@ def energy_np(pot, frames, positions=None) -> np.ndarray:
     return pot.energy(pos, *frame_tensors(frames)).detach().numpy()
 
 
+def fd_forces(pot, one, step: float) -> np.ndarray:
+    """−dE/dx of one frame by central differences of ``pot.energy`` (A, 3)."""
+    fd = np.zeros_like(one.positions)
+    for a in range(len(one.positions)):
+        for k in range(3):
+            pos = one.positions.copy()
+            pos[a, k] += step
+            ep = energy_np(pot, one, pos)[0]
+            pos[a, k] -= 2 * step
+            em = energy_np(pot, one, pos)[0]
+            fd[a, k] = -(ep - em) / (2 * step)
+    return fd
+
+
 class PotentialPhysicsTests:
     """Energy/force physics every base must satisfy."""
 
@@ -53,15 +67,7 @@ class PotentialPhysicsTests:
     def test_forces_are_minus_energy_gradient_by_finite_differences(self, potential, frames):
         one = frames.subset([0])
         _, f = potential.predict(one)
-        fd = np.zeros_like(one.positions)
-        for a in range(len(one.positions)):
-            for k in range(3):
-                pos = one.positions.copy()
-                pos[a, k] += self.fd_step
-                ep = energy_np(potential, one, pos)[0]
-                pos[a, k] -= 2 * self.fd_step
-                em = energy_np(potential, one, pos)[0]
-                fd[a, k] = -(ep - em) / (2 * self.fd_step)
+        fd = fd_forces(potential, one, self.fd_step)
         assert np.abs(f).max() > 1e-3, "forces are trivially zero: the check would be empty"
         np.testing.assert_allclose(f, fd, atol=self.fd_atol)
 

@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from elmlff import bases as B
 from elmlff.errors import ElmlffError
 
-from physics import PotentialPhysicsTests, energy_np
+from physics import PotentialPhysicsTests, energy_np, fd_forces
 
 pytest.importorskip("orb_models")
 pytestmark = pytest.mark.slow
@@ -127,15 +127,7 @@ class TestOrbDirectPhysics(PotentialPhysicsTests):
         (the direct forces do not, see the loop test)."""
         one = frames.subset([0])
         f = potential.conservative_forces(one)
-        fd = np.zeros_like(one.positions)
-        for a in range(len(one.positions)):
-            for k in range(3):
-                pos = one.positions.copy()
-                pos[a, k] += self.fd_step
-                ep = energy_np(potential, one, pos)[0]
-                pos[a, k] -= 2 * self.fd_step
-                em = energy_np(potential, one, pos)[0]
-                fd[a, k] = -(ep - em) / (2 * self.fd_step)
+        fd = fd_forces(potential, one, self.fd_step)
         # the barely trained energy head varies by meV over these frames: its forces are
         # ~1e-3 eV/Å, so the check is relative (float64 central differences: ~1e-6 relative)
         scale = np.abs(f).max()

@@ -38,7 +38,6 @@ stock spherical basis spends seconds in sympy per model: its forms are memoised 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from elmlff.bases import (
     frame_tensors,
     frames_from_tensors,
 )
+from elmlff.bases.epochs import epoch_info, fit_epochs
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.meta.graph import neighbour_graph
@@ -382,17 +382,11 @@ class DimeNetFamily:
             val, np.arange(len(val)), int(tr["batch_size"]), cutoff, device, dtype
         )
         opt = torch.optim.Adam(model.parameters(), lr=float(tr["lr"]))
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(2, int(tr["patience"]) // 3)
-        )
         fw, ew = float(tr["force_weight"]), float(tr["energy_weight"])
-        history: list[dict[str, float]] = []
-        best: dict[str, Any] = {"loss": float("inf"), "epoch": 0, "state": None}
-        t0 = time.perf_counter()
-        for epoch in range(1, max_epochs + 1):
-            model.train()
-            order = rng.permutation(len(train))
+
+        def train_epoch(epoch: int) -> float:
             total, n = 0.0, 0
+            order = rng.permutation(len(train))
             for b in _batches(train, order, int(tr["batch_size"]), cutoff, device, dtype):
                 e, f = _predict_batch(model, ref_table, b, create_graph=True)
                 loss = fw * torch.mean((f - b.forces) ** 2) + ew * torch.mean((e - b.energy) ** 2)
@@ -401,33 +395,18 @@ class DimeNetFamily:
                 opt.step()
                 total += float(loss.detach()) * len(e)
                 n += len(e)
-            model.eval()
-            m = _evaluate(model, ref_table, val_batches, tr)
-            sched.step(m["loss"])
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": total / n,
-                    "val_loss": m["loss"],
-                    "val_force_mae": m["force_mae"],
-                    "val_energy_rmse": m["energy_rmse"],
-                    "lr": opt.param_groups[0]["lr"],
-                }
-            )
-            print(
-                f"[{spec.name}] epoch {epoch}/{max_epochs} train_loss={total / n:.5f} "
-                f"val_loss={m['loss']:.5f} val_force_MAE={m['force_mae']:.4f} eV/Å "
-                f"({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
-            if m["loss"] < best["loss"]:  # a NaN loss never becomes the best
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = {"loss": m["loss"], "epoch": epoch, "state": state}
-            if epoch - best["epoch"] >= int(tr["patience"]):
-                print(f"[{spec.name}] early stop: no better val loss in {tr['patience']} epochs")
-                break
-        seconds = time.perf_counter() - t0
-        if best["state"] is None:
+            return total / n
+
+        fit = fit_epochs(
+            model,
+            opt,
+            train_epoch,
+            lambda: _evaluate(model, ref_table, val_batches, tr),
+            max_epochs,
+            int(tr["patience"]),
+            f"[{spec.name}]",
+        )
+        if fit.best_state is None:
             raise ElmlffError(
                 f"base '{spec.name}': training kept no model (no epoch with a finite val loss)",
                 "check the training log; raise max_epochs above 0 or lower lr",
@@ -440,18 +419,14 @@ class DimeNetFamily:
                 "dtype": tr["dtype"],
                 "species": train.species,
                 "reference_energy": ref,
-                "state_dict": best["state"],
+                "state_dict": fit.best_state,
             },
             outdir / MODEL_FILE,
         )
         return {
             "params": params,
             "training": tr,
-            "epochs_run": len(history),
-            "best_epoch": best["epoch"],
-            "best_val_loss": best["loss"],
-            "history": history,
-            "train_seconds": seconds,
+            **epoch_info(fit),
             "species": train.species,
             "n_parameters": n_parameters(model),
             "energy_loss": "total energy per frame (eV)",

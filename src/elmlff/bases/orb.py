@@ -57,8 +57,6 @@ a ratio of 1 : 19 in these units.
 
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +72,7 @@ from orb_models.forcefield.gns import MoleculeGNS
 from orb_models.forcefield.rbf import BesselBasis
 
 from elmlff.bases import FAMILIES, BaseSpec, check_species, checkpoint, frames_from_tensors
+from elmlff.bases.epochs import epoch_info, fit_epochs
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 
@@ -293,7 +292,7 @@ def _evaluate(model, data: _Data, batch_size: int, we: float, wf: float) -> dict
     e_mse, f_mse, f_mae = (float(x) for x in (sums[0] / n_f, sums[1] / n_a, sums[2] / n_a))
     e_scale, f_scale = (float(x) for x in _scales(model))
     loss = we * e_mse / e_scale**2 + wf * f_mse / f_scale**2
-    return {"loss": loss, "force_mae": f_mae, "energy_rmse": e_mse**0.5}
+    return {"loss": loss, "force_mae": f_mae, "energy_rmse_per_atom": e_mse**0.5}
 
 
 class OrbDirectFamily:
@@ -322,13 +321,8 @@ class OrbDirectFamily:
         opt = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=float(tr["lr"])
         )
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(2, patience // 3)
-        )
-        best, best_state, best_epoch, wait, history = float("inf"), None, 0, 0, []
-        t0 = time.perf_counter()
-        for epoch in range(1, max_epochs + 1):
-            model.train()
+
+        def train_epoch(epoch: int) -> float:
             total, nb = 0.0, 0
             for batch, e, f, n in data_tr.batches(bs, rng.permutation(len(train))):
                 loss, *_ = _loss(model, batch, e, f, n, we, wf, bool(tr["rotation_augmentation"]))
@@ -336,34 +330,19 @@ class OrbDirectFamily:
                 loss.backward()
                 opt.step()
                 total, nb = total + loss.item(), nb + 1
-            model.eval()
-            v = _evaluate(model, data_va, bs, we, wf)
-            sched.step(v["loss"])
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": total / max(nb, 1),
-                    "val_loss": v["loss"],
-                    "val_force_mae": v["force_mae"],
-                    "val_energy_rmse_per_atom": v["energy_rmse"],
-                    "lr": opt.param_groups[0]["lr"],
-                }
-            )
-            print(
-                f"{tag} epoch {epoch}/{max_epochs} train_loss={total / max(nb, 1):.5f} "
-                f"val_loss={v['loss']:.5f} val_forces_MAE={v['force_mae']:.4f} eV/Å "
-                f"(direct forces) ({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
-            if v["loss"] < best:
-                best, best_epoch, wait = v["loss"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                wait += 1
-                if wait >= patience:
-                    break
-        seconds = time.perf_counter() - t0
-        if best_state is None:
+            return total / max(nb, 1)
+
+        fit = fit_epochs(
+            model,
+            opt,
+            train_epoch,
+            lambda: _evaluate(model, data_va, bs, we, wf),
+            max_epochs,
+            patience,
+            tag,
+            " (direct forces)",
+        )
+        if fit.best_state is None:
             raise ElmlffError(
                 f"base '{spec.name}': training kept no state (no finite validation loss)",
                 "check the training log; raise max_epochs above 0",
@@ -375,7 +354,7 @@ class OrbDirectFamily:
                 "params": params,
                 "dtype": tr["dtype"],
                 "species": train.species,
-                "state_dict": {k: v.cpu() for k, v in best_state.items()},
+                "state_dict": fit.best_state,
             },
             outdir / MODEL_FILE,
         )
@@ -383,11 +362,7 @@ class OrbDirectFamily:
             "label": LABEL,
             "params": params,
             "training": tr,
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "best_val_loss": best,
-            "history": history,
-            "train_seconds": seconds,
+            **epoch_info(fit),
             "species": train.species,
             "n_parameters": n_params,
             "normalisation": stats,
