@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
 export DP_INTRA_OP_PARALLELISM_THREADS ?= 2
 
-.PHONY: setup run test test-slurm lint dag readme-table bench clean-results
+.PHONY: setup run test test-slurm lint dag readme-table readme-md17 bench clean-results
 
 setup:
 	bash envs/pip/install.sh $(VENV)
@@ -39,6 +39,15 @@ readme-table: setup
 	$(PY) -m elmlff splice results/methane/summary.md --into README.md --marker summary:methane
 	$(PY) -m elmlff splice results/methane/findings.md --into README.md --marker findings:methane
 	$(PY) -m elmlff splice bench/measured/subsets_cuda_h200.md --into README.md --marker bench:subsets-cuda
+
+# the MD17 laptop campaign's Table 1 and figures (config/campaigns/md17_laptop.yaml; needs
+# the rMD17 split files) into README.md and docs/md17/
+MD17 := aspirin ethanol naphthalene salicylic
+readme-md17: setup
+	$(PY) -m snakemake -c2 --configfile config/campaigns/md17_laptop.yaml
+	$(PY) -m elmlff splice results/table1.md --into README.md --marker table1:md17
+	mkdir -p docs/md17 && cp results/figures/stability.png docs/md17/stability.png
+	for m in $(MD17); do cp results/$$m/figures/learning_curves.png docs/md17/learning_curves_$$m.png; done
 
 dag: setup
 	$(PY) -m snakemake --dag | dot -Tsvg > results/dag.svg

@@ -366,3 +366,27 @@ def test_energy_keeps_a_graph_through_a_function_of_the_positions(potential, fra
     f = potential.predict(one)[1]
     np.testing.assert_allclose(float(de), float(-(f * one.positions).sum()), rtol=1e-8)
     np.testing.assert_allclose(float(e[0].detach()), energy_np(potential, one)[0], atol=1e-12)
+
+
+def test_the_basis_forms_come_from_a_disk_cache_in_a_new_process(frames, tmp_path, monkeypatch):
+    """The sympy forms of the spherical basis are pickled once and a later process (here: an
+    emptied in-process cache) builds the same model from the file without deriving them."""
+    from torch_geometric.nn.models import dimenet_utils
+
+    monkeypatch.setenv("ELMLFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(D, "_FORMS", {})
+    fresh = untrained(TINY_PP)
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert [f.split("-")[1] for f in files] == ["bessel_basis", "real_sph_harm"], files
+
+    def bessel_basis(*args):
+        raise AssertionError("derived again instead of read from the cache")
+
+    def real_sph_harm(*args):
+        raise AssertionError("derived again instead of read from the cache")
+
+    monkeypatch.setattr(D, "_FORMS", {})
+    monkeypatch.setattr(dimenet_utils, "bessel_basis", bessel_basis)
+    monkeypatch.setattr(dimenet_utils, "real_sph_harm", real_sph_harm)
+    cached = untrained(TINY_PP)
+    np.testing.assert_allclose(energy_np(cached, frames), energy_np(fresh, frames), rtol=0, atol=0)

@@ -26,10 +26,14 @@ def _dataset(root: Path, name: str, mae: dict, collapse: dict, hr: dict) -> Path
             value=v,
             ci_low=v - 0.001,
             ci_high=v + 0.001,
+            flag="learned nothing" if v > 0.5 else "",
         )
         for m, v in mae.items()
     ]
     pd.DataFrame(rows).to_csv(lay.metrics, index=False)
+    Path(lay.benchmark("train_dimenet_full")).parent.mkdir()
+    for job, s in (("train_dimenet_full", 90.0), ("md_replica_dimenet_0", 30.0)):
+        Path(lay.benchmark(job)).write_text(f"s\th:m:s\n{s}\t0:01:30\n")
     pd.DataFrame(
         [
             dict(
@@ -80,7 +84,7 @@ def test_table1_rows_bold_the_best_and_name_horizon_and_comparisons(tmp_path):
     b = _dataset(
         tmp_path,
         "aspirin",
-        {"dimenet": 0.030, "nequip": 0.025},
+        {"dimenet": 0.900, "nequip": 0.025},
         {"dimenet": [None, None]},
         {"dimenet": 0.1},
     )
@@ -93,10 +97,14 @@ def test_table1_rows_bold_the_best_and_name_horizon_and_comparisons(tmp_path):
     )
     assert "| | stability [%] | 50 | **100** | 50 |" in lines
     assert "| | h(r) error | 0.300 | **0.050** | 0.070 |" in lines
-    # a model without MD or without a prediction is "–", never a number
+    # a model without MD or without a prediction is "–", never a number; a base flagged as
+    # having learned nothing is marked and named below the table
     assert (
-        "| aspirin | force MAE [meV/Å] | 30.0 [29.0, 31.0] | **25.0 [24.0, 26.0]** | – |" in lines
+        "| aspirin | force MAE [meV/Å] | 900.0 [899.0, 901.0] † | **25.0 [24.0, 26.0]** | – |"
+        in lines
     )
+    assert "aspirin: `dimenet` learned nothing." in text
+    assert "ethanol 2.0 min (2 jobs), aspirin 2.0 min (2 jobs)" in text
     assert "| | stability [%] | **100** | – | – |" in lines
     assert "2 replicas of 2 ps at 500 K" in text
     assert "ethanol: ensemble_direct − best base force MAE -2.0 [-3.0, -1.0] meV/Å (better)" in text

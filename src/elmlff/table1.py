@@ -19,6 +19,7 @@ import numpy as np
 
 from elmlff.io import atomic_path, atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
+from elmlff.summary import benchmark_seconds
 
 MAE = "force_mae"  # pooled over components (= frame mean for a single molecule)
 
@@ -43,8 +44,11 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
     md = read_result_csv(lay.md_summary, "md_summary")
     agg = md[md.replica == "all"].pivot_table(index="model", columns="metric", values="value")
     mae = [1e3 * test.value.get(m, np.nan) for m in models]
+    flags = met[(met.split == "test") & (met.flag.fillna("") != "")] if "flag" in met else met[:0]
+    flagged = dict(zip(flags.model, flags.flag, strict=False))
     mae_cells = [
         f"{v:.1f} [{1e3 * test.ci_low[m]:.1f}, {1e3 * test.ci_high[m]:.1f}]"
+        + (" †" if m in flagged else "")
         if m in test.index
         else "–"
         for m, v in zip(models, mae, strict=True)
@@ -71,7 +75,11 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
         for r in c.itertuples()
     ]
     per = md[md.replica != "all"]
+    bench = benchmark_seconds(sorted(Path(lay.dir).glob("benchmarks/*.tsv")))
     facts = {
+        "flagged": {m: why for m, why in flagged.items() if m in models},
+        "job_minutes": sum(bench.values()) / 60,
+        "jobs": len(bench),
         "horizon": sorted(set(per[per.metric == "horizon_ps"].value.round(6))),
         "temperature": sorted(set(per[per.metric == "temperature_K"].value)),
         "replicas": int(per.groupby("model").replica.nunique().max()) if len(per) else 0,
@@ -87,6 +95,7 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
         "|---|---|" + "---:|" * len(models),
     ]
     rows, paired, horizons, temps, reps = [], [], set(), set(), set()
+    flagged, runs = [], []
     for d in dataset_dirs:
         r, p, f = rows_of(Path(d), models)
         rows += r
@@ -94,6 +103,9 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
         horizons.update(f["horizon"])
         temps.update(f["temperature"])
         reps.add(f["replicas"])
+        name = DatasetLayout.of(Path(d)).dataset
+        flagged += [f"{name}: `{m}` {why}" for m, why in f["flagged"].items()]
+        runs.append(f"{name} {f['job_minutes']:.1f} min ({f['jobs']} jobs)")
     horizon = ", ".join(f"{h:g} ps" for h in sorted(horizons)) or "unknown"
     temp = ", ".join(f"{t:g} K" for t in sorted(temps)) or "unknown"
     text = "\n".join(
@@ -111,6 +123,15 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
             "interval of the difference on the same resampled test frames:",
             "",
             *[f"- {x}" for x in paired],
+            "",
+            "† a base flagged in metrics.csv: its test force RMSE is not below "
+            "`evaluation.learned_ratio` times the better trivial predictor's (zero or mean "
+            "forces); it stays in the mean and the subset study: "
+            + ("; ".join(flagged) if flagged else "none")
+            + ".",
+            "",
+            "Time: the sum of each data set's `benchmark:` files (one job at a time, as the local "
+            "profile runs them, so its wall time): " + ", ".join(runs) + ".",
             "",
         ]
     )

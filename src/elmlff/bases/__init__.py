@@ -147,6 +147,8 @@ FAMILIES: dict[str, FamilyRecord] = {
                 "stop_lr_ratio": 1e-2,
                 "seed": 0,
                 "checkpoints": 10,
+                "pref_e": [0.02, 1.0],
+                "pref_f": [1000.0, 1.0],
             },
             differentiable=True,
         ),

@@ -6,7 +6,10 @@ Config ``params``: ``descriptor`` (``se_e2_a`` | ``se_e2_r`` | ``se_e3``), ``rcu
 ``training``: ``max_epochs``, ``batch_size`` (DeePMD learns best in many small batches),
 ``lr`` (start of deepmd's exponential decay), ``stop_lr_ratio`` (its end, relative to ``lr``),
 ``seed``, ``checkpoints`` (how many saved along training; the one with the lowest validation
-force RMSE is kept).
+force RMSE is kept), ``pref_e`` and ``pref_f`` ([start, limit] of deepmd's energy and force
+loss prefactors, which follow the learning rate from start to limit; default [0.02, 1] and
+[1000, 1], deepmd's own; a short schedule does better with the force weight held, e.g. the
+MD17 benchmark's forces 1000 : energy 1 as [1, 1] and [1000, 1000]).
 """
 
 from __future__ import annotations
@@ -82,10 +85,10 @@ def input_json(
         },
         "loss": {
             "type": "ener",
-            "start_pref_e": 0.02,
-            "limit_pref_e": 1.0,
-            "start_pref_f": 1000.0,
-            "limit_pref_f": 1.0,
+            "start_pref_e": float(tr["pref_e"][0]),
+            "limit_pref_e": float(tr["pref_e"][1]),
+            "start_pref_f": float(tr["pref_f"][0]),
+            "limit_pref_f": float(tr["pref_f"][1]),
         },
         "training": {
             "training_data": {"systems": [str(s) for s in train_systems], "batch_size": batch},

@@ -38,6 +38,8 @@ stock spherical basis spends seconds in sympy per model: its forms are memoised 
 from __future__ import annotations
 
 import contextlib
+import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,7 @@ from elmlff.bases import (
 from elmlff.bases.epochs import epoch_info, fit_epochs
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
+from elmlff.io import atomic_path
 from elmlff.meta.graph import neighbour_graph
 
 MODEL_FILE = "model.pt"
@@ -82,22 +85,49 @@ def _dtype(name: str) -> torch.dtype:
 _FORMS: dict[tuple, Any] = {}
 
 
+def forms_cache_dir() -> Path:
+    """Where the sympy forms are kept between processes: ``$ELMLFF_CACHE``, else
+    ``$XDG_CACHE_HOME/elmlff``, else ``~/.cache/elmlff`` (like torch's and numba's caches)."""
+    if os.environ.get("ELMLFF_CACHE"):
+        return Path(os.environ["ELMLFF_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "elmlff"
+
+
+def _forms(fn, args: tuple) -> Any:
+    """``fn(*args)`` from this process's cache, else from a pickle on disk (keyed by the
+    torch-geometric and sympy versions), else computed and stored (atomically; a cache that
+    cannot be written or read is only a slower start)."""
+    import sympy
+    import torch_geometric
+
+    key = (fn.__name__, *args)
+    if key in _FORMS:
+        return _FORMS[key]
+    tag = f"pyg{torch_geometric.__version__}-sympy{sympy.__version__}"
+    path = forms_cache_dir() / f"dimenet-{fn.__name__}-{'-'.join(map(str, args))}-{tag}.pkl"
+    try:
+        _FORMS[key] = pickle.loads(path.read_bytes())
+    except Exception:  # absent, or unreadable: derive anew
+        _FORMS[key] = fn(*args)
+        with contextlib.suppress(OSError), atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps(_FORMS[key]))
+    return _FORMS[key]
+
+
 @contextlib.contextmanager
 def memoised_basis_forms() -> Iterator[None]:
     """torch-geometric's ``SphericalBasisLayer`` derives its sympy forms anew for every model
-    (``bessel_basis(7, 6)`` takes 5-15 s on a laptop core, at every ``load()``): while building,
-    its two pure helpers in ``dimenet_utils`` answer from a per-process cache. The layer itself,
-    and what it computes, are torch-geometric's; the helpers are restored afterwards."""
+    (``bessel_basis(7, 6)`` takes 5-15 s on a laptop core, at every ``load()``, in every
+    prediction, meta and MD job): while building, its two pure helpers in ``dimenet_utils``
+    answer from a cache (this process's, then a pickle in :func:`forms_cache_dir`). The layer
+    itself, and what it computes, are torch-geometric's; the helpers are restored afterwards."""
     from torch_geometric.nn.models import dimenet_utils as utils
 
     saved = utils.bessel_basis, utils.real_sph_harm
 
     def cached(fn):
         def call(*args):
-            key = (fn.__name__, *args)
-            if key not in _FORMS:
-                _FORMS[key] = fn(*args)
-            return _FORMS[key]
+            return _forms(fn, args)
 
         return call
 
