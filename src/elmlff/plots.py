@@ -318,8 +318,12 @@ def learning_curves(dataset_dir: Path | str, models: Sequence[str], out: Path | 
     ax.set_title(f"{lay.dataset}: learning curves of the bases (dot: checkpoint kept)", fontsize=9)
     if missing:
         ax.text(
-            0.01, 0.01, "no curve recorded: " + ", ".join(missing), transform=ax.transAxes,
-            fontsize=7, color="0.4",
+            0.01,
+            0.01,
+            "no curve recorded: " + ", ".join(missing),
+            transform=ax.transAxes,
+            fontsize=7,
+            color="0.4",
         )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
