@@ -130,8 +130,8 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
             + ("; ".join(flagged) if flagged else "none")
             + ".",
             "",
-            "Time: the sum of each data set's `benchmark:` files (one job at a time, as the local "
-            "profile runs them, so its wall time): " + ", ".join(runs) + ".",
+            "Time: the sum of each data set's `benchmark:` files, the time its jobs took (the "
+            "wall time when they run one at a time): " + ", ".join(runs) + ".",
             "",
         ]
     )
@@ -147,9 +147,8 @@ def stability_figure(dataset_dirs: Sequence[Path], models: Sequence[str], out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        1, len(dataset_dirs), figsize=(3.6 * len(dataset_dirs), 3.2), squeeze=False
-    )
+    n = len(dataset_dirs)  # at least 7 inches wide: the legend and the title fit one panel
+    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 3.6 * n), 3.4), squeeze=False)
     for ax, d in zip(axes[0], dataset_dirs, strict=True):
         lay = DatasetLayout.of(d)
         md = read_result_csv(lay.md_summary, "md_summary")
@@ -176,7 +175,9 @@ def stability_figure(dataset_dirs: Sequence[Path], models: Sequence[str], out: P
     for ax in axes[0]:
         handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
     order = [m for m in models if m in handles]
-    fig.legend([handles[m] for m in order], order, fontsize=7, loc="lower center", ncol=6)
+    fig.legend(
+        [handles[m] for m in order], order, fontsize=7, loc="lower center", ncol=min(6, len(order))
+    )
     fig.suptitle("MD stability (collapse: a bond > 0.5 Å from its reference length)", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     with atomic_path(out) as tmp:
