@@ -104,7 +104,9 @@ def test_table1_rows_bold_the_best_and_name_horizon_and_comparisons(tmp_path):
         in lines
     )
     assert "aspirin: `dimenet` learned nothing." in text
-    assert "ethanol 2.0 min (2 jobs), aspirin 2.0 min (2 jobs)" in text
+    assert (
+        "ethanol 2.0 min (2 jobs, commit unknown), aspirin 2.0 min (2 jobs, commit unknown)" in text
+    )
     assert "| | stability [%] | **100** | – | – |" in lines
     assert "2 replicas of 2 ps at 500 K" in text
     assert "ethanol: ensemble_direct − best base force MAE -2.0 [-3.0, -1.0] meV/Å (better)" in text

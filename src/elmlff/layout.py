@@ -111,6 +111,10 @@ class DatasetLayout:
         """Snakemake's ``benchmark:`` file of one job (wall time, memory)."""
         return self._p("benchmarks", f"{job}.tsv")
 
+    def benchmarks_present(self) -> list[str]:
+        """Every job's ``benchmark:`` file on disk now (for a data set's summed job time)."""
+        return sorted(str(p) for p in Path(self._p("benchmarks")).glob("*.tsv"))
+
     # -- uncertainty ---------------------------------------------------------------------
     @property
     def uncertainty(self) -> str:

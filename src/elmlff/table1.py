@@ -35,6 +35,16 @@ def _bold(cells: list[str], values: list[float], best: str) -> list[str]:
     ]
 
 
+def _commit(lay: DatasetLayout) -> str:
+    """The commit the data set's store was made at (short; ``-dirty`` kept), or ``unknown``."""
+    from elmlff import store
+
+    if not Path(lay.store).exists():
+        return "unknown"
+    commit = str(store.open_store(lay.store).attrs.get("git_commit", "unknown"))
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[str], dict]:
     """Three Markdown rows (force MAE, stability %, h(r) error) of one data set over ``models``,
     the paired lines of its metas against the best base, and facts (horizon, temperature)."""
@@ -75,10 +85,11 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
         for r in c.itertuples()
     ]
     per = md[md.replica != "all"]
-    bench = benchmark_seconds(sorted(Path(lay.dir).glob("benchmarks/*.tsv")))
+    bench = benchmark_seconds(lay.benchmarks_present())
     facts = {
         "flagged": {m: why for m, why in flagged.items() if m in models},
         "job_minutes": sum(bench.values()) / 60,
+        "commit": _commit(lay),
         "jobs": len(bench),
         "horizon": sorted(set(per[per.metric == "horizon_ps"].value.round(6))),
         "temperature": sorted(set(per[per.metric == "temperature_K"].value)),
@@ -105,7 +116,7 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
         reps.add(f["replicas"])
         name = DatasetLayout.of(Path(d)).dataset
         flagged += [f"{name}: `{m}` {why}" for m, why in f["flagged"].items()]
-        runs.append(f"{name} {f['job_minutes']:.1f} min ({f['jobs']} jobs)")
+        runs.append(f"{name} {f['job_minutes']:.1f} min ({f['jobs']} jobs, commit {f['commit']})")
     horizon = ", ".join(f"{h:g} ps" for h in sorted(horizons)) or "unknown"
     temp = ", ".join(f"{t:g} K" for t in sorted(temps)) or "unknown"
     text = "\n".join(
@@ -165,7 +176,8 @@ def stability_figure(dataset_dirs: Sequence[Path], models: Sequence[str], out: P
                 continue
             grid = np.linspace(0, horizon, 200)
             alive = [(t >= g).mean() * 100 for g in grid]
-            ax.step(grid, alive, where="post", label=m, lw=1.3, color=f"C{i % 10}")
+            style = "-" if i < 10 else "--"  # ten colours: the rest dashed, never a repeat
+            ax.step(grid, alive, where="post", label=m, lw=1.3, color=f"C{i % 10}", ls=style)
         ax.set_title(lay.dataset, fontsize=10)
         ax.set_xlabel("time [ps]")
         ax.set_ylim(-3, 103)
