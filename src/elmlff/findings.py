@@ -56,8 +56,7 @@ def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
     total = sum(bench.values())
     study = sum(s for j, s in bench.items() if j.startswith("train_subsets_"))
     newest = max(Path(b).stat().st_mtime for b in benchmarks) if benchmarks else time.time()
-    commit = str(store.open_store(lay.store).attrs.get("git_commit", "unknown"))
-    commit = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+    commit = store.made_at(lay.store)
     share = f", {study / 60:.1f} min of it the subset study" if study else ""
     return [
         f"**Run.** Dataset `{lay.dataset}`, finished "

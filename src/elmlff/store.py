@@ -227,6 +227,15 @@ _MAY_SKIP_CHUNKS = frozenset(
 )
 
 
+def made_at(path: Path | str) -> str:
+    """The short commit a store was written at (``-dirty`` kept), ``unknown`` when not recorded
+    or when there is no store."""
+    if not Path(path).exists():
+        return "unknown"
+    commit = str(open_store(path).attrs.get("git_commit", "unknown"))
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:160]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from elmlff import store
 from elmlff.io import atomic_path, atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
 from elmlff.summary import benchmark_seconds
@@ -33,16 +34,6 @@ def _bold(cells: list[str], values: list[float], best: str) -> list[str]:
         f"**{c}**" if np.isfinite(v) and v == target else c
         for c, v in zip(cells, values, strict=True)
     ]
-
-
-def _commit(lay: DatasetLayout) -> str:
-    """The commit the data set's store was made at (short; ``-dirty`` kept), or ``unknown``."""
-    from elmlff import store
-
-    if not Path(lay.store).exists():
-        return "unknown"
-    commit = str(store.open_store(lay.store).attrs.get("git_commit", "unknown"))
-    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[str], dict]:
@@ -89,7 +80,7 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
     facts = {
         "flagged": {m: why for m, why in flagged.items() if m in models},
         "job_minutes": sum(bench.values()) / 60,
-        "commit": _commit(lay),
+        "commit": store.made_at(lay.store),
         "jobs": len(bench),
         "horizon": sorted(set(per[per.metric == "horizon_ps"].value.round(6))),
         "temperature": sorted(set(per[per.metric == "temperature_K"].value)),
