@@ -38,12 +38,16 @@ def _dataset(root: Path, name: str, mae: dict, collapse: dict, hr: dict) -> Path
         [
             dict(
                 model="ensemble_direct",
-                reference="best_base",
+                reference=ref,
                 metric="force_mae",
-                difference=-0.002,
-                lo=-0.003,
-                hi=-0.001,
-                verdict="better",
+                difference=d,
+                lo=d - 0.001,
+                hi=d + 0.001,
+                verdict=verdict,
+            )
+            for ref, d, verdict in (
+                ("linear_stacking", 0.002, "worse"),
+                ("best_base", -0.002, "better"),
             )
         ]
     ).to_csv(lay.comparisons, index=False)
@@ -109,7 +113,9 @@ def test_table1_rows_bold_the_best_and_name_horizon_and_comparisons(tmp_path):
     )
     assert "| | stability [%] | **100** | – | – |" in lines
     assert "2 replicas of 2 ps at 500 K" in text
-    assert "ethanol: ensemble_direct − best base force MAE -2.0 [-3.0, -1.0] meV/Å (better)" in text
+    best = "ethanol: ensemble_direct − best base force MAE -2.0 [-3.0, -1.0] meV/Å (better)"
+    stack = "ethanol: ensemble_direct − linear_stacking force MAE +2.0 [+1.0, +3.0] meV/Å (worse)"
+    assert best in text and stack in text and text.index(best) < text.index(stack)
     png = tmp_path / "stability.png"
     stability_figure([a, b], MODELS, png)
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
