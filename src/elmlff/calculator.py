@@ -80,8 +80,8 @@ class EnsembleCalculator(Calculator):
             u = ensemble_uncertainty(p.base_forces, fr.n_atoms, w)
             self.results["uncertainty"] = float(u.U1.iloc[0])
         elif self.delta_base is not None:  # U_Δ: direct forces vs −dE/dx of its energy head
-            d = p.base_forces[0] - self.delta_base.conservative_forces(fr)  # direct: computed
-            self.results["uncertainty"] = float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
+            u, _ = self.delta_base.force_delta(fr, direct=p.base_forces[0])  # reuse the step's
+            self.results["uncertainty"] = float(u[0])
         if p.energy is not None:
             self.results["energy"] = self.results["free_energy"] = float(p.energy[0])
         elif "energy" in properties:

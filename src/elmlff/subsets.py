@@ -15,8 +15,6 @@ from elmlff.errors import ElmlffError
 
 ALL = "all"
 SEP = "+"
-#: Snakemake wildcard constraint for subset names
-PATTERN = r"all|[A-Za-z0-9_\-]+(\+[A-Za-z0-9_\-]+)*"
 
 
 def resolve(subset: str, ensemble: Sequence[str]) -> list[str]:

@@ -465,10 +465,14 @@ class OrbDirectPotential:
             out.append(-g.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 3))
 
-    def force_delta(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def force_delta(
+        self, frames: Frames, batch_size: int = 64, direct: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The data-free uncertainty of a direct model: (U_Δ (F,), per-atom |ΔF| (A,)) in eV/Å,
-        ΔF = F_direct − F_conservative and U_Δ the RMS of |ΔF| over each frame's atoms."""
-        _, direct = self.predict(frames, batch_size)
+        ΔF = F_direct − F_conservative and U_Δ the RMS of |ΔF| over each frame's atoms.
+        ``direct``: the direct forces when the caller has them already (an MD step)."""
+        if direct is None:
+            _, direct = self.predict(frames, batch_size)
         per_atom = np.linalg.norm(direct - self.conservative_forces(frames, batch_size), axis=1)
         per_frame = np.sqrt(np.bincount(frames.frame_of_atom, per_atom**2) / frames.n_atoms)
         return per_frame, per_atom
