@@ -142,12 +142,14 @@ def hydra_config(
             "_target_": "nequip.train.EMALightningModule",
             "loss": {
                 "_target_": "nequip.train.EnergyForceLoss",
-                "per_atom_energy": True,
+                # total energy per frame, as the other families: with forces 1000 : energy 1
+                # a per-atom energy term is too weak to pin the energy's constant offset
+                "per_atom_energy": False,
                 "coeffs": {"total_energy": ew, "forces": fw},
             },
             "val_metrics": {
                 "_target_": "nequip.train.EnergyForceMetrics",
-                "coeffs": {"per_atom_energy_mae": ew, "forces_mae": fw},
+                "coeffs": {"total_energy_mae": ew, "forces_mae": fw},
             },
             "optimizer": {"_target_": "torch.optim.Adam", "lr": float(tr["lr"])},
             "model": {
@@ -229,6 +231,7 @@ class NequIPFamily:
                 "train_seconds": seconds,
                 "species": species,
                 "type_names": type_names,
+                "energy_loss": "total energy per frame (eV)",
             }
 
     def load(self, outdir: Path, device: str = "cpu") -> NequIPPotential:
