@@ -6,7 +6,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
-export DP_INTRA_OP_PARALLELISM_THREADS ?= 2
 
 .PHONY: setup run test test-slurm lint dag readme-table readme-md17 bench clean-results
 

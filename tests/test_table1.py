@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -32,8 +33,12 @@ def _dataset(root: Path, name: str, mae: dict, collapse: dict, hr: dict) -> Path
     ]
     pd.DataFrame(rows).to_csv(lay.metrics, index=False)
     Path(lay.benchmark("train_dimenet_full")).parent.mkdir()
-    for job, s in (("train_dimenet_full", 90.0), ("md_replica_dimenet_0", 30.0)):
+    # each job's file is written when it ends: the training ran over [0, 90] s, the MD over
+    # [120, 150] s (a pause between them); aspirin ran 600 s after ethanol
+    t0 = 1.0e9 + (600.0 if name == "aspirin" else 0.0)
+    for job, s, end in (("train_dimenet_full", 90.0, 90.0), ("md_replica_dimenet_0", 30.0, 150.0)):
         Path(lay.benchmark(job)).write_text(f"s\th:m:s\n{s}\t0:01:30\n")
+        os.utime(lay.benchmark(job), (t0 + end, t0 + end))
     pd.DataFrame(
         [
             dict(
@@ -108,8 +113,11 @@ def test_table1_rows_bold_the_best_and_name_horizon_and_comparisons(tmp_path):
         in lines
     )
     assert "aspirin: `dimenet` learned nothing." in text
+    # wall: first start to last end (2.5 min each), summed: 90 + 30 s; both: 0 to 750 s
     assert (
-        "ethanol 2.0 min (2 jobs, commit unknown), aspirin 2.0 min (2 jobs, commit unknown)" in text
+        "ethanol 2.5 min wall, 2.0 min summed (2 jobs, commit unknown), "
+        "aspirin 2.5 min wall, 2.0 min summed (2 jobs, commit unknown); "
+        "all data sets 12.5 min wall" in text
     )
     assert "| | stability [%] | **100** | – | – |" in lines
     assert "2 replicas of 2 ps at 500 K" in text

@@ -54,7 +54,9 @@ def _device(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a job's threads: Snakemake sets OMP_NUM_THREADS to the rule's; deepmd-kit reads its own
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ["DP_INTRA_OP_PARALLELISM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     p = argparse.ArgumentParser(prog="elmlff", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 

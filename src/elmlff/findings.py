@@ -21,7 +21,7 @@ import pandas as pd
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
-from elmlff.summary import benchmark_seconds, metric_label
+from elmlff.summary import benchmark_seconds, benchmark_span, metric_label
 
 #: the metric every accuracy sentence uses (the paper's Eq. 9)
 METRIC = "force_rmse_framemean"
@@ -48,8 +48,8 @@ def _interval(r: Any) -> str:
 
 
 def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
-    """When and at which commit the campaign ran, and its summed job time (one job at a time
-    on the local profile, so its wall time), with the subset study's share."""
+    """When and at which commit the campaign ran, its wall time (first job's start to last
+    job's end) and summed job time, with the subset study's share."""
     from elmlff import store
 
     bench = benchmark_seconds(benchmarks)
@@ -61,9 +61,9 @@ def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
     return [
         f"**Run.** Dataset `{lay.dataset}`, finished "
         f"{time.strftime('%Y-%m-%d', time.gmtime(newest))} (store made at commit `{commit}`): "
-        f"the {len(bench)} benchmarked jobs took {total / 60:.1f} min in "
-        f"all (the sum of their `benchmark:` files{share}; run one job at a time, as the local "
-        "profile does, this is the campaign's wall time).",
+        f"{benchmark_span(benchmarks) / 60:.1f} min wall from the first job's start to the last "
+        f"one's end; the {len(bench)} benchmarked jobs took {total / 60:.1f} min summed (their "
+        f"`benchmark:` files{share}; more than the wall time where jobs ran side by side).",
         "",
     ]
 

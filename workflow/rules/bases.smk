@@ -29,7 +29,7 @@ for _family in families():
             L.benchmark("train_{model}_{fit}")
         conda:
             family_env(_family)
-        threads: 2
+        threads: 1
         resources:
             **FAMILIES[_family].train_resources.rule(),
         shell:
@@ -58,7 +58,7 @@ for _family in families():
             L.benchmark("predict_{model}_{fit}")
         conda:
             family_env(_family)
-        threads: 2
+        threads: 1
         resources:
             **FAMILIES[_family].predict_resources.rule(),
         group:

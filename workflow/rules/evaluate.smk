@@ -92,7 +92,7 @@ rule adversarial:
         L.benchmark("adversarial")
     conda:
         env_file("meta")
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,

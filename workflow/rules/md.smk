@@ -22,7 +22,7 @@ rule md_replica:
         L.benchmark("md_{model}_replica{replica}")
     conda:
         env_file("meta")
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=240,

@@ -23,7 +23,7 @@ rule train_meta:
         L.benchmark("train_meta_{meta}_{subset}")
     conda:
         env_file("meta")
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=240,
@@ -55,7 +55,7 @@ rule predict_meta:
         L.benchmark("predict_meta_{meta}_{subset}")
     conda:
         env_file("meta")
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=60,

@@ -26,7 +26,7 @@ rule train_subsets:
         L.benchmark("train_subsets_{meta}_k{k}")
     conda:
         env_file("meta")
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=480,
