@@ -93,6 +93,20 @@ def test_unknown_meta_model_in_run_metas():
     assert "run_metas: unknown meta-model(s) ['mace_meta']" in msg and "ensemble_conserv" in msg
 
 
+def test_amortized_subset_study_takes_direct_metas_only_and_samples_per_k():
+    msg = bad(lambda c: c["subsets"].update(metas=["ensemble_direct", "ensemble_conserv"]))
+    assert "subsets.method amortized trains Ensemble-direct only" in msg
+    assert "['ensemble_conserv']" in msg and "fix:" in msg
+    from elmlff.config import subset_groups, subset_study
+
+    cfg = validate_config(copy.deepcopy(DEFAULT))
+    every = subset_study(cfg, "methane")
+    sample = subset_groups(cfg, "methane")  # the dedicated calibration models
+    assert sum(map(len, every.values())) == 255
+    assert {k: len(v) for k, v in sample.items()} == {k: 3 for k in range(1, 8)} | {8: 1}
+    assert all(set(sample[k]) <= set(every[k]) for k in sample)
+
+
 def test_unknown_meta_parameter_for_its_kind():
     msg = bad(lambda c: c["metas"]["ensemble_direct"].update(params={"l_max": 2}))
     assert "metas.ensemble_direct.params: unknown key(s) ['l_max'] for kind direct" in msg

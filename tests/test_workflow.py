@@ -90,6 +90,7 @@ def tiny_config(tmp: Path, **over) -> Path:
     cfg["uncertainty"]["adversarial"] = {"starts": 2, "steps": 3, "max_step": 0.02}
     cfg["uncertainty"]["reference"] = "ase.calculators.emt:EMT"  # labels the samples (H, C)
     cfg["uncertainty"]["select"] = {"top": 5}
+    cfg["subsets"]["method"] = "dedicated"  # the amortized method: a follow-up of the campaign
     for k, v in over.items():
         cfg[k] = v
     path = tmp / "tiny.yaml"
@@ -113,7 +114,8 @@ def test_dry_run_lists_the_default_campaign():
         "train_meta": "6",
         "predict_meta": "6",
         "evaluate": "1",
-        "train_subsets": "8",  # one job per k trains all C(8, k) subsets: 255 models
+        "train_subsets": "8",  # one job per k: the calibration sample, 3 per k (1 for k = 8)
+        "train_subsets_amortized": "1",  # one model over random subsets predicts all 255
         "subset_table": "1",
         "force_rmse_figure": "1",
         "force_rmse_campaign": "1",
@@ -131,7 +133,7 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "69",
+        "total": "70",
     }
 
 
@@ -645,6 +647,40 @@ def test_tiny_campaign_end_to_end(tmp_path):
         str(tmp_path),
     )
     assert report.stat().st_size > 100_000
+    # the amortized method over the same campaign: one model over random subsets predicts all
+    # 15 subsets; the dedicated jobs now train a calibration sample (one per k), compared in
+    # subsets_calibration.csv; nothing else reruns
+    amort = yaml.safe_load(cfg.read_text())
+    amort["subsets"].update(method="amortized", calibrate=1)
+    cfg_amort = tmp_path / "amortized.yaml"
+    cfg_amort.write_text(yaml.safe_dump(amort))
+    r = smk("--configfile", str(cfg_amort), "--directory", str(tmp_path), "--cores", "2")
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", r.stdout + r.stderr, re.M))
+    assert "train_subsets_amortized" in ran, ran
+    assert not ran & {"train_schnetpack", "train_meta", "merge_store", "md_replica"}, ran
+    sub = pd.read_csv(res / "subsets.csv")
+    t = sub[(sub.split == "test") & (sub.metric == "force_rmse_framemean") & (sub.kind == "meta")]
+    assert t[t.method == "amortized"].subset.nunique() == 15
+    assert t[t.method == "dedicated"].groupby("k").size().to_dict() == {1: 1, 2: 1, 3: 1, 4: 1}
+    cal = pd.read_csv(res / "subsets_calibration.csv")
+    head = cal[cal.subset == "summary"].set_index("quantity").value
+    assert head["n_subsets"] == 4 and -1 <= head["spearman_rho"] <= 1
+    assert head["worst_relative_gap"] == pytest.approx(
+        cal[cal.quantity == "relative_gap"].value.max()
+    )
+    # a subset with no dedicated model runs through the amortized model with only its bases
+    amz = np.load(res / "subsets" / "ensemble_direct" / "amortized" / "predictions.npz")
+    k2 = json.loads((res / "subsets" / "ensemble_direct" / "k2" / "info.json").read_text())
+    other = next(n for n in amz["subsets"].tolist() if n.count("+") == 1 and n not in k2["subsets"])
+    j = amz["subsets"].tolist().index(other)
+    ens = load_ensemble(res, "ensemble_direct", subset=other)
+    assert [p.name for p in ens.bases] == other.split("+")
+    atoms = store.frames_from_dataset(ds, [int(amz["frames"][0])]).to_atoms()[0]
+    atoms.calc = EnsembleCalculator(ens)
+    np.testing.assert_allclose(atoms.get_forces(), amz["forces"][j][:5], atol=1e-4)
+    summary = (res / "summary.md").read_text()
+    assert "amortized method (one model over random subsets" in summary
+    assert "Spearman ρ" in summary and (res / "figures" / "subsets_raincloud.png").exists()
 
 
 @pytest.mark.slow

@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--spec", required=True, help="the meta's MetaSpec as JSON")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
-    s.add_argument("--subsets", nargs="+", required=True, help="subset names, one size k")
+    s.add_argument(
+        "--subsets", nargs="+", required=True, help="subset names (one size k unless amortized)"
+    )
+    s.add_argument("--amortized", action="store_true", help="one direct model over random subsets")
     s.add_argument("--ensemble", nargs="+", required=True, help="the data set's bases, in order")
     s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory (conserv)")
     s.add_argument("--dataset", default="")
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--dataset", default="")
     s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--calibration", type=Path, help="also the amortized-vs-dedicated calibration")
 
     s = sub.add_parser("md-replica", help="one MD replica of a trained model")
     s.add_argument("--dataset-dir", required=True, type=Path, help="results/{dataset}")
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("plot-subsets", help="Fig. 3a raincloud of RMSE against k (subsets.csv)")
     s.add_argument("subsets", type=Path)
     s.add_argument("--meta", default=None, help="default: the first meta in the table")
+    s.add_argument("--calibration", type=Path, help="subsets_calibration.csv (amortized)")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("plot-parity", help="Fig. 3b parity plot of a meta vs the best base")
@@ -335,6 +340,19 @@ def _run(a: argparse.Namespace) -> int:
         )
     elif a.cmd == "predict-meta":
         pipeline.predict_meta(a.model, a.store, a.split, _pairs(a.bases), a.out, a.batch_size)
+    elif a.cmd == "train-subsets" and a.amortized:
+        from elmlff.study import train_subsets_amortized
+
+        train_subsets_amortized(
+            _meta_spec(a.spec),
+            a.store,
+            a.split,
+            a.subsets,
+            a.ensemble,
+            a.out,
+            a.dataset,
+            device=_device(a.device),
+        )
     elif a.cmd == "train-subsets":
         from elmlff.study import train_subsets
 
@@ -357,6 +375,10 @@ def _run(a: argparse.Namespace) -> int:
             k, v = _keyvalue(item)
             groups.setdefault(k, []).append(v)
         subset_table(groups, a.store, a.split, a.out, a.dataset)
+        if a.calibration:
+            from elmlff.study import calibration
+
+            calibration(a.out, a.calibration, a.dataset)
     elif a.cmd == "md-replica":
         from elmlff.md.campaign import run_replica
 
@@ -406,7 +428,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "plot-subsets":
         from elmlff.plots import subset_raincloud
 
-        subset_raincloud(a.subsets, a.out, a.meta)
+        subset_raincloud(a.subsets, a.out, a.meta, calibration=a.calibration)
     elif a.cmd == "plot-parity":
         from elmlff.plots import parity
 

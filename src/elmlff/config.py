@@ -104,6 +104,15 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
             f"{source}: subsets.metas: unknown meta-model(s) {unknown}",
             f"define them under `metas` or use one of {sorted(config.get('metas', {}))}",
         )
+    if study.get("method") == "amortized":
+        kinds = {m: config["metas"][m].get("kind") for m in study.get("metas", [])}
+        other = sorted(m for m, k in kinds.items() if k != "direct")
+        if other:
+            raise ElmlffError(
+                f"{source}: subsets.method amortized trains Ensemble-direct only, but "
+                f"subsets.metas lists {other}",
+                "list only direct metas under subsets.metas, or use `subsets.method: dedicated`",
+            )
     select = study.get("select", "all")
     if isinstance(select, list) and select and isinstance(select[0], list):
         unknown = sorted({b for c in select for b in c if b not in bases})
@@ -442,14 +451,32 @@ def meta_spec(config: MutableMapping[str, Any], name: str):
     return MetaSpec.from_config(name, config["metas"][name])
 
 
-def subset_groups(config: MutableMapping[str, Any], dataset: str) -> dict[int, list[str]]:
-    """The subset study's subset names of a data set, by size k (empty without a study)."""
+def subset_study(config: MutableMapping[str, Any], dataset: str) -> dict[int, list[str]]:
+    """Every subset the study reports for a data set, by size k (empty without a study)."""
     from elmlff.subsets import choose
 
     study = config.get("subsets", {})
     if not study.get("metas"):
         return {}
     return choose(study.get("select", "all"), ensemble(config, dataset))
+
+
+def amortized_study(config: MutableMapping[str, Any]) -> bool:
+    """Whether the subset study uses the amortized method (one model over random subsets)."""
+    study = config.get("subsets", {})
+    return bool(study.get("metas")) and study.get("method", "dedicated") == "amortized"
+
+
+def subset_groups(config: MutableMapping[str, Any], dataset: str) -> dict[int, list[str]]:
+    """The subsets that get dedicated models, by size k: every subset of the study, or under
+    the amortized method its calibration sample (``calibrate`` per k, seeded)."""
+    from elmlff.subsets import sample
+
+    groups = subset_study(config, dataset)
+    if not amortized_study(config):
+        return groups
+    per_k = int(config["subsets"].get("calibrate", 3))
+    return sample(groups, per_k, int(config["datasets"][dataset].get("split", {}).get("seed", 0)))
 
 
 def md_spec(config: MutableMapping[str, Any], dataset: str) -> dict[str, Any]:

@@ -117,8 +117,11 @@ def accuracy(lay: DatasetLayout, candidates: Sequence[str]) -> list[str]:
 def subset_study(lay: DatasetLayout) -> list[str]:
     """Per meta and size k: the median test error of its subset models against the median of
     the plain mean of the same subsets, and the subset chosen on val with its test error."""
-    df = read_result_csv(lay.subsets, "subset_table")
+    from elmlff.study import AMORTIZED, calibration_summary, calibration_text, shown_method
+
+    df = shown_method(read_result_csv(lay.subsets, "subset_table"))
     d = df[df.metric == METRIC]
+    cal = calibration_summary(lay.subsets_calibration)
     base = read_result_csv(lay.metrics, "evaluate")
     base = base[(base.split == "test") & (base.metric == METRIC) & (base.kind == "base")]
     base = base.set_index("model").value
@@ -146,11 +149,24 @@ def subset_study(lay: DatasetLayout) -> list[str]:
             if gain
             else ""
         )
+        amortized = "method" in g and (g.method == AMORTIZED).any()
+        how = (
+            "one model trained over random subsets (the amortized method), evaluated on"
+            if amortized
+            else "a model trained on"
+        )
+        c = cal.get(meta) if amortized else None
+        calibrated = (
+            f" Test {metric_label(METRIC)} of the amortized models {calibration_text(c)} "
+            "(`subsets_calibration.csv`)."
+            if c
+            else ""
+        )
         out += [
-            f"**Subset study** (`{_name(lay.figure('subsets_raincloud'))}`): `{meta}` on "
+            f"**Subset study** (`{_name(lay.figure('subsets_raincloud'))}`): `{meta}`, {how} "
             "every subset of the "
             f"bases, test {metric_label(METRIC)} in meV/Å by subset size k, beside the plain mean "
-            f"of the same bases; the subset of each size is chosen on val.{single}",
+            f"of the same bases; the subset of each size is chosen on val.{single}{calibrated}",
             "",
             *rows,
             "",

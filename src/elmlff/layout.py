@@ -80,9 +80,18 @@ class DatasetLayout:
     def subset_group(self, meta: str, k: int | str) -> str:
         return self._p("subsets", meta, f"k{k}")
 
+    def subset_amortized(self, meta: str) -> str:
+        """The amortized method's directory: one model over random subsets, every subset's
+        predictions (a group directory's files, the model as a meta's ``meta.pt``)."""
+        return self._p("subsets", meta, "amortized")
+
     @property
     def subsets(self) -> str:
         return self._p("subsets.csv")
+
+    @property
+    def subsets_calibration(self) -> str:
+        return self._p("subsets_calibration.csv")
 
     # -- evaluation, tables, figures ----------------------------------------------------------
     @property

@@ -25,10 +25,18 @@ from elmlff.subsets import resolve
 def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", device: str = "cpu"):
     """The trained model ``name`` of a campaign: a base; a baseline (over the whole ensemble
     from ``baselines.json``, over another ``subset`` fitted here from the store, as evaluation
-    does); or a meta-model (``train_meta``'s, or the subset study's model of that subset)."""
+    does); or a meta-model (``train_meta``'s, the subset study's dedicated model of that subset,
+    or else its amortized model run with that subset's bases only)."""
     lay = DatasetLayout.of(dataset_dir)
     metadir = Path(lay.meta_model(name, subset))
     group = Path(lay.subset_group(name, len(subset.split("+"))))
+    amortized = Path(lay.subset_amortized(name))
+    if not metadir.exists() and not meta.in_group(group, subset) and amortized.exists():
+        # the amortized study's one model, run with only the subset's bases present
+        model, inputs = meta.load_model(amortized, device)
+        models = resolve(subset, inputs)
+        pots = load_bases(lay.trained_bases(models), models, device)
+        return DirectEnsemble(model, pots, name, inputs=inputs)
     if metadir.exists() or (subset != "all" and group.exists()):
         if metadir.exists():
             model, models = meta.load_model(metadir, device)

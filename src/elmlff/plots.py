@@ -181,15 +181,26 @@ def subset_raincloud(
     baseline: str = "mean",
     metric: str = "force_rmse_framemean",
     split: str = "test",
+    calibration: Path | str | None = None,
 ) -> None:
     """Fig. 3a: test force RMSE of every k-subset meta-model against k, as rainclouds (half
     violin, box, jittered points) with the plain mean of the same subsets beside each, and the
-    best single base (chosen on val among all bases) as a dashed line."""
+    best single base (chosen on val among all bases) as a dashed line. The title names the
+    method that drew the meta's cloud; under the amortized method it also gives its calibration
+    against dedicated models (``subsets_calibration.csv``)."""
+    from elmlff.study import (
+        AMORTIZED,
+        DEDICATED,
+        calibration_summary,
+        calibration_text,
+        shown_method,
+    )
+
     plt = _pyplot()
     path = Path(subsets_csv)
     if not path.exists():
         raise ElmlffError(f"{path} not found", "run the subset study (rule subset_table)")
-    df = pd.read_csv(path)
+    df = shown_method(pd.read_csv(path))
     df = df[(df.metric == metric) & (df.split == split)]
     metas = list(dict.fromkeys(df[df.kind == "meta"].meta))
     if not metas:
@@ -271,10 +282,20 @@ def subset_raincloud(
     ax.set_xticks(ks, [f"{k}\n({counts.get(k, 0)})" for k in ks])
     ax.set_xlabel("number of bases k (subsets)")
     ax.set_ylabel(f"force RMSE, {split} (frame mean) [meV/Å]")
-    ax.set_title(
+    rows = df[(df.meta == meta) & (df.kind == "meta")]
+    method = rows.method.iloc[0] if "method" in rows and len(rows) else DEDICATED
+    how = {
+        DEDICATED: "dedicated method: one model per subset",
+        AMORTIZED: "amortized method: one model over random subsets",
+    }[method]
+    title = (
         f"{df.dataset.iloc[0]}: {LABELS.get(meta, meta)} vs {LABELS.get(baseline, baseline)} "
-        f"on {df[df.meta == meta].subset.nunique()} subsets"
+        f"on {rows.subset.nunique()} subsets\n({how})"
     )
+    cal = calibration_summary(calibration).get(meta) if calibration else None
+    if method == AMORTIZED and cal:
+        title += f"\n{calibration_text(cal)}"
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
     fig.tight_layout()

@@ -43,6 +43,9 @@ from elmlff.metrics import metrics, per_frame
 
 #: metrics written to subsets.csv (frame-mean force RMSE first: the paper's Eq. 9)
 METRICS = ("force_rmse_framemean", "force_mae_framemean", "force_rmse")
+#: the study's methods: one model per subset (the paper's), or one model over random subsets
+DEDICATED, AMORTIZED = "dedicated", "amortized"
+METHODS = (DEDICATED, AMORTIZED)
 
 
 def train_subsets(
@@ -144,6 +147,89 @@ def train_subsets(
     )
 
 
+def train_subsets_amortized(
+    spec: MetaSpec,
+    store_path: Path,
+    split_path: Path,
+    subsets: Sequence[str],
+    ensemble: Sequence[str],
+    out: Path,
+    dataset: str = "",
+    device: str = "cpu",
+) -> None:
+    """The amortized method: one Ensemble-direct model over random subsets of ``ensemble``
+    (:mod:`elmlff.meta.amortized`), then val + test predictions of every one of ``subsets``
+    (names, any sizes) into the directory ``out``: ``meta.pt``/``meta.json`` (the model, over
+    every base), ``predictions.npz`` and ``info.json`` as a group directory has them."""
+    from elmlff import meta
+    from elmlff.meta import jobs
+    from elmlff.meta.amortized import fit_amortized, predict_subsets
+
+    if spec.kind != "direct":
+        raise ElmlffError(
+            f"meta '{spec.name}' is {spec.kind}: the amortized subset study trains "
+            "Ensemble-direct only",
+            "study it with `subsets.method: dedicated`, or list only direct metas",
+        )
+    t0 = time.perf_counter()
+    job = jobs.prepare(spec, store_path, split_path, [S.ALL], ensemble, {})
+    data, frames, split = job.data, job.data.frames, job.split
+    chosen = [S.resolve(n, ensemble) for n in subsets]
+    names = [S.name(c, ensemble) for c in chosen]
+    settings = spec.settings
+    model = meta.build(
+        "direct",
+        len(data.models),
+        frames.species,
+        job.stats,
+        {**spec.params, "amortized": True},
+        seed=S.seed(settings.seed, AMORTIZED),
+    ).to(device)
+    log(f"amortized: one model over random subsets of {data.models}; {len(names)} to evaluate")
+    fit_info = fit_amortized(model, data, job.fit_idx, job.val_idx, settings, job.fold_of)
+    t1 = time.perf_counter()
+    pred_idx = np.sort(np.concatenate([job.val_idx, split.roles["test"]]))
+    forces = predict_subsets(model, data, pred_idx, chosen)
+    seconds = time.perf_counter() - t1
+    if not np.isfinite(forces).all():
+        raise ElmlffError("the amortized model predicted NaN/inf forces", "retrain it")
+    model = model.cpu()
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        meta.save(model, data.models, tmp, {"name": spec.name, "method": AMORTIZED, **fit_info})
+        with open(tmp / GROUP_PREDICTIONS, "wb") as fh:
+            np.savez(
+                fh,
+                subsets=np.array(names),
+                frames=pred_idx,
+                energy=np.full((len(names), len(pred_idx)), np.nan),
+                forces=forces,
+                seconds=seconds,
+            )
+        info = {
+            "name": spec.name,
+            "kind": "direct",
+            "method": AMORTIZED,
+            "dataset": dataset,
+            "fit_on": spec.fit_on,
+            "params": model.params,
+            "settings": fit_info["settings"],
+            "trained_on": job.fit_idx.tolist(),
+            "validated_on": job.val_idx.tolist(),
+            "train_seconds": t1 - t0,
+            "predict_seconds": seconds,
+            "best_epoch": fit_info["best_epoch"],
+            "best_val_force_rmse": fit_info["best_val_force_rmse"],
+            "subsets": {n: {"models": c} for n, c in zip(names, chosen, strict=True)},
+        }
+        (tmp / GROUP_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    log(
+        f"amortized subset study '{spec.name}': trained in {t1 - t0:.0f} s, {len(names)} "
+        f"subsets predicted in {seconds:.0f} s; best val "
+        f"{1e3 * fit_info['best_val_force_rmse']:.2f} meV/Å over random subsets"
+    )
+
+
 def subset_table(
     groups: Mapping[str, Sequence[Path]],
     store_path: Path,
@@ -168,7 +254,7 @@ def subset_table(
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
 
-    def add(subset, models, meta, kind, role, e, f):
+    def add(subset, models, meta, kind, role, e, f, method=""):
         b = blocks[role]
         p = per_frame(e, f, b["ref_energy"], b["ref_forces"], b["n_atoms"])
         values = metrics(p)
@@ -181,6 +267,7 @@ def subset_table(
                     "models": S.SEP.join(models),
                     "meta": meta,
                     "kind": kind,
+                    "method": method,  # a meta's: dedicated | amortized; baselines: ""
                     "split": role,
                     "metric": metric,
                     "value": values[metric][0],
@@ -194,6 +281,7 @@ def subset_table(
                 raise ElmlffError(f"{pred} not found", "run the train_subsets rule")
             z = np.load(pred)
             info = json.loads((Path(d) / GROUP_INFO).read_text())
+            method = info.get("method", DEDICATED)
             # each role's frames and atoms within the group's predictions (same for every subset)
             where = {int(f): i for i, f in enumerate(z["frames"])}
             atoms_of = frames.subset(z["frames"])
@@ -204,7 +292,7 @@ def subset_table(
                 models = info["subsets"][subset]["models"]
                 for role in roles:
                     e, f = energy[s][local[role]], forces[s][atoms[role]]
-                    add(subset, models, meta_name, "meta", role, e, f)
+                    add(subset, models, meta_name, "meta", role, e, f, method)
                 if subset in seen:
                     continue
                 seen.add(subset)
@@ -221,3 +309,84 @@ def subset_table(
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return df
+
+
+#: subsets_calibration.csv: the summary rows' ``subset``
+SUMMARY = "summary"
+
+
+def calibration(
+    subsets_csv: Path,
+    out: Path,
+    dataset: str = "",
+    metric: str = "force_rmse_framemean",
+    split: str = "test",
+) -> pd.DataFrame:
+    """``subsets_calibration.csv`` (tidy: ``dataset, meta, subset, k, metric, quantity,
+    value``): for every subset a meta has by both methods, its ``amortized`` and ``dedicated``
+    test error and their ``relative_gap`` (amortized / dedicated − 1); per meta the summary
+    rows (``subset`` = ``summary``): ``spearman_rho`` of the two over those subsets,
+    ``mean_relative_gap``, ``worst_relative_gap`` (the largest) and ``n_subsets``."""
+    from scipy.stats import spearmanr
+
+    df = pd.read_csv(subsets_csv)
+    df = df[(df.kind == "meta") & (df.metric == metric) & (df.split == split)]
+    rows: list[dict[str, Any]] = []
+    for meta_name, g in df.groupby("meta", sort=False):
+        wide = g.pivot_table(index=["subset", "k"], columns="method", values="value")
+        if not set(METHODS) <= set(wide.columns):
+            continue
+        wide = wide.dropna(subset=list(METHODS)).reset_index()
+        if wide.empty:
+            continue
+        gap = wide[AMORTIZED] / wide[DEDICATED] - 1.0
+        for r, g_ in zip(wide.itertuples(), gap, strict=True):
+            for q, v in ((AMORTIZED, r.amortized), (DEDICATED, r.dedicated), ("relative_gap", g_)):
+                rows.append(dict(subset=r.subset, k=int(r.k), quantity=q, value=float(v)))
+        rho = spearmanr(wide[AMORTIZED], wide[DEDICATED]).statistic if len(wide) > 2 else np.nan
+        for q, v in (
+            ("spearman_rho", rho),
+            ("mean_relative_gap", gap.mean()),
+            ("worst_relative_gap", gap.max()),
+            ("n_subsets", len(wide)),
+        ):
+            rows.append(dict(subset=SUMMARY, k=-1, quantity=q, value=float(v)))
+        for r in rows:
+            r.setdefault("meta", meta_name)
+    cols = ["dataset", "meta", "subset", "k", "metric", "quantity", "value"]
+    table = pd.DataFrame(rows, columns=[c for c in cols if c not in ("dataset", "metric")])
+    table.insert(0, "dataset", dataset)
+    table.insert(4, "metric", metric)
+    with atomic_path(out) as tmp:
+        table[cols].to_csv(tmp, index=False)
+    return table[cols]
+
+
+def calibration_summary(path: Path | str) -> dict[str, dict[str, float]]:
+    """{meta: {spearman_rho, mean_relative_gap, worst_relative_gap, n_subsets}} of a
+    ``subsets_calibration.csv`` (empty when the file is missing or has none)."""
+    if not Path(path).exists():
+        return {}
+    df = pd.read_csv(path)
+    df = df[df.subset == SUMMARY]
+    return {m: dict(zip(g.quantity, g.value, strict=True)) for m, g in df.groupby("meta")}
+
+
+def shown_method(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``subsets.csv`` a figure or table shows: baselines, and each meta's
+    amortized rows where it has them (every subset), else its dedicated ones."""
+    if "method" not in df:
+        return df
+    metas = df[df.kind == "meta"]
+    has_amortized = set(metas[metas.method == AMORTIZED].meta)
+    drop = (df.kind == "meta") & df.meta.isin(has_amortized) & (df.method != AMORTIZED)
+    return df[~drop]
+
+
+def calibration_text(c: dict[str, float]) -> str:
+    """One phrase of a meta's calibration summary (:func:`calibration_summary`)."""
+    return (
+        f"against dedicated models of {c['n_subsets']:.0f} sampled subsets, Spearman ρ "
+        f"{c['spearman_rho']:.2f}; relative gap (amortized / dedicated − 1) mean "
+        f"{100 * c['mean_relative_gap']:+.1f} %, worst {100 * c['worst_relative_gap']:+.1f} %"
+    )

@@ -73,3 +73,20 @@ def choose(select: Any, ensemble: Sequence[str]) -> dict[int, list[str]]:
             "write `all`, a list of sizes k, or a list of lists of bases",
         )
     return {k: [name(c, ensemble) for c in combinations(ensemble, k)] for k in sizes}
+
+
+def sample(groups: dict[int, list[str]], per_k: int, seed: int) -> dict[int, list[str]]:
+    """A stratified sample of subset names: ``per_k`` of each size k (all of a size that has
+    no more), drawn with ``seed``, in the groups' order; sizes with none left are dropped."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, names in groups.items():
+        if per_k <= 0:
+            continue
+        if len(names) <= per_k:
+            out[k] = list(names)
+        else:
+            out[k] = [names[i] for i in sorted(rng.choice(len(names), per_k, replace=False))]
+    return out

@@ -169,12 +169,37 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
     """Markdown lines on the subset study's cost: per meta and size k its models and wall time
     (``train_subsets_{meta}_k{k}`` benchmarks), and the total against one training of the same
     meta on every base (``train_meta_{meta}_all``)."""
+    from elmlff.study import calibration_summary, calibration_text
+
     groups: dict[str, dict[int, float]] = {}
+    amortized: dict[str, float] = {}
     for job, sec in bench.items():
         m = re.fullmatch(r"train_subsets_(.+)_k(\d+)", job)
         if m:
             groups.setdefault(m.group(1), {})[int(m.group(2))] = sec
+        m = re.fullmatch(r"train_subsets_amortized_(.+)", job)
+        if m:
+            amortized[m.group(1)] = sec
+    cal = calibration_summary(lay.subsets_calibration)
     lines: list[str] = []
+    for meta_name in sorted(amortized):
+        sec = amortized[meta_name]
+        info = json.loads((Path(lay.subset_amortized(meta_name)) / GROUP_INFO).read_text())
+        one = bench.get(f"train_meta_{meta_name}_all")
+        ratio = f" = {sec / one:.1f}x one training on every base ({one:.0f} s)" if one else ""
+        c = cal.get(meta_name)
+        lines += [
+            f"Subset study `{meta_name}`, amortized method (one model over random subsets, "
+            f"every subset predicted by it): {len(info['subsets'])} subsets in {sec:.0f} s"
+            f"{ratio}."
+            + (
+                f" Test {metric_label('force_rmse_framemean')} {calibration_text(c)} "
+                "(`subsets_calibration.csv`)."
+                if c
+                else ""
+            ),
+            "",
+        ]
     for meta_name in sorted(groups):
         rows, total, count = [], 0.0, 0
         for k, sec in sorted(groups[meta_name].items()):
@@ -184,8 +209,10 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
             rows.append(f"| {k} | {n} | {sec:.0f} | {sec / n:.1f} |")
         one = bench.get(f"train_meta_{meta_name}_all")
         ratio = f" = {total / one:.1f}x one training on every base ({one:.0f} s)" if one else ""
+        what = "the amortized method's calibration sample, " if meta_name in amortized else ""
         lines += [
-            f"Subset study `{meta_name}` (one job per size k, models of a size trained together):",
+            f"Subset study `{meta_name}`, dedicated models ({what}one job per size k, models of "
+            "a size trained together):",
             "",
             "| k | models | job wall time [s] | per model [s] |",
             "|---:|---:|---:|---:|",

@@ -6,12 +6,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from elmlff.config import (
+    amortized_study,
     base_spec,
     ensemble,
     left_out,
     md_spec,
     meta_spec,
     subset_groups,
+    subset_study,
     validate_config,
 )
 from elmlff.bases import FAMILIES
@@ -238,12 +240,28 @@ def subset_names(wildcards):
 
 
 def subset_group_dirs(wildcards):
-    """{group directory: meta} of the data set's subset study (one per meta and size k)."""
-    return {
-        lay(wildcards.dataset).subset_group(m, k): m
-        for m in config["subsets"]["metas"]
-        for k in subset_groups(config, wildcards.dataset)
-    }
+    """{directory: meta} of the data set's subset study: the dedicated groups (one per meta and
+    size k: every subset, or the amortized method's calibration sample) and, under the
+    amortized method, each meta's one model over random subsets."""
+    d = wildcards.dataset
+    metas = config["subsets"]["metas"]
+    out = {lay(d).subset_group(m, k): m for m in metas for k in subset_groups(config, d)}
+    if amortized_study(config) and subset_study(config, d):
+        out.update({lay(d).subset_amortized(m): m for m in metas})
+    return out
+
+
+def subset_all_names(wildcards):
+    """Every subset name of the data set's study (the amortized model predicts them all)."""
+    return [n for names in subset_study(config, wildcards.dataset).values() for n in names]
+
+
+def subset_table_outputs():
+    """subsets.csv, and the calibration of the amortized method against dedicated models."""
+    out = {"table": L.subsets}
+    if amortized_study(config):
+        out["calibration"] = L.subsets_calibration
+    return out
 
 
 def md_model_inputs(wildcards):
@@ -315,9 +333,10 @@ def keyed(paths):
 
 def subset_table_if_any(wildcards):
     """subsets.csv when the data set has a subset study (its costs go into summary.md)."""
-    if subset_groups(config, wildcards.dataset):
-        return [lay(wildcards.dataset).subsets]
-    return []
+    d = wildcards.dataset
+    if not subset_study(config, d):
+        return []
+    return [lay(d).subsets] + ([lay(d).subsets_calibration] if amortized_study(config) else [])
 
 
 def benchmark_files(wildcards):
@@ -332,6 +351,8 @@ def benchmark_files(wildcards):
         out += [lay(d).benchmark(f"{job}_meta_{m}_all") for job in ("train", "predict")]
     for m in config["subsets"]["metas"]:
         out += [lay(d).benchmark(f"train_subsets_{m}_k{k}") for k in subset_groups(config, d)]
+        if amortized_study(config) and subset_study(config, d):
+            out += [lay(d).benchmark(f"train_subsets_amortized_{m}")]
     if has_uncertainty(d) and config["uncertainty"]["adversarial"]["starts"]:
         out += [lay(d).benchmark("adversarial")]
     for m in md_models(d):
@@ -348,8 +369,10 @@ def findings_inputs(wildcards):
         "baselines": lay(d).baselines,
         "store": lay(d).store,
     }
-    if subset_groups(config, d):
+    if subset_study(config, d):
         out["subsets"] = lay(d).subsets
+        if amortized_study(config):
+            out["calibration"] = lay(d).subsets_calibration
     if md_models(d):
         out["md"] = lay(d).table("md_table")
     if has_uncertainty(d):
@@ -380,7 +403,7 @@ def figure_outputs():
         figures = ["force_rmse", "learning_curves"]
         if headline_metas():
             figures += ["parity"]
-        if subset_groups(config, d):
+        if subset_study(config, d):
             figures += ["subsets_raincloud"]
         if has_uncertainty(d):
             figures += ["uncertainty"]
@@ -401,7 +424,7 @@ def final_outputs():
             out += [lay(d).uncertainty]
         if labelling_pool(d):
             out += [lay(d).to_label]
-        if subset_groups(config, d):
+        if subset_study(config, d):
             out += [lay(d).subsets]
         if md_models(d):
             out += [lay(d).md_summary]

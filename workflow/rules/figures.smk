@@ -61,7 +61,7 @@ rule force_rmse_campaign:
 rule subset_raincloud:
     """Fig. 3a: raincloud of the subset study's test RMSE against k, meta beside the mean."""
     input:
-        L.subsets,
+        **subset_table_outputs(),
     output:
         report(
             L.figure("subsets_raincloud"),
@@ -69,12 +69,17 @@ rule subset_raincloud:
             category="Subsets",
             subcategory="{dataset}",
         ),
+    params:
+        calibration=lambda w, input: (
+            f"--calibration {input.calibration}" if "calibration" in input.keys() else ""
+        ),
     log:
         L.log("subset_raincloud"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff plot-subsets {input} --out {output} > {log} 2>&1"
+        "python -m elmlff plot-subsets {input.table} {params.calibration} --out {output}"
+        " > {log} 2>&1"
 
 
 rule parity_figure:

@@ -1,5 +1,7 @@
-# The subset study (Fig. 3a): a meta-model on every chosen k-subset of the bases. One job per
-# meta and size k trains all that size's subsets together (elmlff.study), then one table.
+# The subset study (Fig. 3a): a meta-model on every chosen k-subset of the bases. Dedicated
+# method: one job per meta and size k trains all that size's subsets together (elmlff.study).
+# Amortized method: one job per meta trains one model over random subsets and predicts every
+# subset; the dedicated jobs then train only a calibration sample. One table at the end.
 
 
 rule train_subsets:
@@ -37,6 +39,37 @@ rule train_subsets:
         " --device {params.device} --out {output} > {log} 2>&1"
 
 
+rule train_subsets_amortized:
+    """One Ensemble-direct model over random subsets of the bases, every subset predicted."""
+    input:
+        store=L.store,
+        split=L.split,
+    output:
+        directory(L.subset_amortized("{meta}")),
+    wildcard_constraints:
+        meta="|".join(config["metas"]) or "^$",
+    params:
+        spec=meta_json,
+        ensemble=lambda w: " ".join(ensemble(config, w.dataset)),
+        subsets=lambda w: " ".join(subset_all_names(w)),
+        device=config["device"],
+    log:
+        L.log("subsets/train_{meta}_amortized"),
+    benchmark:
+        L.benchmark("train_subsets_amortized_{meta}")
+    conda:
+        env_file("meta")
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=480,
+    shell:
+        "python -m elmlff train-subsets --amortized --spec {params.spec:q}"
+        " --store {input.store} --split {input.split} --subsets {params.subsets}"
+        " --ensemble {params.ensemble} --dataset {wildcards.dataset}"
+        " --device {params.device} --out {output} > {log} 2>&1"
+
+
 rule subset_table:
     """subsets.csv: every subset's meta-model beside the four baselines of the same bases."""
     input:
@@ -44,13 +77,17 @@ rule subset_table:
         split=L.split,
         groups=lambda w: list(subset_group_dirs(w)),
     output:
-        L.subsets,
+        **subset_table_outputs(),
     params:
         groups=lambda w: " ".join(f"{m}={d}" for d, m in subset_group_dirs(w).items()),
+        calibration=lambda w, output: (
+            f"--calibration {output.calibration}" if "calibration" in output.keys() else ""
+        ),
     log:
         L.log("subset_table"),
     conda:
         env_file("elmlff")
     shell:
         "python -m elmlff subset-table {params.groups} --store {input.store}"
-        " --split {input.split} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        " --split {input.split} --dataset {wildcards.dataset} --out {output.table}"
+        " {params.calibration} > {log} 2>&1"

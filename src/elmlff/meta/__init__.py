@@ -27,7 +27,7 @@ import numpy as np
 
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
-from elmlff.layout import GROUP_MODELS, META_INFO, META_MODEL
+from elmlff.layout import GROUP_INFO, GROUP_MODELS, META_INFO, META_MODEL
 
 KINDS = ("direct", "conserv")
 MODEL_FILE, INFO_FILE = META_MODEL, META_INFO
@@ -123,6 +123,12 @@ def load_subset_model(group_dir: Path, subset: str, device: str = "cpu"):
     model = build(d["kind"], len(entry["models"]), d["species"], Stats(**d["stats"]), d["params"])
     model.load_state_dict(entry["state_dict"])
     return model.to(device).eval(), list(entry["models"])
+
+
+def in_group(group_dir: Path, subset: str) -> bool:
+    """Whether a subset-study group directory holds a model of ``subset``."""
+    info = Path(group_dir) / GROUP_INFO
+    return info.exists() and subset in json.loads(info.read_text()).get("subsets", {})
 
 
 def read_predictions(name: str, path: Path, frames: Frames) -> tuple[np.ndarray, np.ndarray]:

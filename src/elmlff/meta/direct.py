@@ -13,6 +13,12 @@ the output here is by default a learned blend of the base forces plus the head's
 ``blend=False`` is the paper's form, F_i = sigma_F * head(...)_i from a default-initialised
 head (the default campaign trains it as the ablation ``ensemble_direct_noblend``).
 
+``amortized=True`` makes one model serve every subset of the bases: a mask (``b.extra["mask"]``,
+frames x bases, True where present) zeroes the absent bases' inputs and joins the node
+features, and the blend is a softmax over the present bases only (uniform at the start, so an
+untrained model is the plain mean of the present bases). Trained over random subsets
+(:mod:`elmlff.meta.amortized`), it lets a user drop any base without retraining.
+
 The model reads Cartesian components, so it is not equivariant by construction; training
 rotates each batch at random (``augment_rotations``) so that it learns to be nearly so.
 It predicts forces only: it has no energy, and its forces need not be conservative.
@@ -25,6 +31,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from elmlff.errors import ElmlffError
 from elmlff.meta.data import MetaBatch, Stats, species_index
 from elmlff.meta.params import DirectParams
 
@@ -52,7 +59,9 @@ class EnsembleDirect(nn.Module):
         h = p.hidden
         self.species_embed = nn.Embedding(len(species), p.species_dim)
         self.energy_embed = nn.Sequential(nn.Linear(n_models, p.energy_dim), nn.SiLU())
-        self.inp = nn.Linear(3 * n_models + p.energy_dim + p.species_dim, h)
+        self.amortized = p.amortized
+        mask_dim = n_models if p.amortized else 0
+        self.inp = nn.Linear(3 * n_models + p.energy_dim + p.species_dim + mask_dim, h)
         self.convs = nn.ModuleList(
             GATConv(h, h // p.heads, heads=p.heads, edge_dim=p.n_rbf + 3) for _ in range(p.layers)
         )
@@ -60,7 +69,9 @@ class EnsembleDirect(nn.Module):
         if p.blend:  # start at the plain mean of the bases: the head's correction is zero
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
-            self.blend = nn.Parameter(torch.full((n_models,), 1.0 / n_models))
+            # amortized: logits of a softmax over the present bases; otherwise the weights
+            start = 0.0 if p.amortized else 1.0 / n_models
+            self.blend = nn.Parameter(torch.full((n_models,), start))
         else:  # the paper's GAT: forces from the head alone (a fixed zero blend)
             self.register_buffer("blend", torch.zeros(n_models))
 
@@ -70,8 +81,15 @@ class EnsembleDirect(nn.Module):
         f = b.base_forces / s.force_rms  # (A, M, 3)
         e = (b.base_energy / b.n_atoms[:, None] - s.energy_mu) / s.energy_sigma  # (F, M)
         z = self.z_to_index[b.numbers]
+        extra: list[torch.Tensor] = []
+        if self.amortized:
+            present = self.mask_of(b)  # (F, M) bool
+            m_atom = present[b.batch].to(f.dtype)  # (A, M)
+            f, e = f * m_atom[..., None], e * present.to(e.dtype)
+            extra = [m_atom]
         x = torch.cat(
-            [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z)], dim=1
+            [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z), *extra],
+            dim=1,
         )
         vec = b.positions[b.src] - b.positions[b.dst] + b.shift
         d = vec.norm(dim=1).clamp_min(1e-9)
@@ -85,4 +103,26 @@ class EnsembleDirect(nn.Module):
             h = h + nn.functional.silu(conv(h, edge_index, edge_attr))
             outs.append(h)
         corr = self.head(torch.cat(outs, dim=1))
-        return torch.einsum("m,amk->ak", self.blend, b.base_forces) + s.force_rms * corr
+        if self.amortized and self.params["blend"]:  # softmax over the present bases
+            w = torch.softmax(self.blend.masked_fill(~present, float("-inf")), dim=1)  # (F, M)
+            mixed = torch.einsum("am,amk->ak", w[b.batch], b.base_forces)
+        else:
+            mixed = torch.einsum("m,amk->ak", self.blend, b.base_forces)
+        return mixed + s.force_rms * corr
+
+    def mask_of(self, b: MetaBatch) -> torch.Tensor:
+        """(F, M) bool: the bases present in each frame of ``b`` (all when none is given)."""
+        mask = b.extra.get("mask")
+        n_frames = len(b.n_atoms)
+        if mask is None:
+            return torch.ones(n_frames, self.n_models, dtype=torch.bool, device=b.n_atoms.device)
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=b.n_atoms.device)
+        if mask.dim() == 1:
+            mask = mask.expand(n_frames, -1)
+        if mask.shape != (n_frames, self.n_models) or not mask.any(dim=1).all():
+            raise ElmlffError(
+                f"base mask of shape {tuple(mask.shape)} for {n_frames} frames and "
+                f"{self.n_models} bases (each frame needs a base present)",
+                "give one row per frame (or one for all) with at least one base present",
+            )
+        return mask

@@ -17,6 +17,7 @@ import torch
 from elmlff import bases as B
 from elmlff.baselines import LinearCombiner
 from elmlff.data.frames import Frames
+from elmlff.errors import ElmlffError
 from elmlff.meta.data import MetaBatch, batch_from_frames
 from elmlff.meta.live import base_outputs, check_species
 
@@ -120,17 +121,45 @@ class ConservEnsemble:
 
 
 class DirectEnsemble:
-    """Ensemble-direct over live bases (forces only)."""
+    """Ensemble-direct over live bases (forces only). An amortized model
+    (``params["amortized"]``) takes ``inputs``, every base it was trained over in input order,
+    and runs with only ``bases`` present: any subset of them, no retraining."""
 
-    def __init__(self, model, bases: Sequence[B.Potential], name: str = "ensemble_direct"):
+    def __init__(
+        self,
+        model,
+        bases: Sequence[B.Potential],
+        name: str = "ensemble_direct",
+        inputs: Sequence[str] | None = None,
+    ):
         self.model, self.bases, self.name = model, list(bases), name
         self.species = list(model.species)
         self.cutoff = float(model.params["cutoff"])
+        self.inputs = list(inputs) if inputs is not None else None
+        if self.inputs is not None:
+            missing = [p.name for p in self.bases if p.name not in self.inputs]
+            if missing or not model.params.get("amortized"):
+                raise ElmlffError(
+                    f"{name}: bases {missing or [p.name for p in self.bases]} are not inputs "
+                    f"{self.inputs} of an amortized model",
+                    "load a subset of the amortized model's own bases",
+                )
 
     def forces_from(self, frames: Frames, base_energy: np.ndarray, base_forces: np.ndarray):
-        """Forces (A, 3) from given base predictions ``(M, F)``, ``(M, A, 3)``."""
+        """Forces (A, 3) from given base predictions ``(M, F)``, ``(M, A, 3)`` (an amortized
+        model: of its present bases, in ``bases`` order)."""
         check_species([], self.species, frames.numbers)
+        mask = None
+        if self.inputs is not None:  # absent bases: zero inputs, masked out
+            at = [self.inputs.index(p.name) for p in self.bases]
+            full_e = np.zeros((len(self.inputs), *np.shape(base_energy)[1:]))
+            full_f = np.zeros((len(self.inputs), *np.shape(base_forces)[1:]))
+            full_e[at], full_f[at] = base_energy, base_forces
+            base_energy, base_forces = full_e, full_f
+            mask = np.isin(np.arange(len(self.inputs)), at)
         b = batch_from_frames(frames, base_energy, base_forces, self.cutoff)
+        if mask is not None:
+            b.extra["mask"] = torch.as_tensor(mask)
         dtype = next(self.model.parameters()).dtype
         with torch.no_grad():
             return self.model(b.to("cpu", dtype)).double().numpy()

@@ -20,6 +20,9 @@ class DirectParams:
     energy_dim: int = 16  # width of the base-energy embedding
     species_dim: int = 16  # width of the species embedding
     blend: bool = True  # output = learned blend of base forces + head; False: the head alone
+    # inputs carry which bases are present (trained over random subsets: any subset at
+    # inference, the subset study's amortized method); the blend renormalises over them
+    amortized: bool = False
 
 
 @dataclass

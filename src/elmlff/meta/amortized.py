@@ -1,0 +1,158 @@
+"""The subset study's amortized method: one Ensemble-direct model (``amortized=True``) trained
+over random subsets of the bases, then evaluated on every chosen subset.
+
+Each training frame gets its own subset: a size k uniform on 1..M, then a subset uniform among
+those of size k (so small and large subsets are seen as often, not in proportion to their
+number). The model sees which bases are present (:class:`~elmlff.meta.direct.EnsembleDirect`);
+early stopping and the checkpoint are chosen on the val frames, each with a fixed random subset
+drawn the same way, so the val error estimates the mean over k. It is a different estimator
+from the paper's one model per subset: the campaign calibrates it against dedicated models of a
+stratified sample of subsets (:func:`elmlff.study.calibration`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from elmlff.log import log
+from elmlff.meta.data import MetaBatch, MetaData
+from elmlff.meta.group import fold_batches, rotate, rotation
+from elmlff.meta.params import TrainSettings
+
+
+def random_masks(n_frames: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_frames, n_models) bool: per frame a subset of size k ~ U{1..M}, then uniform among
+    the subsets of that size (the first k of a random permutation)."""
+    k = rng.integers(1, n_models + 1, size=n_frames)
+    rank = np.argsort(rng.random((n_frames, n_models)), axis=1).argsort(axis=1)
+    return rank < k[:, None]
+
+
+def subset_mask(subset: Sequence[str], models: Sequence[str]) -> np.ndarray:
+    """(M,) bool: which of ``models`` (the model's inputs, in order) are in ``subset``."""
+    return np.isin(np.asarray(models), np.asarray(list(subset)))
+
+
+def _with_mask(b: MetaBatch, mask: np.ndarray | torch.Tensor) -> MetaBatch:
+    out = copy.copy(b)
+    out.extra = {**b.extra, "mask": torch.as_tensor(mask, dtype=torch.bool)}
+    return out
+
+
+def fit_amortized(
+    model: torch.nn.Module,
+    data: MetaData,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    settings: TrainSettings,
+    fold_of: np.ndarray | None = None,
+    log: Callable[[str], None] = log,
+) -> dict:
+    """Train the amortized ``model`` (its inputs: every base of ``data``) on frames ``fit_idx``
+    with a random subset per frame; keep the state of lowest val force RMSE. Returns facts for
+    the study's ``info.json``."""
+    rng = np.random.default_rng(settings.seed)
+    val_rng = np.random.default_rng(settings.seed + 1)
+    stats, m = model.stats, model.n_models
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    fold_of = np.full(len(data.frames), -1) if fold_of is None else np.asarray(fold_of)
+    val_batches = [
+        _with_mask(data.batch(i).to(device, dtype), random_masks(len(i), m, val_rng))
+        for i in fold_batches(val_idx, fold_of, settings.batch_size, rng, False)
+    ]
+
+    @torch.no_grad()
+    def validate() -> float:
+        model.eval()
+        sq, count = 0.0, 0
+        for b in val_batches:
+            sq += float(((model(b) - b.ref_forces) ** 2).sum())
+            count += b.ref_forces.numel()
+        model.train()
+        return float(np.sqrt(sq / count))
+
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(settings.patience // 3, 2)
+    )
+    t0 = time.perf_counter()
+    v0 = validate()
+    log(
+        f"epoch 0 (untrained: the plain mean of the present bases) val force RMSE "
+        f"{1e3 * v0:.2f} meV/Å over random subsets"
+    )
+    best, best_state, best_epoch, wait, history = v0, copy.deepcopy(model.state_dict()), 0, 0, []
+    for epoch in range(1, settings.max_epochs + 1):
+        model.train()
+        total, nb = 0.0, 0
+        for idx in fold_batches(fit_idx, fold_of, settings.batch_size, rng, True):
+            b = data.batch(idx).to(device, dtype)
+            if settings.augment_rotations:
+                b = rotate(b, rotation(rng))
+            b = _with_mask(b, random_masks(len(idx), m, rng))
+            loss = settings.force_weight * ((model(b) - b.ref_forces) ** 2).mean()
+            loss = loss / stats.force_rms**2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, nb = total + loss.item(), nb + 1
+        v = validate()
+        sched.step(v)
+        history.append({"epoch": epoch, "train_loss": total / max(nb, 1), "val_force_rmse": v})
+        better = v < best
+        if better:
+            best, best_state, best_epoch, wait = v, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            wait += 1
+        log(
+            f"epoch {epoch}/{settings.max_epochs} loss {total / max(nb, 1):.4f} val force RMSE "
+            f"{1e3 * v:.2f} meV/Å over random subsets{' *' if better else ''} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
+        if wait >= settings.patience:
+            log(f"early stop: no val improvement for {settings.patience} epochs")
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {
+        "settings": asdict(settings),
+        "bases_in_training": "stored predictions",
+        "subsets_in_training": "random per frame: k ~ U{1..M}, then uniform among size k",
+        "best_epoch": best_epoch,
+        "best_val_force_rmse": best,
+        "untrained_val_force_rmse": v0,
+        "epochs_run": len(history),
+        "train_seconds": time.perf_counter() - t0,
+        "history": history,
+    }
+
+
+@torch.no_grad()
+def predict_subsets(
+    model: torch.nn.Module,
+    data: MetaData,
+    idx: np.ndarray,
+    subsets: Sequence[Sequence[str]],
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """(S, A, 3) forces of frames ``idx`` for every subset (the graphs are cut once)."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    batches = [
+        data.batch(idx[s : s + batch_size]).to(device, dtype)
+        for s in range(0, len(idx), batch_size)
+    ]
+    n_atoms = int(data.frames.n_atoms[idx].sum())
+    out = np.zeros((len(subsets), n_atoms, 3), dtype=np.float32)
+    for i, c in enumerate(subsets):
+        mask = subset_mask(c, data.models)
+        out[i] = np.concatenate([model(_with_mask(b, mask)).cpu().numpy() for b in batches])
+    return out
