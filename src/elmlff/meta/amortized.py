@@ -13,7 +13,6 @@ stratified sample of subsets (:func:`elmlff.study.calibration`).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
@@ -24,6 +23,7 @@ from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.group import fold_batches, rotate, rotation
 from elmlff.meta.params import TrainSettings
+from elmlff.meta.train import run_epochs
 
 
 def random_masks(n_frames: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,19 +78,7 @@ def fit_amortized(
         model.train()
         return float(np.sqrt(sq / count))
 
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=0.5, patience=max(settings.patience // 3, 2)
-    )
-    t0 = time.perf_counter()
-    v0 = validate()
-    log(
-        f"epoch 0 (untrained: the plain mean of the present bases) val force RMSE "
-        f"{1e3 * v0:.2f} meV/Å over random subsets"
-    )
-    best, best_state, best_epoch, wait, history = v0, copy.deepcopy(model.state_dict()), 0, 0, []
-    for epoch in range(1, settings.max_epochs + 1):
-        model.train()
+    def train_epoch(opt: torch.optim.Optimizer) -> float:
         total, nb = 0.0, 0
         for idx in fold_batches(fit_idx, fold_of, settings.batch_size, rng, True):
             b = data.batch(idx).to(device, dtype)
@@ -103,34 +91,22 @@ def fit_amortized(
             loss.backward()
             opt.step()
             total, nb = total + loss.item(), nb + 1
-        v = validate()
-        sched.step(v)
-        history.append({"epoch": epoch, "train_loss": total / max(nb, 1), "val_force_rmse": v})
-        better = v < best
-        if better:
-            best, best_state, best_epoch, wait = v, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            wait += 1
-        log(
-            f"epoch {epoch}/{settings.max_epochs} loss {total / max(nb, 1):.4f} val force RMSE "
-            f"{1e3 * v:.2f} meV/Å over random subsets{' *' if better else ''} "
-            f"({time.perf_counter() - t0:.0f} s)"
-        )
-        if wait >= settings.patience:
-            log(f"early stop: no val improvement for {settings.patience} epochs")
-            break
-    model.load_state_dict(best_state)
-    model.eval()
+        return total / max(nb, 1)
+
+    facts = run_epochs(
+        model,
+        settings,
+        train_epoch,
+        validate,
+        log,
+        "the plain mean of the present bases",
+        " over random subsets",
+    )
     return {
         "settings": asdict(settings),
         "bases_in_training": "stored predictions",
         "subsets_in_training": "random per frame: k ~ U{1..M}, then uniform among size k",
-        "best_epoch": best_epoch,
-        "best_val_force_rmse": best,
-        "untrained_val_force_rmse": v0,
-        "epochs_run": len(history),
-        "train_seconds": time.perf_counter() - t0,
-        "history": history,
+        **facts,
     }
 
 

@@ -118,16 +118,7 @@ def fit(
         model.train()
         return float(np.sqrt(sq / n))
 
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=0.5, patience=max(settings.patience // 3, 2)
-    )
-    t0 = time.perf_counter()
-    v0 = validate()
-    log(f"epoch 0 (untrained: the plain mean of the bases) val force RMSE {1e3 * v0:.2f} meV/Å")
-    best, best_state, best_epoch, wait, history = v0, copy.deepcopy(model.state_dict()), 0, 0, []
-    for epoch in range(1, settings.max_epochs + 1):
-        model.train()
+    def train_epoch(opt: torch.optim.Optimizer) -> float:
         total, nb = 0.0, 0
         for idx in batches(fit_idx, True):
             pots = live_fit.get(int(fold_of[idx[0]])) if live_fit else None
@@ -137,17 +128,51 @@ def fit(
             loss.backward()
             opt.step()
             total, nb = total + loss.item(), nb + 1
+        return total / max(nb, 1)
+
+    facts = run_epochs(model, settings, train_epoch, validate, log, "the plain mean of the bases")
+    return {
+        "settings": asdict(settings),
+        "bases_in_training": "live" if live else "stored predictions",
+        **facts,
+    }
+
+
+def run_epochs(
+    model: torch.nn.Module,
+    settings: TrainSettings,
+    train_epoch: Callable[[torch.optim.Optimizer], float],
+    validate: Callable[[], float],
+    log: Callable[[str], None],
+    untrained: str,
+    note: str = "",
+) -> dict:
+    """The epoch loop of a single meta-model: Adam at ``settings.lr``, the rate halved on a val
+    plateau, early stopping after ``settings.patience`` epochs without a lower val force RMSE
+    (``validate``), and the model left at its best state. ``train_epoch(opt)`` runs one epoch
+    and returns its mean loss; ``untrained`` says what the model is before training."""
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(settings.patience // 3, 2)
+    )
+    t0 = time.perf_counter()
+    v0 = validate()
+    log(f"epoch 0 (untrained: {untrained}) val force RMSE {1e3 * v0:.2f} meV/Å{note}")
+    best, best_state, best_epoch, wait, history = v0, copy.deepcopy(model.state_dict()), 0, 0, []
+    for epoch in range(1, settings.max_epochs + 1):
+        model.train()
+        loss = train_epoch(opt)
         v = validate()
         sched.step(v)
-        history.append({"epoch": epoch, "train_loss": total / max(nb, 1), "val_force_rmse": v})
+        history.append({"epoch": epoch, "train_loss": loss, "val_force_rmse": v})
         better = v < best
         if better:
             best, best_state, best_epoch, wait = v, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             wait += 1
         log(
-            f"epoch {epoch}/{settings.max_epochs} loss {total / max(nb, 1):.4f} val force RMSE "
-            f"{1e3 * v:.2f} meV/Å{' *' if better else ''} ({time.perf_counter() - t0:.0f} s)"
+            f"epoch {epoch}/{settings.max_epochs} loss {loss:.4f} val force RMSE "
+            f"{1e3 * v:.2f} meV/Å{note}{' *' if better else ''} ({time.perf_counter() - t0:.0f} s)"
         )
         if wait >= settings.patience:
             log(f"early stop: no val improvement for {settings.patience} epochs")
@@ -155,8 +180,6 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return {
-        "settings": asdict(settings),
-        "bases_in_training": "live" if live else "stored predictions",
         "best_epoch": best_epoch,
         "best_val_force_rmse": best,
         "untrained_val_force_rmse": v0,
