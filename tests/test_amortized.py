@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
+from elmlff import subsets as S
 from elmlff.errors import ElmlffError
-from elmlff.meta import build, save
-from elmlff.meta.amortized import fit_amortized, predict_subsets, random_masks, subset_mask
+from elmlff.meta import build
+from elmlff.meta.amortized import fit_amortized, predict_subsets, random_masks
 from elmlff.meta.data import MetaData, Stats, batch_from_frames
 from elmlff.meta.ensemble import DirectEnsemble
 from elmlff.meta.params import TrainSettings
 from elmlff.study import calibration, calibration_summary, shown_method
-from elmlff.subsets import sample
 
 
 def test_random_masks_draw_k_uniformly_then_a_uniform_subset_of_that_size():
@@ -143,7 +143,7 @@ def test_one_amortized_model_serves_every_subset(trained):
     assert err["good"] < err["noisy"]
 
 
-def test_dropping_a_base_at_deployment_uses_only_the_present_ones(trained, tmp_path):
+def test_dropping_a_base_at_deployment_uses_only_the_present_ones(trained):
     """DirectEnsemble over the amortized model with two of its three bases gives what
     predict_subsets gives for that subset; a base it was not trained over is refused."""
     data, model, _ = trained
@@ -162,8 +162,7 @@ def test_dropping_a_base_at_deployment_uses_only_the_present_ones(trained, tmp_p
     np.testing.assert_allclose(out, expect, atol=1e-5)
     with pytest.raises(ElmlffError, match="not inputs"):
         DirectEnsemble(model, [Named("other")], inputs=data.models)
-    save(model, data.models, tmp_path / "m", {})
-    assert subset_mask(["biased", "good"], data.models).tolist() == [True, False, True]
+    assert S.mask(["biased", "good"], data.models).tolist() == [True, False, True]
 
 
 def test_calibration_against_dedicated_models_computed_by_hand(tmp_path):
@@ -222,10 +221,10 @@ def test_calibration_against_dedicated_models_computed_by_hand(tmp_path):
 
 def test_calibration_sample_is_stratified_and_seeded():
     groups = {1: ["a", "b", "c", "d"], 2: ["a+b", "a+c"], 3: ["a+b+c"]}
-    one = sample(groups, 3, seed=0)
+    one = S.sample(groups, 3, seed=0)
     assert [len(v) for v in one.values()] == [3, 2, 1]
-    assert set(one[1]) <= set(groups[1]) and one == sample(groups, 3, seed=0)
-    assert sample(groups, 0, seed=0) == {}
-    assert {json.dumps(sample(groups, 1, seed=s)[1]) for s in range(20)} == {
+    assert set(one[1]) <= set(groups[1]) and one == S.sample(groups, 3, seed=0)
+    assert S.sample(groups, 0, seed=0) == {}
+    assert {json.dumps(S.sample(groups, 1, seed=s)[1]) for s in range(20)} == {
         json.dumps([x]) for x in groups[1]
     }  # every size-1 subset gets drawn by some seed

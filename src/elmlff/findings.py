@@ -21,7 +21,7 @@ import pandas as pd
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
-from elmlff.summary import benchmark_seconds, benchmark_span, metric_label
+from elmlff.summary import benchmark_seconds, benchmark_window, metric_label
 
 #: the metric every accuracy sentence uses (the paper's Eq. 9)
 METRIC = "force_rmse_framemean"
@@ -54,6 +54,7 @@ def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
 
     bench = benchmark_seconds(benchmarks)
     total = sum(bench.values())
+    start, end = benchmark_window(benchmarks, bench)
     study = sum(s for j, s in bench.items() if j.startswith("train_subsets_"))
     newest = max(Path(b).stat().st_mtime for b in benchmarks) if benchmarks else time.time()
     commit = store.made_at(lay.store)
@@ -61,7 +62,7 @@ def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
     return [
         f"**Run.** Dataset `{lay.dataset}`, finished "
         f"{time.strftime('%Y-%m-%d', time.gmtime(newest))} (store made at commit `{commit}`): "
-        f"{benchmark_span(benchmarks) / 60:.1f} min wall from the first job's start to the last "
+        f"{(end - start) / 60:.1f} min wall from the first job's start to the last "
         f"one's end; the {len(bench)} benchmarked jobs took {total / 60:.1f} min summed (their "
         f"`benchmark:` files{share}; more than the wall time where jobs ran side by side).",
         "",

@@ -48,6 +48,26 @@ DEDICATED, AMORTIZED = "dedicated", "amortized"
 METHODS = (DEDICATED, AMORTIZED)
 
 
+def _write_predictions(
+    group_dir: Path,
+    names: Sequence[str],
+    frames: np.ndarray,
+    energy: np.ndarray,
+    forces: np.ndarray,
+    seconds: float,
+) -> None:
+    """A group directory's ``predictions.npz`` (see the module docstring)."""
+    with open(Path(group_dir) / GROUP_PREDICTIONS, "wb") as fh:
+        np.savez(
+            fh,
+            subsets=np.array(names),
+            frames=frames,
+            energy=energy,
+            forces=forces,
+            seconds=seconds,
+        )
+
+
 def train_subsets(
     spec: MetaSpec,
     store_path: Path,
@@ -113,15 +133,7 @@ def train_subsets(
             },
             tmp / GROUP_MODELS,
         )
-        with open(tmp / GROUP_PREDICTIONS, "wb") as fh:
-            np.savez(
-                fh,
-                subsets=np.array(names),
-                frames=pred_idx,
-                energy=energy,
-                forces=forces,
-                seconds=seconds,
-            )
+        _write_predictions(tmp, names, pred_idx, energy, forces, seconds)
         info = {
             "name": spec.name,
             "kind": kind,
@@ -197,15 +209,8 @@ def train_subsets_amortized(
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         meta.save(model, data.models, tmp, {"name": spec.name, "method": AMORTIZED, **fit_info})
-        with open(tmp / GROUP_PREDICTIONS, "wb") as fh:
-            np.savez(
-                fh,
-                subsets=np.array(names),
-                frames=pred_idx,
-                energy=np.full((len(names), len(pred_idx)), np.nan),
-                forces=forces,
-                seconds=seconds,
-            )
+        energy = np.full((len(names), len(pred_idx)), np.nan)  # Ensemble-direct: no energy
+        _write_predictions(tmp, names, pred_idx, energy, forces, seconds)
         info = {
             "name": spec.name,
             "kind": "direct",
@@ -342,7 +347,7 @@ def calibration(
         gap = wide[AMORTIZED] / wide[DEDICATED] - 1.0
         for r, g_ in zip(wide.itertuples(), gap, strict=True):
             for q, v in ((AMORTIZED, r.amortized), (DEDICATED, r.dedicated), ("relative_gap", g_)):
-                rows.append(dict(subset=r.subset, k=int(r.k), quantity=q, value=float(v)))
+                rows.append(dict(meta=meta_name, subset=r.subset, k=int(r.k), quantity=q, value=v))
         rho = spearmanr(wide[AMORTIZED], wide[DEDICATED]).statistic if len(wide) > 2 else np.nan
         for q, v in (
             ("spearman_rho", rho),
@@ -350,9 +355,7 @@ def calibration(
             ("worst_relative_gap", gap.max()),
             ("n_subsets", len(wide)),
         ):
-            rows.append(dict(subset=SUMMARY, k=-1, quantity=q, value=float(v)))
-        for r in rows:
-            r.setdefault("meta", meta_name)
+            rows.append(dict(meta=meta_name, subset=SUMMARY, k=-1, quantity=q, value=float(v)))
     cols = ["dataset", "meta", "subset", "k", "metric", "quantity", "value"]
     table = pd.DataFrame(rows, columns=[c for c in cols if c not in ("dataset", "metric")])
     table.insert(0, "dataset", dataset)

@@ -77,16 +77,22 @@ def choose(select: Any, ensemble: Sequence[str]) -> dict[int, list[str]]:
 
 def sample(groups: dict[int, list[str]], per_k: int, seed: int) -> dict[int, list[str]]:
     """A stratified sample of subset names: ``per_k`` of each size k (all of a size that has
-    no more), drawn with ``seed``, in the groups' order; sizes with none left are dropped."""
+    no more), drawn with ``seed``, in the groups' order; none when ``per_k`` is 0."""
     import numpy as np
 
+    if per_k <= 0:
+        return {}
     rng = np.random.default_rng(seed)
-    out = {}
-    for k, names in groups.items():
-        if per_k <= 0:
-            continue
-        if len(names) <= per_k:
-            out[k] = list(names)
-        else:
-            out[k] = [names[i] for i in sorted(rng.choice(len(names), per_k, replace=False))]
-    return out
+    return {
+        k: names
+        if len(names) <= per_k
+        else [names[i] for i in sorted(rng.choice(len(names), per_k, replace=False))]
+        for k, names in groups.items()
+    }
+
+
+def mask(subset: Sequence[str], models: Sequence[str]):
+    """(M,) bool array: which of ``models`` (a model's inputs, in order) are in ``subset``."""
+    import numpy as np
+
+    return np.isin(np.asarray(models), np.asarray(list(subset)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +30,16 @@ def benchmark_seconds(files: Sequence[Path]) -> dict[str, float]:
     return out
 
 
-def benchmark_span(files: Sequence[Path]) -> float:
-    """Wall seconds from the first of these jobs' start to the last one's end: Snakemake writes
-    a ``benchmark:`` file when its job ends, so a job ran from its file's mtime minus its
-    seconds. With several jobs at once this is the wall time, shorter than their sum; it spans
-    every invocation that wrote the files (a rerun of one job later stretches it)."""
+def benchmark_window(files: Sequence[Path], seconds: Mapping[str, float]) -> tuple[float, float]:
+    """(first start, last end), in epoch seconds, of one data set's jobs: Snakemake writes a
+    ``benchmark:`` file when its job ends, so a job ran from its file's mtime minus its
+    ``seconds`` (:func:`benchmark_seconds` of the same files). With several jobs at once the
+    window is shorter than their summed time; it spans every invocation that wrote the files
+    (a job rerun later stretches it)."""
     if not files:
-        return 0.0
-    ends = [Path(f).stat().st_mtime for f in files]
-    starts = [end - benchmark_seconds([f]).popitem()[1] for f, end in zip(files, ends, strict=True)]
-    return max(ends) - min(starts)
+        return 0.0, 0.0
+    ends = {Path(f).stem: Path(f).stat().st_mtime for f in files}
+    return min(end - seconds[job] for job, end in ends.items()), max(ends.values())
 
 
 def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -> str:
@@ -97,6 +97,7 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
     total = sum(bench.values())
+    start, end = benchmark_window(benchmarks, bench)
     n = int(test.n_frames.iloc[0])
     study = subset_costs(lay, bench)
     paired = comparison_lines(Path(lay.comparisons))
@@ -112,7 +113,7 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             *study,
             f"Summed time of the {len(bench)} benchmarked jobs: {total / 60:.1f} min; wall "
             f"time from the first one's start to the last one's end: "
-            f"{benchmark_span(benchmarks) / 60:.1f} min.",
+            f"{(end - start) / 60:.1f} min.",
             "",
         ]
     )

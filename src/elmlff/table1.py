@@ -20,7 +20,7 @@ import numpy as np
 from elmlff import store
 from elmlff.io import atomic_path, atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
-from elmlff.summary import benchmark_seconds, benchmark_span
+from elmlff.summary import benchmark_seconds, benchmark_window
 
 MAE = "force_mae"  # pooled over components (= frame mean for a single molecule)
 
@@ -80,11 +80,11 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
     per = md[md.replica != "all"]
     present = lay.benchmarks_present()
     bench = benchmark_seconds(present)
+    start, end = benchmark_window(present, bench)
     facts = {
         "flagged": {m: why for m, why in flagged.items() if m in models},
         "job_minutes": sum(bench.values()) / 60,
-        "wall_minutes": benchmark_span(present) / 60,
-        "benchmarks": [str(p) for p in present],
+        "window": (start, end),  # its first job's start, its last job's end (epoch s)
         "commit": store.made_at(lay.store),
         "jobs": len(bench),
         "horizon": sorted(set(per[per.metric == "horizon_ps"].value.round(6))),
@@ -92,6 +92,11 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
         "replicas": int(per.groupby("model").replica.nunique().max()) if len(per) else 0,
     }
     return rows, paired, facts
+
+
+def _span(windows: Sequence[tuple[float, float]]) -> float:
+    """Seconds from the earliest start to the latest end of several (start, end) windows."""
+    return max(e for _, e in windows) - min(s for s, _ in windows) if windows else 0.0
 
 
 def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> str:
@@ -102,7 +107,7 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
         "|---|---|" + "---:|" * len(models),
     ]
     rows, paired, horizons, temps, reps = [], [], set(), set(), set()
-    flagged, runs, files = [], [], []
+    flagged, runs, windows = [], [], []
     for d in dataset_dirs:
         r, p, f = rows_of(Path(d), models)
         rows += r
@@ -113,10 +118,11 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
         name = DatasetLayout.of(Path(d)).dataset
         flagged += [f"{name}: `{m}` {why}" for m, why in f["flagged"].items()]
         runs.append(
-            f"{name} {f['wall_minutes']:.1f} min wall, {f['job_minutes']:.1f} min summed "
+            f"{name} {(f['window'][1] - f['window'][0]) / 60:.1f} min wall, "
+            f"{f['job_minutes']:.1f} min summed "
             f"({f['jobs']} jobs, commit {f['commit']})"
         )
-        files += [Path(b) for b in f["benchmarks"]]
+        windows.append(f["window"])
     horizon = ", ".join(f"{h:g} ps" for h in sorted(horizons)) or "unknown"
     temp = ", ".join(f"{t:g} K" for t in sorted(temps)) or "unknown"
     text = "\n".join(
@@ -144,7 +150,7 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
             "",
             "Time, from each data set's `benchmark:` files: the wall time from its first job's "
             "start to its last job's end, and the jobs' summed time (longer where jobs ran side "
-            "by side): " + ", ".join(runs) + f"; all data sets {benchmark_span(files) / 60:.1f} "
+            "by side): " + ", ".join(runs) + f"; all data sets {_span(windows) / 60:.1f} "
             "min wall (one span: data sets run in separate invocations count the pauses "
             "between them).",
             "",

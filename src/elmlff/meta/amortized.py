@@ -19,6 +19,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from elmlff import subsets as S
 from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.group import fold_batches, rotate, rotation
@@ -32,11 +33,6 @@ def random_masks(n_frames: int, n_models: int, rng: np.random.Generator) -> np.n
     k = rng.integers(1, n_models + 1, size=n_frames)
     rank = np.argsort(rng.random((n_frames, n_models)), axis=1).argsort(axis=1)
     return rank < k[:, None]
-
-
-def subset_mask(subset: Sequence[str], models: Sequence[str]) -> np.ndarray:
-    """(M,) bool: which of ``models`` (the model's inputs, in order) are in ``subset``."""
-    return np.isin(np.asarray(models), np.asarray(list(subset)))
 
 
 def _with_mask(b: MetaBatch, mask: np.ndarray | torch.Tensor) -> MetaBatch:
@@ -129,6 +125,6 @@ def predict_subsets(
     n_atoms = int(data.frames.n_atoms[idx].sum())
     out = np.zeros((len(subsets), n_atoms, 3), dtype=np.float32)
     for i, c in enumerate(subsets):
-        mask = subset_mask(c, data.models)
+        mask = S.mask(c, data.models)
         out[i] = np.concatenate([model(_with_mask(b, mask)).cpu().numpy() for b in batches])
     return out

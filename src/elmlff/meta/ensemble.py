@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from elmlff import bases as B
+from elmlff import subsets as S
 from elmlff.baselines import LinearCombiner
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
@@ -156,7 +157,7 @@ class DirectEnsemble:
             full_f = np.zeros((len(self.inputs), *np.shape(base_forces)[1:]))
             full_e[at], full_f[at] = base_energy, base_forces
             base_energy, base_forces = full_e, full_f
-            mask = np.isin(np.arange(len(self.inputs)), at)
+            mask = S.mask([p.name for p in self.bases], self.inputs)
         b = batch_from_frames(frames, base_energy, base_forces, self.cutoff)
         if mask is not None:
             b.extra["mask"] = torch.as_tensor(mask)
