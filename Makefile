@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup run test test-slurm lint dag readme-table readme-md17 bench clean-results
+.PHONY: setup run test test-slurm lint dag readme-table readme-md17 readme-methanol bench clean-results
 
 setup:
 	bash envs/pip/install.sh $(VENV)
@@ -26,6 +26,7 @@ bench: setup
 	$(PY) bench/dag_build.py
 	$(PY) bench/meta_inference.py
 	$(PY) bench/subsets.py --epochs 3
+	$(PY) bench/md_steps.py
 
 lint: setup
 	$(PY) -m ruff check src tests bench
@@ -38,6 +39,7 @@ readme-table: setup
 	$(PY) -m elmlff splice results/methane/summary.md --into README.md --marker summary:methane
 	$(PY) -m elmlff splice results/methane/findings.md --into README.md --marker findings:methane
 	$(PY) -m elmlff splice bench/measured/subsets_cuda_h200.md --into README.md --marker bench:subsets-cuda
+	$(PY) -m elmlff splice bench/measured/md_steps_cpu.md --into README.md --marker bench:md-steps
 
 # the MD17 laptop campaign's Table 1 and figures (config/campaigns/md17_laptop.yaml; needs
 # the rMD17 split files) into README.md and docs/md17/
@@ -47,6 +49,15 @@ readme-md17: setup
 	$(PY) -m elmlff splice results/table1.md --into README.md --marker table1:md17
 	mkdir -p docs/md17 && cp results/figures/stability.png docs/md17/stability.png
 	for m in $(MD17); do cp results/$$m/figures/learning_curves.png docs/md17/learning_curves_$$m.png; done
+
+# the methanol/Cu(100) campaign (config/campaigns/methanol_cu.yaml; needs the data set in
+# ../shared) into README.md and docs/methanol_cu/: its summary, findings, Fig. 2b and Fig. 3a
+readme-methanol: setup
+	$(PY) -m snakemake -c2 --configfile config/campaigns/methanol_cu.yaml
+	$(PY) -m elmlff splice results/methanol_cu/summary.md --into README.md --marker summary:methanol_cu
+	$(PY) -m elmlff splice results/methanol_cu/findings.md --into README.md --marker findings:methanol_cu
+	mkdir -p docs/methanol_cu
+	for f in force_rmse subsets_raincloud md_hr; do cp results/methanol_cu/figures/$$f.png docs/methanol_cu/; done
 
 dag: setup
 	$(PY) -m snakemake --dag | dot -Tsvg > results/dag.svg

@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def bases_for(dataset: str, frames, cfg: dict, cache: Path) -> list:
-    """The campaign's trained bases, or each architecture trained briefly into ``cache``."""
+def bases_for(dataset: str, frames, cfg: dict, cache: Path, device: str = "cpu") -> list:
+    """The campaign's trained bases, or each architecture trained briefly into ``cache``, loaded
+    on ``device``."""
     from elmlff import bases as B
     from elmlff.config import base_spec, ensemble
 
@@ -50,7 +51,7 @@ def bases_for(dataset: str, frames, cfg: dict, cache: Path) -> list:
                     spec, frames.subset(range(12)), frames.subset(range(12, 16)), d
                 )
                 B.write_info(d, {"name": m, "family": spec.family, "fit": "full", **info})
-        out.append(B.load(d))
+        out.append(B.load(d, device))
     return out
 
 
@@ -65,7 +66,7 @@ def timed(fn, repeat: int = 3) -> float:
     return best
 
 
-def bench(name: str, frames, pots) -> None:
+def bench(name: str, frames, pots, device: str = "cpu") -> None:
     from elmlff import meta
     from elmlff.meta.data import Stats
     from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble
@@ -75,16 +76,21 @@ def bench(name: str, frames, pots) -> None:
     base_total = float(np.sum(per_base))
     preds = [p.predict(frames, batch_size=len(frames)) for p in pots]
     em, fm = np.stack([e for e, _ in preds]), np.stack([f for _, f in preds])
-    direct = DirectEnsemble(meta.build("direct", len(pots), frames.species, stats, {}), pots)
+    direct = DirectEnsemble(
+        meta.build("direct", len(pots), frames.species, stats, {}).to(device), pots
+    )
     t_direct = timed(lambda: direct.forces_from(frames, em, fm))
-    conserv = ConservEnsemble(meta.build("conserv", len(pots), frames.species, stats, {}), pots)
+    conserv = ConservEnsemble(
+        meta.build("conserv", len(pots), frames.species, stats, {}).to(device), pots
+    )
     t_conserv = timed(lambda: conserv.predict_all(frames, batch_size=len(frames)))
     energy = ConservEnsemble(
-        meta.build("conserv", len(pots), frames.species, stats, {"use_forces": False}), pots
+        meta.build("conserv", len(pots), frames.species, stats, {"use_forces": False}).to(device),
+        pots,
     )
     t_energy = timed(lambda: energy.predict_all(frames, batch_size=len(frames)))
     n = len(frames)
-    print(f"\n{name}: {n} frames x {frames.n_atoms[0]} atoms, {len(pots)} bases")
+    print(f"\n{name}: {n} frames x {frames.n_atoms[0]} atoms, {len(pots)} bases, {device}")
     for p, t in zip(pots, per_base, strict=True):
         print(f"  {p.name:>14s}  {1e3 * t / n:8.3f} ms/structure")
     print(f"  {'sum of bases':>14s}  {1e3 * base_total / n:8.3f} ms/structure")
@@ -110,10 +116,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache")
     ap.add_argument("--methane-frames", type=int, default=64)
     ap.add_argument("--slab-frames", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="torch device of the bases and metas")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     cfg = load_config(ROOT / "config" / "config.yaml")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
     cases = [("methane", ROOT / "data" / "methane" / "training_data", a.methane_frames)]
     slab = SHARED / "el-mlffs" / "methanol_cu" / "train"
     if slab.exists():
@@ -122,8 +129,8 @@ def main() -> None:
         print(f"({slab} not found: methanol/Cu skipped)")
     for name, path, n in cases:
         frames = read("deepmd", path, energy_unit="eV", length_unit="angstrom")
-        pots = bases_for(name, frames.subset(range(16)), cfg, a.cache)
-        bench(name, frames.subset(range(n)), pots)
+        pots = bases_for(name, frames.subset(range(16)), cfg, a.cache, a.device)
+        bench(name, frames.subset(range(n)), pots, a.device)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,18 @@ def main() -> None:
     print(f"one eight-base training: {one:.2f} s, median of 3 (+ {t_graph:.2f} s graph build)")
     groups = choose("all", ens)
     if a.method in ("amortized", "both"):
-        amortized(data, fit_idx, val_idx, pred_idx, stats, params, spec, a.device, groups)
+        amortized(
+            data,
+            fit_idx,
+            val_idx,
+            pred_idx,
+            stats,
+            params,
+            spec,
+            a.device,
+            groups,
+            cfg["subsets"].get("amortized_training", {}),
+        )
     if a.method == "amortized":
         return
     sizes = a.sizes or list(groups)
@@ -158,16 +169,19 @@ def main() -> None:
         floor(data, fit_idx, val_idx, stats, params, settings, one, n_all)
 
 
-def amortized(data, fit_idx, val_idx, pred_idx, stats, params, spec, device, groups) -> None:
+def amortized(
+    data, fit_idx, val_idx, pred_idx, stats, params, spec, device, groups, amortized_training
+) -> None:
     """Time the amortized method against one eight-base training, both with the campaign's
-    settings (early stopping on val): one model over random subsets, then all subsets
-    predicted."""
+    settings (early stopping on val; the amortized model's with ``subsets.amortized_training``
+    over them): one model over random subsets, then all subsets predicted."""
     from elmlff import meta
     from elmlff.meta.amortized import fit_amortized, predict_subsets
     from elmlff.meta.group import fit_direct_group
     from elmlff.subsets import resolve
 
     settings, quiet = spec.settings, lambda m: None
+    am_settings = replace(settings, **amortized_training)
     names = [n for g in groups.values() for n in g]
     subsets = [resolve(n, data.models) for n in names]
     full = meta.build("direct", len(data.models), data.frames.species, stats, params, 0)
@@ -183,7 +197,7 @@ def amortized(data, fit_idx, val_idx, pred_idx, stats, params, spec, device, gro
     ).to(device)
     _sync(device)
     t = time.perf_counter()
-    am = fit_amortized(model, data, fit_idx, val_idx, settings, log=quiet)
+    am = fit_amortized(model, data, fit_idx, val_idx, am_settings, log=quiet)
     _sync(device)
     t_train = time.perf_counter() - t
     t = time.perf_counter()
@@ -193,8 +207,9 @@ def amortized(data, fit_idx, val_idx, pred_idx, stats, params, spec, device, gro
     total = t_train + t_pred
     print(
         f"campaign settings (max {settings.max_epochs} epochs, patience {settings.patience}): one "
-        f"eight-base training {one:.1f} s ({info['epochs_run']} epochs); amortized: one model "
-        f"over random subsets {t_train:.1f} s ({am['epochs_run']} epochs) + all {len(names)} "
+        f"eight-base training {one:.1f} s ({info['epochs_run']} epochs); amortized (max "
+        f"{am_settings.max_epochs}, patience {am_settings.patience}): one model over random "
+        f"subsets {t_train:.1f} s ({am['epochs_run']} epochs) + all {len(names)} "
         f"subsets predicted on {len(pred_idx)} val/test frames {t_pred:.1f} s = {total:.1f} s = "
         f"{total / one:.2f}x one eight-base training (target <= 3x)"
     )

@@ -323,7 +323,17 @@ CASES: list[Case] = [
             _uq_score(t, "--rmse-json", str(t / "rmse.json")),
         )[1],
     ),
+    # the torch device of a job (config `device`; checked before anything is read)
+    Case("`--device cuda:64`: a GPU that is not there", lambda t: _device_arg(t, "cuda:64")),
+    Case("`--device tpu`: not a torch device the project runs on", lambda t: _device_arg(t, "tpu")),
 ]
+
+
+def _device_arg(tmp: Path, device: str) -> list[str]:
+    """predict-meta on paths that do not exist: the device is checked first."""
+    args = ["predict-meta", "--model", str(tmp / "m"), "--store", str(tmp / "s.zarr")]
+    args += ["--split", str(tmp / "split.json"), "--out", str(tmp / "p.npz")]
+    return [*args, "--device", device]
 
 
 # -- running ----------------------------------------------------------------------------------

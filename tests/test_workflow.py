@@ -187,7 +187,8 @@ def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
     """Both profiles parse; the SLURM one names no model family (the rules take each family's
     resources from its record) and dry-runs (minus conda, which this machine lacks): training
     gets one GPU with memory and runtime that grow with each attempt, and the predictions of
-    every base travel as one group job."""
+    every base travel as one group job; the meta-models, the subset study and MD get a GPU and
+    the config's device."""
     for name in ("default", "slurm"):
         prof = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
         assert isinstance(prof, dict) and prof
@@ -216,6 +217,11 @@ def test_profiles_validate_and_size_gpu_jobs_by_attempt(tmp_path):
         f"mem_mb={nequip.mem_mb}",
         f"runtime={nequip.runtime}",
     } <= res
+    # the meta-models, the subset study and MD ask for a GPU and run on it (`device: auto`)
+    for rule in ("train_meta", "predict_meta", "train_subsets_amortized", "md_replica"):
+        job, shell = r.stdout.split(f"rule {rule}:", 1)[1].split("Shell command", 1)
+        assert "gpu=1" in re.search(r"resources: (.*)", job).group(1).split(", "), rule
+        assert "--device auto " in shell.splitlines()[0], rule
     # the eight prediction jobs travel to SLURM as one group job
     assert len(re.findall(r"Group job predict\b", r.stdout + r.stderr)) == 1
     assert len(re.findall(r"Group job predict_meta\b", r.stdout + r.stderr)) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,11 +46,25 @@ def _meta_spec(text: str):
         ) from None
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
+DEVICE_HELP = "torch device: auto (cuda where the job sees one), cpu, cuda or cuda:N"
 
+
+def _device(name: str) -> str:
+    """The torch device a job runs on; a GPU that is asked for must be there."""
+    import torch
+
+    if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ElmlffError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ElmlffError(
+                f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                "GPU(s) here",
+                "set `device: auto` (or cpu) in the config, or run where that GPU is visible",
+            )
     return name
 
 
@@ -86,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--fit", default="full")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--hvp-seed", type=int, default=None, help="also Hessian-vector products")
     s.add_argument("--out", required=True, type=Path)
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ensemble", nargs="+", required=True, help="the data set's bases, in order")
     s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory")
     s.add_argument("--dataset", default="")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("predict-meta", help="val + test predictions of a meta-model")
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory")
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("train-subsets", help="train a meta-model on many subsets of one size")
@@ -128,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ensemble", nargs="+", required=True, help="the data set's bases, in order")
     s.add_argument("--bases", nargs="*", default=[], help="MODEL/FIT=base directory (conserv)")
     s.add_argument("--dataset", default="")
-    s.add_argument("--device", default="auto", help="direct groups: cpu, cuda or auto")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("subset-table", help="subsets.csv from the subset study's groups")
@@ -149,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--reference", choices=["test", "all"], default="test")
     s.add_argument("--reference-data", default=None, help="data spec of extra reference parts")
     s.add_argument("--trajectory", required=True, type=Path)
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("md-summary", help="md_summary.csv and the Table-1-like table")
@@ -176,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("plot-rmse", help="Fig. 2a-style force RMSE bars from metrics.csv files")
     s.add_argument("metrics", nargs="+", type=Path)
+    s.add_argument("--log", nargs="*", default=[], help="data sets drawn on a log axis (Fig. 2b)")
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("table", help="Markdown table of test metrics from metrics.csv files")
@@ -244,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--reference", default=None, help="module:Class of an ASE calculator")
     u.add_argument("--reference-kwargs", default="{}", help="its arguments as JSON")
     u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--device", default="auto", help=DEVICE_HELP)
     u.add_argument("--out", required=True, type=Path, help="sampled frames (extxyz)")
     u.add_argument("--table", required=True, type=Path)
     u.add_argument("--summary", required=True, type=Path)
@@ -337,9 +357,12 @@ def _run(a: argparse.Namespace) -> int:
             _pairs(a.bases),
             a.out,
             a.dataset,
+            _device(a.device),
         )
     elif a.cmd == "predict-meta":
-        pipeline.predict_meta(a.model, a.store, a.split, _pairs(a.bases), a.out, a.batch_size)
+        pipeline.predict_meta(
+            a.model, a.store, a.split, _pairs(a.bases), a.out, a.batch_size, _device(a.device)
+        )
     elif a.cmd == "train-subsets" and a.amortized:
         from elmlff.study import train_subsets_amortized
 
@@ -393,6 +416,7 @@ def _run(a: argparse.Namespace) -> int:
             a.diffusing_species,
             a.reference,
             json.loads(a.reference_data) if a.reference_data else None,
+            _device(a.device),
         )
     elif a.cmd == "md-summary":
         from elmlff.md.campaign import summarize
@@ -420,7 +444,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "plot-rmse":
         from elmlff.plots import force_rmse_bars
 
-        force_rmse_bars(a.metrics, a.out)
+        force_rmse_bars(a.metrics, a.out, log_datasets=a.log)
     elif a.cmd == "table":
         from elmlff.plots import metrics_table
 
@@ -520,6 +544,7 @@ def _run_uq(a: argparse.Namespace) -> None:
             a.reference,
             json.loads(a.reference_kwargs),
             a.seed,
+            _device(a.device),
         )
         print(a.summary.read_text())
     elif a.uq_cmd == "select":

@@ -441,14 +441,15 @@ def train_meta(
     basedirs: Mapping[str, Mapping[str, Path]],
     out: Path,
     dataset: str = "",
+    device: str = "cpu",
 ) -> None:
-    """Train one meta-model on a subset of bases (``all``: the whole ensemble): the subset
-    study's job with one subset, saved as ``meta.pt`` + ``meta.json``."""
+    """Train one meta-model on a subset of bases (``all``: the whole ensemble) on ``device``:
+    the subset study's job with one subset, saved as ``meta.pt`` + ``meta.json``."""
     from elmlff import meta
     from elmlff.meta import jobs
 
-    job = jobs.prepare(spec, store_path, split_path, [subset], ensemble, basedirs)
-    (model,), (info,) = jobs.train(job)
+    job = jobs.prepare(spec, store_path, split_path, [subset], ensemble, basedirs, device)
+    (model,), (info,) = jobs.train(job, device)
     models = job.subsets[0]
     with atomic_path(out) as tmp:
         meta.save(
@@ -482,15 +483,16 @@ def predict_meta(
     basedirs: Mapping[str, Mapping[str, Path]],
     out: Path,
     batch_size: int = 64,
+    device: str = "cpu",
 ) -> None:
-    """Val + test predictions of a meta-model. Ensemble-direct combines the stored base
-    predictions (the bases' own inference outputs); Ensemble-conserv runs the live bases, so its
-    forces are the exact -dE/dx of the whole ensemble."""
+    """Val + test predictions of a meta-model on ``device``. Ensemble-direct combines the stored
+    base predictions (the bases' own inference outputs); Ensemble-conserv runs the live bases, so
+    its forces are the exact -dE/dx of the whole ensemble."""
     from elmlff import meta
     from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble
     from elmlff.meta.live import load_bases
 
-    model, models = meta.load_model(model_dir)
+    model, models = meta.load_model(model_dir, device)
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     idx = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
@@ -503,7 +505,8 @@ def predict_meta(
         e = np.full(len(idx), np.nan)
         f = DirectEnsemble(model, []).forces_from(frames, em, fm)
     else:
-        p = ConservEnsemble(model, load_bases(basedirs, models)).predict_all(frames, batch_size)
+        pots = load_bases(basedirs, models, device)
+        p = ConservEnsemble(model, pots).predict_all(frames, batch_size)
         e, f = p.energy, p.forces
     sec = time.perf_counter() - t0
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:

@@ -50,9 +50,10 @@ def force_rmse_bars(
     out: Path | str,
     metric: str = "force_rmse_framemean",
     split: str = "test",
+    log_datasets: Sequence[str] = (),
 ) -> None:
     """Fig. 2a-style bars: force RMSE per model (bases, baselines, metas), one panel per data set,
-    with 95 % bootstrap intervals."""
+    with 95 % bootstrap intervals; the panels of ``log_datasets`` on a log axis (Fig. 2b)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,8 +100,14 @@ def force_rmse_bars(
             f"force RMSE, {split} ({'frame mean' if 'framemean' in metric else 'pooled'}) [meV/Å]"
         )
         ax.set_title(f"{name}: {int(sel.n_frames.iloc[0])} {split} frames")
-        ax.set_ylim(0, 1.12 * np.nanmax(v if err is None else v + err[1]))
-        ax.grid(axis="y", alpha=0.3)
+        if name in log_datasets:
+            low = v if err is None else v - err[0]
+            ax.set_yscale("log")
+            ax.set_ylim(0.7 * np.nanmin(low), 1.6 * np.nanmax(top))
+            ax.set_ylabel(ax.get_ylabel() + ", log scale")
+        else:
+            ax.set_ylim(0, 1.12 * np.nanmax(top))
+        ax.grid(axis="y", alpha=0.3, which="both" if name in log_datasets else "major")
     handles = [
         plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLOR.items() if k in set(df.kind)
     ]

@@ -88,7 +88,7 @@ def train_subsets(
     from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble
 
     t0 = time.perf_counter()
-    job = jobs.prepare(spec, store_path, split_path, subsets, ensemble, basedirs)
+    job = jobs.prepare(spec, store_path, split_path, subsets, ensemble, basedirs, device)
     kind, data, frames = spec.kind, job.data, job.data.frames
     chosen, names, k = job.subsets, job.names, len(job.subsets[0])
     models, infos = jobs.train(job, device)
@@ -100,6 +100,7 @@ def train_subsets(
     forces = np.zeros((len(models), len(pred_frames.forces), 3), dtype=np.float32)
     atoms = frames.atom_index(pred_idx)
     for i, (model, c) in enumerate(zip(models, chosen, strict=True)):
+        model.to(device)  # beside the live bases; saved from the CPU
         if kind == "direct":  # from the stored base predictions already in memory
             m = data.model_index(c)
             forces[i] = DirectEnsemble(model, []).forces_from(
@@ -114,6 +115,7 @@ def train_subsets(
                 pred_frames, batch_size
             )
             energy[i], forces[i] = p.energy, p.forces
+        model.cpu()
     seconds = time.perf_counter() - t1
     if not np.isfinite(forces).all():
         bad = [n for n, f in zip(names, forces, strict=True) if not np.isfinite(f).all()]

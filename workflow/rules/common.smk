@@ -110,8 +110,14 @@ def families():
     return sorted({config["bases"][m]["family"] for d in DATASETS for m in ensemble(config, d)})
 
 
+#: the keys of a data set that decide its frames and split (the rest steers later stages: a
+#: change there must not reread the data and retrain every base)
+DATA_KEYS = ("format", "path", "units", "parts", "download", "pbc", "split")
+
+
 def dataset_json(wildcards):
-    return spec_json(config["datasets"][wildcards.dataset])
+    spec = config["datasets"][wildcards.dataset]
+    return spec_json({k: spec[k] for k in DATA_KEYS if k in spec})
 
 
 def base_json(wildcards):
@@ -124,6 +130,20 @@ def meta_json(wildcards):
     toggling it must not retrain)."""
     spec = asdict(meta_spec(config, wildcards.meta))
     spec.pop("ablation")
+    return spec_json(spec)
+
+
+def rmse_log_axis(datasets):
+    """plot-rmse's ``--log`` for the data sets whose force RMSE figure has a log axis."""
+    logs = [d for d in datasets if config["datasets"][d].get("rmse_axis") == "log"]
+    return ("--log " + " ".join(logs)) if logs else ""
+
+
+def amortized_meta_json(wildcards):
+    """The studied meta's spec for the amortized model: ``subsets.amortized_training`` over its
+    training settings."""
+    spec = json.loads(meta_json(wildcards))
+    spec["training"] = {**spec["training"], **config["subsets"].get("amortized_training", {})}
     return spec_json(spec)
 
 

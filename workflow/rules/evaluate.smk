@@ -86,6 +86,7 @@ rule adversarial:
         ),
         kwargs=spec_json(config["uncertainty"]["reference_kwargs"]),
         dir=lambda w: lay(w.dataset).dir,
+        device=config["device"],
     log:
         L.log("adversarial"),
     benchmark:
@@ -99,8 +100,8 @@ rule adversarial:
     shell:
         "python -m elmlff uq adversarial --dataset-dir {params.dir}"
         " --starts {params.starts} --settings {params.settings:q} {params.reference}"
-        " --reference-kwargs {params.kwargs:q} --out {output.frames} --table {output.table}"
-        " --summary {output.summary} > {log} 2>&1"
+        " --reference-kwargs {params.kwargs:q} --device {params.device} --out {output.frames}"
+        " --table {output.table} --summary {output.summary} > {log} 2>&1"
 
 
 rule select_for_labelling:

@@ -9,12 +9,14 @@ rule force_rmse_figure:
         L.metrics,
     output:
         L.figure("force_rmse"),
+    params:
+        log=lambda w: rmse_log_axis([w.dataset]),
     log:
         L.log("force_rmse_figure"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff plot-rmse {input} --out {output} > {log} 2>&1"
+        "python -m elmlff plot-rmse {input} {params.log} --out {output} > {log} 2>&1"
 
 
 rule learning_curves_figure:
@@ -50,12 +52,14 @@ rule force_rmse_campaign:
             caption="../report/force_rmse.rst",
             category="Accuracy",
         ),
+    params:
+        log=rmse_log_axis(DATASETS),
     log:
         CAMPAIGN.log("force_rmse_campaign"),
     conda:
         env_file("elmlff")
     shell:
-        "python -m elmlff plot-rmse {input} --out {output} > {log} 2>&1"
+        "python -m elmlff plot-rmse {input} {params.log} --out {output} > {log} 2>&1"
 
 
 rule subset_raincloud:

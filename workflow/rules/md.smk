@@ -16,6 +16,7 @@ rule md_replica:
         species=md_species_arg,
         reference=md_reference_args,
         dir=lambda w: lay(w.dataset).dir,
+        device=config["device"],
     log:
         L.log("md/{model}_replica{replica}"),
     benchmark:
@@ -30,7 +31,7 @@ rule md_replica:
         "python -m elmlff md-replica --dataset-dir {params.dir}"
         " --model {wildcards.model} --replica {wildcards.replica} --settings {params.settings:q}"
         " {params.species} {params.reference} --trajectory {output.trajectory}"
-        " --out {output.result} > {log} 2>&1"
+        " --device {params.device} --out {output.result} > {log} 2>&1"
 
 
 rule md_summary:

@@ -17,6 +17,7 @@ rule train_meta:
         spec=meta_json,
         ensemble=lambda w: " ".join(ensemble(config, w.dataset)),
         bases=lambda w: keyed(meta_base_models(w)),
+        device=config["device"],
     log:
         L.log("metas/train_{meta}_{subset}"),
     benchmark:
@@ -31,7 +32,7 @@ rule train_meta:
         "python -m elmlff train-meta --spec {params.spec:q}"
         " --store {input.store} --split {input.split} --subset {wildcards.subset}"
         " --ensemble {params.ensemble} --bases {params.bases} --dataset {wildcards.dataset}"
-        " --out {output} > {log} 2>&1"
+        " --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule predict_meta:
@@ -49,6 +50,7 @@ rule predict_meta:
     params:
         bases=lambda w: keyed(meta_inference_bases(w)),
         batch=config["evaluation"]["predict_batch_size"],
+        device=config["device"],
     log:
         L.log("metas/predict_{meta}_{subset}"),
     benchmark:
@@ -62,4 +64,4 @@ rule predict_meta:
     shell:
         "python -m elmlff predict-meta --model {input.model} --store {input.store}"
         " --split {input.split} --bases {params.bases} --batch-size {params.batch}"
-        " --out {output} > {log} 2>&1"
+        " --device {params.device} --out {output} > {log} 2>&1"

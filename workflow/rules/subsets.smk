@@ -49,7 +49,7 @@ rule train_subsets_amortized:
     wildcard_constraints:
         meta="|".join(config["metas"]) or "^$",
     params:
-        spec=meta_json,
+        spec=amortized_meta_json,
         ensemble=lambda w: " ".join(ensemble(config, w.dataset)),
         subsets=lambda w: " ".join(subset_all_names(w)),
         device=config["device"],

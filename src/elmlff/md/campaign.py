@@ -91,10 +91,11 @@ def run_replica(
     diffusing_species: int | None = None,
     reference: str = "test",
     reference_data: Mapping[str, Any] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """MD of ``model`` from a seeded random test frame; observables against the reference
-    frames (:func:`reference_positions`: the test frames, or every frame of the data set as
-    the benchmark does, plus any extra reference parts).
+    """MD of ``model`` (its meta-model and bases on ``device``) from a seeded random test frame;
+    observables against the reference frames (:func:`reference_positions`: the test frames, or
+    every frame of the data set as the benchmark does, plus any extra reference parts).
 
     The start frame decides molecule or condensed phase (:func:`is_molecule`, from the
     structure: methane in its periodic box is a molecule). A molecule gets the bond criterion
@@ -124,7 +125,7 @@ def run_replica(
         )
     pairs = bonds(atoms.numbers, atoms.positions)
     ref_lengths = bond_lengths(ref_pos, pairs).mean(axis=0) if len(pairs) else None
-    calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset))
+    calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset, device))
     bases = [p.name for p in calc.ensemble.bases]
     temperature = data_temperature(
         calc.ensemble.bases,

@@ -135,7 +135,7 @@ class EnsembleConserv(nn.Module):
 
         frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
         counts = np.zeros((len(n_atoms), len(self.species)))
-        np.add.at(counts, (frame, self.z_to_index[torch.as_tensor(numbers)].numpy()), 1.0)
+        np.add.at(counts, (frame, self.z_to_index.cpu()[torch.as_tensor(numbers)].numpy()), 1.0)
         shift, *_ = np.linalg.lstsq(counts, residual, rcond=None)
         with torch.no_grad():
             self.atom_shift.copy_(torch.as_tensor(shift))

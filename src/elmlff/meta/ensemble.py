@@ -102,16 +102,19 @@ class ConservEnsemble:
 
     def predict_all(self, frames: Frames, batch_size: int = 64) -> Prediction:
         parts = []
+        dev = next(self.theta.parameters()).device  # the bases were loaded on it too
         for fr in _batched(frames, batch_size):
-            pos = torch.as_tensor(fr.positions, dtype=torch.float64).requires_grad_(True)
-            e, em, fm = self.outputs(pos, *B.frame_tensors(fr), create_graph=False)
+            pos = torch.as_tensor(fr.positions, dtype=torch.float64, device=dev)
+            pos.requires_grad_(True)
+            rest = (t.to(dev) for t in B.frame_tensors(fr))
+            e, em, fm = self.outputs(pos, *rest, create_graph=False)
             (g,) = torch.autograd.grad(e.sum(), pos)
             parts.append(
                 Prediction(
-                    e.detach().numpy(),
-                    -g.numpy(),
-                    em.detach().numpy().T,
-                    fm.detach().numpy().transpose(1, 0, 2),
+                    e.detach().cpu().numpy(),
+                    -g.cpu().numpy(),
+                    em.detach().cpu().numpy().T,
+                    fm.detach().cpu().numpy().transpose(1, 0, 2),
                 )
             )
         return _stack(parts)
@@ -161,9 +164,9 @@ class DirectEnsemble:
         b = batch_from_frames(frames, base_energy, base_forces, self.cutoff)
         if mask is not None:
             b.extra["mask"] = torch.as_tensor(mask)
-        dtype = next(self.model.parameters()).dtype
+        w = next(self.model.parameters())
         with torch.no_grad():
-            return self.model(b.to("cpu", dtype)).double().numpy()
+            return self.model(b.to(w.device, w.dtype)).double().cpu().numpy()
 
     def predict_all(self, frames: Frames, batch_size: int = 64) -> Prediction:
         check_species(self.bases, self.species, frames.numbers)

@@ -87,8 +87,10 @@ def prepare(
     subsets: Sequence[str],
     ensemble: Sequence[str],
     basedirs: Mapping[str, Mapping[str, Path]],
+    device: str = "cpu",
 ) -> MetaJob:
-    """Everything the subsets ``subsets`` (names or ``all``) of ``ensemble`` share."""
+    """Everything the subsets ``subsets`` (names or ``all``) of ``ensemble`` share; live bases
+    are loaded on ``device``."""
     from elmlff.meta.live import load_bases, load_fit
 
     ds = store.open_store(store_path)
@@ -114,12 +116,14 @@ def prepare(
     )
     if live:
         if split.kfold:
-            job.live_fit = {k: load_fit(basedirs, used, f"cv{k}") for k in range(split.kfold)}
+            job.live_fit = {
+                k: load_fit(basedirs, used, f"cv{k}", device) for k in range(split.kfold)
+            }
             job.fold_of = split.fold_of(len(data.frames))
         else:
-            job.live_fit = {-1: load_fit(basedirs, used, "full")}
+            job.live_fit = {-1: load_fit(basedirs, used, "full", device)}
     if spec.live_at_inference and basedirs:  # for validation, or for predicting afterwards
-        job.live_val = load_bases(basedirs, used)
+        job.live_val = load_bases(basedirs, used, device)
     log(
         f"meta '{spec.name}' ({spec.kind}), k={sizes[0]}: {len(chosen)} subset(s) of {used}; "
         f"{len(fit_idx)} {spec.fit_on} training frames, {len(val_idx)} val frames, "
@@ -130,7 +134,8 @@ def prepare(
 
 def train(job: MetaJob, device: str = "cpu") -> tuple[list, list[dict]]:
     """(models, training facts) of every subset of ``job``: fresh models seeded by the subset's
-    name, trained with early stopping and the checkpoint chosen on val."""
+    name, trained on ``device`` (the live bases' device: :func:`prepare`'s) with early stopping
+    and the checkpoint chosen on val; returned on the CPU."""
     from elmlff import meta
     from elmlff.meta.group import fit_direct_group
     from elmlff.meta.train import fit
@@ -159,6 +164,7 @@ def train(job: MetaJob, device: str = "cpu") -> tuple[list, list[dict]]:
         if job.live_fit is not None and job.live_val is not None:  # trains through the bases
             live_fit = {k: job.live(v, c) for k, v in job.live_fit.items()}
             live_val = job.live(job.live_val, c)
+        model.to(device)
         infos.append(
             fit(
                 model,
@@ -172,4 +178,5 @@ def train(job: MetaJob, device: str = "cpu") -> tuple[list, list[dict]]:
                 job.fold_of,
             )
         )
+        model.cpu()
     return models, infos

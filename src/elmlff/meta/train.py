@@ -74,7 +74,8 @@ def fit(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     s = model.stats
-    dtype = next(model.parameters()).dtype
+    w = next(model.parameters())
+    dtype, device = w.dtype, w.device  # the model's; live bases were loaded on the same
     fold_of = np.full(len(data.frames), -1) if fold_of is None else np.asarray(fold_of)
     # the bases run live exactly when the job loaded them (MetaSpec.live_in_training)
     live = live_fit is not None
@@ -88,7 +89,7 @@ def fit(
         )
     step = ConservStep(model)
     fr, m = data.frames.subset(fit_idx), data.model_index(list(models))
-    blend = model.blend.detach().numpy() @ data.base_energy[m][:, fit_idx]
+    blend = model.blend.detach().cpu().numpy() @ data.base_energy[m][:, fit_idx]
     model.init_atom_shift(fr.numbers, fr.n_atoms, fr.energy - blend)
 
     def batches(idx, shuffle: bool):
@@ -96,7 +97,7 @@ def fit(
 
     def run(b: MetaBatch, train: bool, pots=None):
         """(predicted forces, reference forces, energy error per atom)."""
-        b = b.to("cpu", dtype)
+        b = b.to(device, dtype)
         e, f = step(b, create_graph=train, pots=pots if live else None)
         return f, b.ref_forces, (e - b.ref_energy) / b.n_atoms
 

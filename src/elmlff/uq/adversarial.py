@@ -229,8 +229,10 @@ def adversarial_stage(
     reference: str | None = None,
     reference_kwargs: dict | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> pd.DataFrame:
-    """Adversarial samples of a campaign's base ensemble from ``n_starts`` random test frames:
+    """Adversarial samples of a campaign's base ensemble (live on ``device``) from ``n_starts``
+    random test frames:
     the trajectories (extxyz), U along them (CSV) and a summary; with a reference calculator the
     samples are labelled and Spearman ρ(U, ΔF) is reported, otherwise U only (and it says so)."""
     import json
@@ -249,7 +251,7 @@ def adversarial_stage(
     split = Split.load(lay.split)
     models = ds["model"].values.astype(str).tolist()
     _, w = val_rmse_weights(lay.metrics, models)
-    pots = load_bases(lay.trained_bases(models), models)
+    pots = load_bases(lay.trained_bases(models), models, device)
     test = np.sort(split.roles["test"])
     starts = np.sort(np.random.default_rng(seed).choice(test, min(n_starts, len(test)), False))
     frames = store.frames_from_dataset(ds).subset(starts)
