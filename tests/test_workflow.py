@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,42 @@ def test_dry_run_lists_the_default_campaign():
         "md_hr_figure": "1",
         "total": "70",
     }
+
+
+def test_settings_reach_only_the_rules_they_steer(tmp_path):
+    """`subsets.amortized_training` reaches the amortized model's spec and not the dedicated
+    calibration models'; `rmse_axis: log` draws that data set's force RMSE on a log axis; and
+    the data stage is handed the data keys only (an MD or figure setting must not reread the
+    data and retrain every base)."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "subsets": {"amortized_training": {"max_epochs": 7, "patience": 3}},
+                "datasets": {"methane": {"rmse_axis": "log"}},
+            }
+        )
+    )
+    r = smk(
+        "-n", "-p", "--forceall", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay)
+    )
+    shells = [
+        x.split("Shell command: ", 1)[1] for x in r.stdout.splitlines() if "Shell command: " in x
+    ]
+
+    def spec(cmd: str) -> dict:
+        words = shlex.split(cmd)
+        return json.loads(words[words.index("--spec") + 1])
+
+    amortized = [spec(c) for c in shells if "train-subsets --amortized" in c]
+    dedicated = [spec(c) for c in shells if "train-subsets --spec" in c]
+    assert len(amortized) == 1 and len(dedicated) == 8
+    assert amortized[0]["training"]["max_epochs"] == 7 and amortized[0]["training"]["patience"] == 3
+    assert {d["training"]["max_epochs"] for d in dedicated} == {200}
+    plots = [c for c in shells if "plot-rmse" in c]
+    assert plots and all("--log methane" in c for c in plots)
+    (prepare,) = [spec(c) for c in shells if " prepare " in c]
+    assert set(prepare) == {"format", "path", "units", "parts", "pbc", "split"}
 
 
 def test_the_readme_tables_can_be_asked_for_by_name(tmp_path):
