@@ -434,3 +434,34 @@ def test_md_reference_is_the_test_frames_or_the_whole_data_set_plus_extra_parts(
     }
     got = reference_positions(ds, split, 4, "all", spec)
     np.testing.assert_allclose(got, np.concatenate([pos, more]))
+
+
+def test_a_condensed_phase_measures_bond_deviations_from_its_start_frame(methane):
+    """A slab's reference frames are stored wrapped into the cell and hold other configurations:
+    averaged over them, a bond of the start frame that one of them wraps across the boundary
+    gets a length near the cell's, and every MD run would 'collapse' at its first check (the
+    methanol/Cu campaign did). A condensed phase is measured from its start frame; a molecule
+    keeps the benchmark's mean over the reference frames."""
+    from ase.build import fcc100
+
+    from elmlff.md.campaign import reference_bond_lengths
+    from elmlff.md.observables import is_molecule
+
+    start = fcc100("Cu", size=(3, 3, 3), vacuum=8.0, periodic=True)
+    start.positions += [2.0, 2.0, 0.0]  # as MD leaves them: not wrapped into the cell
+    stored = start.copy()
+    stored.wrap()  # as data sets store them
+    assert not is_molecule(start.numbers, start.positions, start.cell[:], start.pbc)
+    pairs = bonds(start.numbers, start.positions)
+    ref_pos = np.stack([stored.positions, stored.positions])
+    averaged = bond_lengths(ref_pos, pairs).mean(axis=0)
+    assert first_collapse(start.positions[None], pairs, averaged) == 0  # the false collapse
+    assert reference_bond_lengths(pairs, ref_pos, molecule=False) is None  # run_md: the start's
+    own = bond_lengths(start.positions, pairs)[0]
+    assert first_collapse(start.positions[None], pairs, own) is None
+    # a molecule: each bond's mean over the reference frames, by hand for the first bond
+    pos = methane.positions.reshape(len(methane), -1, 3)[:3]
+    mol_pairs = bonds(methane.numbers[:5], pos[0])
+    want = np.mean([np.linalg.norm(p[mol_pairs[0, 0]] - p[mol_pairs[0, 1]]) for p in pos])
+    got = reference_bond_lengths(mol_pairs, pos, molecule=True)
+    assert got is not None and np.isclose(got[0], want)

@@ -80,6 +80,20 @@ def reference_positions(
     return out
 
 
+def reference_bond_lengths(
+    pairs: np.ndarray, ref_pos: np.ndarray, molecule: bool
+) -> np.ndarray | None:
+    """The lengths a bond deviation is measured from: for a molecule, each bond's mean over the
+    reference frames (made whole), as the benchmark does; for a condensed phase, the start
+    frame's own (None: :func:`~elmlff.md.run.run_md` takes them). A slab's or a liquid's
+    reference frames are other configurations, where a bond of the start frame (an adsorbate
+    on a surface atom, a pair near a wrapped boundary) joins atoms that sit elsewhere, so their
+    mean length says nothing about that bond."""
+    if not len(pairs) or not molecule:
+        return None
+    return bond_lengths(ref_pos, pairs).mean(axis=0)
+
+
 def run_replica(
     dataset_dir: Path,
     model: str,
@@ -124,7 +138,7 @@ def run_replica(
             [make_whole(atoms.numbers, x, atoms.cell[:], atoms.pbc) for x in ref_pos]
         )
     pairs = bonds(atoms.numbers, atoms.positions)
-    ref_lengths = bond_lengths(ref_pos, pairs).mean(axis=0) if len(pairs) else None
+    ref_lengths = reference_bond_lengths(pairs, ref_pos, molecule)
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset, device))
     bases = [p.name for p in calc.ensemble.bases]
     temperature = data_temperature(
