@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from meta_inference import SHARED, bases_for  # noqa: E402
+from meta_inference import bases_for, data_sets  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -115,13 +115,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     cfg = load_config(ROOT / "config" / "config.yaml")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
-    cases = [("methane", ROOT / "data" / "methane" / "training_data")]
-    slab = SHARED / "el-mlffs" / "methanol_cu" / "train"
-    if slab.exists():
-        cases.append(("methanol_cu", slab))
-    else:
-        print(f"({slab} not found: methanol/Cu skipped)")
-    for name, path in cases:
+    for name, path in data_sets():
         if a.only and name != a.only:
             continue
         frames = read("deepmd", path, energy_unit="eV", length_unit="angstrom")

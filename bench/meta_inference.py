@@ -55,6 +55,18 @@ def bases_for(dataset: str, frames, cfg: dict, cache: Path, device: str = "cpu")
     return out
 
 
+def data_sets() -> list[tuple[str, Path]]:
+    """(name, DeePMD folder) of the benchmark's systems: methane, and the methanol/Cu(100) slab
+    where ``../shared`` has it."""
+    cases = [("methane", ROOT / "data" / "methane" / "training_data")]
+    slab = SHARED / "el-mlffs" / "methanol_cu" / "train"
+    if slab.exists():
+        cases.append(("methanol_cu", slab))
+    else:
+        print(f"({slab} not found: methanol/Cu skipped)")
+    return cases
+
+
 def timed(fn, repeat: int = 3) -> float:
     """Best of ``repeat`` wall times (after one warm-up call)."""
     fn()
@@ -121,13 +133,9 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     cfg = load_config(ROOT / "config" / "config.yaml")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
-    cases = [("methane", ROOT / "data" / "methane" / "training_data", a.methane_frames)]
-    slab = SHARED / "el-mlffs" / "methanol_cu" / "train"
-    if slab.exists():
-        cases.append(("methanol_cu", slab, a.slab_frames))
-    else:
-        print(f"({slab} not found: methanol/Cu skipped)")
-    for name, path, n in cases:
+    frames_of = {"methane": a.methane_frames, "methanol_cu": a.slab_frames}
+    for name, path in data_sets():
+        n = frames_of[name]
         frames = read("deepmd", path, energy_unit="eV", length_unit="angstrom")
         pots = bases_for(name, frames.subset(range(16)), cfg, a.cache, a.device)
         bench(name, frames.subset(range(n)), pots, a.device)
