@@ -49,6 +49,19 @@ def write_npz(path: Path, n_frames: int = 3, **extra) -> Path:
     return Path(path)
 
 
+def biased_bases(frames, names, noise):
+    """MetaData of stored base predictions for a meta-model's test: one copy of the reference
+    forces per ``noise`` (Gaussian, eV/Å), then a biased base (x1.6 + 0.3); energies within
+    10 meV of the reference. ``names``: every base, the biased one last."""
+    from elmlff.meta.data import MetaData
+
+    rng = np.random.default_rng(0)
+    f = frames.forces
+    bf = np.stack([f + rng.normal(scale=s, size=f.shape) for s in noise] + [1.6 * f + 0.3])
+    be = np.stack([frames.energy + rng.normal(scale=0.01, size=len(frames)) for _ in names])
+    return MetaData(frames, list(names), be, bf, cutoff=4.0)
+
+
 def random_frames(n_frames: int = 4, sizes=(3, 5, 2, 4), seed: int = 0, pbc: bool = False):
     """Frames with different atom counts and random labels."""
     from elmlff.data import Frames

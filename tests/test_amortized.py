@@ -15,10 +15,12 @@ from elmlff import subsets as S
 from elmlff.errors import ElmlffError
 from elmlff.meta import build
 from elmlff.meta.amortized import fit_amortized, predict_subsets, random_masks
-from elmlff.meta.data import MetaData, Stats, batch_from_frames
+from elmlff.meta.data import Stats, batch_from_frames
 from elmlff.meta.ensemble import DirectEnsemble
 from elmlff.meta.params import TrainSettings
 from elmlff.study import calibration, calibration_summary, shown_method
+
+from conftest import biased_bases
 
 
 def test_random_masks_draw_k_uniformly_then_a_uniform_subset_of_that_size():
@@ -98,17 +100,7 @@ def trained(methane):
     """Bases: one exact up to small noise, one noisy, one biased (x1.6 + 0.3); an amortized
     model trained over random subsets of them."""
     fr = methane.subset(range(240))
-    rng = np.random.default_rng(0)
-    f = fr.forces
-    bf = np.stack(
-        [
-            f + rng.normal(scale=0.02, size=f.shape),
-            f + rng.normal(scale=0.3, size=f.shape),
-            1.6 * f + 0.3,
-        ]
-    )
-    be = np.stack([fr.energy + rng.normal(scale=0.01, size=len(fr)) for _ in range(3)])
-    data = MetaData(fr, ["good", "noisy", "biased"], be, bf, cutoff=4.0)
+    data = biased_bases(fr, ["good", "noisy", "biased"], (0.02, 0.3))
     stats = Stats.fit(fr.subset(np.arange(160)))
     torch.manual_seed(0)
     model = build("direct", 3, fr.species, stats, {"hidden": 16, "layers": 2, "amortized": True})

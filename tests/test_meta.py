@@ -20,6 +20,7 @@ from elmlff.meta.live import base_outputs
 from elmlff.meta.params import TrainSettings
 from elmlff.meta.train import fit
 
+from conftest import biased_bases
 from physics import PotentialPhysicsTests
 
 
@@ -277,18 +278,7 @@ def test_direct_refuses_an_element_it_never_saw(mixed, methane):
 @pytest.fixture(scope="module")
 def biased_problem(methane):
     """Reference: the data's own labels; bases: two noisy copies and one biased (x1.6 + 0.3)."""
-    fr = methane.subset(range(240))
-    rng = np.random.default_rng(0)
-    f = fr.forces
-    bf = np.stack(
-        [
-            f + rng.normal(scale=0.05, size=f.shape),
-            f + rng.normal(scale=0.05, size=f.shape),
-            1.6 * f + 0.3,
-        ]
-    )
-    be = np.stack([fr.energy + rng.normal(scale=0.01, size=len(fr)) for _ in range(3)])
-    return MetaData(fr, ["a", "b", "biased"], be, bf, cutoff=4.0)
+    return biased_bases(methane.subset(range(240)), ["a", "b", "biased"], (0.05, 0.05))
 
 
 def _rmse(pred, ref):

@@ -24,7 +24,7 @@ from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.group import fold_batches, rotate, rotation
 from elmlff.meta.params import TrainSettings
-from elmlff.meta.train import run_epochs
+from elmlff.meta.train import optimize, run_epochs
 
 
 def random_masks(n_frames: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,20 +74,16 @@ def fit_amortized(
         model.train()
         return float(np.sqrt(sq / count))
 
+    def loss(idx: np.ndarray) -> torch.Tensor:
+        b = data.batch(idx).to(device, dtype)
+        if settings.augment_rotations:
+            b = rotate(b, rotation(rng))
+        b = _with_mask(b, random_masks(len(idx), m, rng))
+        return settings.force_weight * ((model(b) - b.ref_forces) ** 2).mean() / stats.force_rms**2
+
     def train_epoch(opt: torch.optim.Optimizer) -> float:
-        total, nb = 0.0, 0
-        for idx in fold_batches(fit_idx, fold_of, settings.batch_size, rng, True):
-            b = data.batch(idx).to(device, dtype)
-            if settings.augment_rotations:
-                b = rotate(b, rotation(rng))
-            b = _with_mask(b, random_masks(len(idx), m, rng))
-            loss = settings.force_weight * ((model(b) - b.ref_forces) ** 2).mean()
-            loss = loss / stats.force_rms**2
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, nb = total + loss.item(), nb + 1
-        return total / max(nb, 1)
+        batches = fold_batches(fit_idx, fold_of, settings.batch_size, rng, True)
+        return optimize(opt, (loss(idx) for idx in batches))
 
     facts = run_epochs(
         model,

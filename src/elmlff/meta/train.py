@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -119,17 +119,12 @@ def fit(
         model.train()
         return float(np.sqrt(sq / n))
 
+    def loss(idx: np.ndarray) -> torch.Tensor:
+        pots = live_fit.get(int(fold_of[idx[0]])) if live_fit else None
+        return loss_of(*run(data.batch(idx, list(models)), True, pots))
+
     def train_epoch(opt: torch.optim.Optimizer) -> float:
-        total, nb = 0.0, 0
-        for idx in batches(fit_idx, True):
-            pots = live_fit.get(int(fold_of[idx[0]])) if live_fit else None
-            f, ref, e_err = run(data.batch(idx, list(models)), True, pots)
-            loss = loss_of(f, ref, e_err)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, nb = total + loss.item(), nb + 1
-        return total / max(nb, 1)
+        return optimize(opt, (loss(idx) for idx in batches(fit_idx, True)))
 
     facts = run_epochs(model, settings, train_epoch, validate, log, "the plain mean of the bases")
     return {
@@ -137,6 +132,18 @@ def fit(
         "bases_in_training": "live" if live else "stored predictions",
         **facts,
     }
+
+
+def optimize(opt: torch.optim.Optimizer, losses: Iterable[torch.Tensor]) -> float:
+    """One epoch: a step of ``opt`` on each loss of ``losses`` (a generator: each batch's loss
+    is computed after the previous step); their mean."""
+    total, nb = 0.0, 0
+    for loss in losses:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, nb = total + loss.item(), nb + 1
+    return total / max(nb, 1)
 
 
 def run_epochs(
