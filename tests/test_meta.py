@@ -3,6 +3,8 @@ training that beats the plain mean on a biased ensemble, the ASE calculator, lea
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.meta import build, load_model, save
 from elmlff.meta.data import MetaData, Stats, batch_from_frames
+from elmlff.meta.direct import gaussian_rbf
 from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble, LinearEnsemble
 from elmlff.meta.graph import neighbour_graph
 from elmlff.meta.live import base_outputs
@@ -530,3 +533,35 @@ def test_subset_choice_counts_and_groups_by_size():
         choose([0, 9], ens)
     with pytest.raises(ElmlffError, match="not understood"):
         choose("some", ens)
+
+
+def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added_once(mixed):
+    """Ensemble-direct's layers are torch-geometric ``GATConv`` computed in a cheaper order
+    (edge logits from the folded edge weights; self-loops built once for every layer): loading
+    the same weights into stock ``GATConv`` layers that add their own self-loops gives the
+    same forces."""
+    from torch_geometric.nn import GATConv
+
+    fr, e, f = mixed
+    b = batch_from_frames(fr, e, f, 4.0).to("cpu", torch.float64)
+    model = _direct(fr.species).double()
+    stock = copy.deepcopy(model)
+    stock.convs = torch.nn.ModuleList()
+    for conv in model.convs:
+        with torch.no_grad():
+            conv.att_edge.normal_(0, 1.0)  # edge attention that matters
+        s = GATConv(16, 4, heads=4, edge_dim=model.params["n_rbf"] + 3).double()
+        s.load_state_dict(conv.state_dict())
+        stock.convs.append(s)
+    vec = b.positions[b.src] - b.positions[b.dst] + b.shift
+    d = vec.norm(dim=1)
+    raw = torch.cat(
+        [gaussian_rbf(d, model.params["cutoff"], model.params["n_rbf"]), vec / d[:, None]], 1
+    )
+    stock.edges = lambda _: (torch.stack([b.src, b.dst]), raw)  # no self-loops: GATConv adds them
+    with torch.no_grad():
+        ours, ref = model(b), stock(b)
+    assert ref.abs().max() > 1e-2
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+    edge_index, _ = model.edges(b)
+    assert edge_index.shape[1] == len(b.src) + len(b.numbers)  # one self-loop per atom
