@@ -465,3 +465,71 @@ def test_a_condensed_phase_measures_bond_deviations_from_its_start_frame(methane
     want = np.mean([np.linalg.norm(p[mol_pairs[0, 0]] - p[mol_pairs[0, 1]]) for p in pos])
     got = reference_bond_lengths(mol_pairs, pos, molecule=True)
     assert got is not None and np.isclose(got[0], want)
+
+
+def _methanol_on_copper():
+    """CH3OH above a 3-layer Cu(100) slab, wrapped into the periodic cell across x."""
+    from ase.build import add_adsorbate, fcc100, molecule
+
+    slab = fcc100("Cu", size=(3, 3, 3), vacuum=8.0, periodic=True)
+    add_adsorbate(slab, molecule("CH3OH"), 2.5, "ontop")
+    slab.positions[-6:, 0] -= slab.positions[-6:, 0].min() + 0.3  # sticks out on the left
+    wrapped = slab.copy()
+    wrapped.wrap()
+    return slab, wrapped
+
+
+def test_stability_bonds_of_a_slab_are_the_adsorbates_made_whole_not_metal_contacts():
+    """Natural cutoffs also list Cu-Cu pairs and Cu-adsorbate contacts, which move on in a
+    healthy surface run; a collapse is judged on the covalent bonds, here methanol's five,
+    found even when the stored frame has the molecule wrapped across the cell's boundary."""
+    from elmlff.md.observables import covalent_bonds, make_adsorbates_whole
+
+    whole, wrapped = _methanol_on_copper()
+    z = wrapped.numbers
+    assert len(bonds(z, wrapped.positions)) > 30  # Cu-Cu pairs and contacts
+    assert len(covalent_bonds(z, wrapped.positions)) < 5  # bonds cut by the boundary
+    fixed = make_adsorbates_whole(z, wrapped.positions, wrapped.cell[:], wrapped.pbc)
+    pairs = covalent_bonds(z, fixed)
+    assert len(pairs) == 5 and (z[pairs] != 29).all()  # C-O, 3 C-H, O-H
+    np.testing.assert_allclose(
+        bond_lengths(fixed, pairs), bond_lengths(whole.positions, pairs), atol=1e-9
+    )
+    assert np.array_equal(fixed[z == 29], wrapped.positions[z == 29])  # the slab stays put
+    # a molecule of H, C, N, O keeps every bond of the benchmark
+    mol = _methanol_on_copper()[0][-6:]
+    assert np.array_equal(
+        covalent_bonds(mol.numbers, mol.positions), bonds(mol.numbers, mol.positions)
+    )
+
+
+def test_atoms_the_reference_never_moves_are_fixed():
+    from elmlff.md.campaign import fixed_atoms
+
+    rng = np.random.default_rng(0)
+    ref = np.repeat(rng.normal(size=(1, 6, 3)), 4, axis=0)
+    ref[:, 3:] += rng.normal(scale=0.05, size=(4, 3, 3))  # three atoms move
+    ref[1, 2, 0] += 1e-3  # and one barely
+    assert fixed_atoms(ref).tolist() == [0, 1]
+    assert fixed_atoms(ref[:1]).tolist() == []  # one frame tells nothing
+
+
+def test_nose_hoover_with_a_fixed_substrate_thermostats_the_mobile_atoms(tmp_path):
+    """ASE's Nosé-Hoover chain counts 3 kT/2 for every atom: with two of three slab layers
+    fixed, the mobile layer would run at three times the target. The chain gets the degrees of
+    freedom the constraint leaves, and the fixed atoms do not move."""
+    from ase.build import fcc100
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+    from ase.io import read
+
+    slab = fcc100("Cu", size=(2, 2, 3), vacuum=6.0, periodic=True)
+    slab.set_constraint(FixAtoms(mask=slab.positions[:, 2] < slab.positions[:, 2].max() - 0.5))
+    s = MDSettings(temperature_K=400, timestep_fs=4.0, steps=3000, record_every=20, tdamp_fs=40)
+    res = run_md(slab, EMT(), s, tmp_path / "slab.extxyz", log=lambda m: None)
+    assert res.stopped == "completed" and res.extra["n_bonds"] == 0  # Cu-Cu: no covalent bond
+    traj = read(tmp_path / "slab.extxyz", index=":")
+    temps = [a.info["temperature_K"] for a in traj[len(traj) // 3 :]]
+    assert 300 < np.mean(temps) < 500  # 3x the target without the correction
+    still = slab.constraints[0].index
+    assert np.abs(traj[-1].positions[still] - slab.positions[still]).max() < 1e-6  # extxyz

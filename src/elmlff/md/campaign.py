@@ -22,13 +22,14 @@ from elmlff.log import log, warn
 from elmlff.md.observables import (
     HR_BINS,
     bond_lengths,
-    bonds,
+    covalent_bonds,
     diffusivity,
     energy_drift,
     h_of_r,
     h_of_r_error,
     is_molecule,
     loop_work,
+    make_adsorbates_whole,
     make_whole,
     rdf,
     rdf_error,
@@ -94,6 +95,16 @@ def reference_bond_lengths(
     return bond_lengths(ref_pos, pairs).mean(axis=0)
 
 
+def fixed_atoms(ref_pos: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+    """Indices of the atoms that sit still (within ``tol`` Å) in every reference frame
+    ``(T, N, 3)``: a substrate the reference calculation held fixed (methanol/Cu(100): the two
+    lower Cu layers), which MD then holds fixed too. None from fewer than two frames."""
+    if len(ref_pos) < 2:
+        return np.zeros(0, dtype=np.int64)
+    moved = np.abs(ref_pos - ref_pos[0]).max(axis=(0, 2))
+    return np.flatnonzero(moved < tol)
+
+
 def run_replica(
     dataset_dir: Path,
     model: str,
@@ -114,7 +125,8 @@ def run_replica(
     The start frame decides molecule or condensed phase (:func:`is_molecule`, from the
     structure: methane in its periodic box is a molecule). A molecule gets the bond criterion
     and h(r) only, and starts without net rotation; a periodic condensed phase also gets the
-    RDF error, the RDF-window criterion and the diffusivity. The data's configurational
+    RDF error, the RDF-window criterion and the diffusivity, and the atoms the reference
+    frames never move (:func:`fixed_atoms`) stay fixed. The data's configurational
     temperature (:func:`data_temperature`) is recorded beside the MD temperature, with a
     warning when they differ by more than a factor of 2."""
     from ase.io import read
@@ -137,7 +149,17 @@ def run_replica(
         ref_pos = np.stack(
             [make_whole(atoms.numbers, x, atoms.cell[:], atoms.pbc) for x in ref_pos]
         )
-    pairs = bonds(atoms.numbers, atoms.positions)
+    else:  # a substrate the reference held fixed stays fixed (FixAtoms), as in the data
+        from ase.constraints import FixAtoms
+
+        atoms.positions = make_adsorbates_whole(
+            atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc
+        )
+        fixed = fixed_atoms(ref_pos)
+        if len(fixed):
+            atoms.set_constraint(FixAtoms(indices=fixed))
+            log(f"{len(fixed)} atoms fixed in MD: they never move in the reference frames")
+    pairs = covalent_bonds(atoms.numbers, atoms.positions)
     ref_lengths = reference_bond_lengths(pairs, ref_pos, molecule)
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset, device))
     bases = [p.name for p in calc.ensemble.bases]
@@ -167,6 +189,7 @@ def run_replica(
     dt_ps = s.timestep_fs * 1e-3 * s.record_every
     out = {"dataset": dataset_dir.name, "model": model, "replica": replica, "start_frame": start}
     out.update(res.to_dict())
+    out["fixed_atoms"] = len(atoms.constraints[0].index) if atoms.constraints else 0
     out["horizon_ps"] = s.steps * s.timestep_fs * 1e-3  # the configured run length
     out["temperature_K"] = s.temperature_K
     out["reference"] = reference + ("+parts" if reference_data else "")
@@ -327,6 +350,7 @@ def conservation(atoms, calc, s: MDSettings, traj: list, trajectory: Path) -> di
         out["nve_probe_ps"] = res.time_ps
         out["nve_probe_stopped"] = res.stopped
     probe_atoms = atoms.copy()
+    probe_atoms.set_constraint()  # the loop moves every coordinate; fixed ones feel forces too
     probe_atoms.calc = calc
 
     def forces(x: np.ndarray) -> np.ndarray:

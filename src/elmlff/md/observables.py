@@ -8,7 +8,8 @@
   ``NeighborList(natural_cutoffs(atoms), skin=0.3)`` lists, as the benchmark's code does: ASE
   adds the skin to *each* atom's cutoff, so a pair is bonded when d < r_i + r_j + 0.6 Å with
   r the covalent radii (C-H: 1.67 Å); a run collapses at the first frame where any bond length
-  deviates from its reference length by more than Δ = 0.5 Å;
+  deviates from its reference length by more than Δ = 0.5 Å; only bonds between non-metal
+  atoms count (:func:`covalent_bonds`: every bond of the benchmark's molecules);
 * molecule or condensed phase, from the structure rather than the ``pbc`` flag (a molecule in
   a periodic box, DeePMD's convention, is still a molecule): :func:`is_molecule`;
 * RDF g_ab(r) for periodic condensed phases (minimum-image neighbour lists through vesin), its
@@ -101,6 +102,24 @@ def bonds(numbers: np.ndarray, positions: np.ndarray, skin: float = 0.3) -> np.n
     i, j, _ = _bond_list(numbers, positions, skin=skin)
     pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1).reshape(-1, 2)
     return np.unique(pairs, axis=0).astype(np.int64)
+
+
+#: Z of the non-metals and metalloids (H, He, B-Ne, Si-Ar, Ge-Kr, Sb-Xe, At, Rn)
+NON_METALS = frozenset([1, 2, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17, 18, 32, 33, 34, 35, 36])
+NON_METALS |= frozenset([51, 52, 53, 54, 85, 86])
+
+
+def covalent_bonds(numbers: np.ndarray, positions: np.ndarray, skin: float = 0.3) -> np.ndarray:
+    """(B, 2) the bonds whose deviation decides a collapse: :func:`bonds` between two
+    non-metal atoms (:data:`NON_METALS`). Natural cutoffs also list a metal's contacts (a
+    surface Cu and an adsorbate's H, neighbouring Cu atoms), which stretch and change in a
+    healthy run of a surface or a metal (an adsorbate moving over sites, a surface atom at
+    500 K); a covalent bond that stretches by 0.5 Å has broken. The benchmark's molecules
+    (H, C, N, O) keep every bond."""
+    numbers = np.asarray(numbers)
+    pairs = bonds(numbers, positions, skin)
+    keep = np.isin(numbers[pairs], list(NON_METALS)).all(axis=1)
+    return pairs[keep].reshape(-1, 2)
 
 
 #: packing fraction of van der Waals spheres below which a periodic cell is far from condensed
@@ -208,6 +227,21 @@ def make_whole(
     if image is None or not image.any():
         return positions.copy()
     return positions + image @ np.asarray(cell, dtype=float)
+
+
+def make_adsorbates_whole(
+    numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray | None, pbc: Sequence[bool]
+) -> np.ndarray:
+    """:func:`make_whole` of the non-metal atoms alone (:data:`NON_METALS`: the molecule on a
+    metal surface, the molecules of a liquid): a condensed phase's metal network is infinite,
+    so the whole structure has nothing finite to make whole, but its molecules do, and their
+    covalent bonds (:func:`covalent_bonds`) must not straddle a boundary."""
+    numbers = np.asarray(numbers)
+    out = np.array(positions, dtype=float)
+    keep = np.isin(numbers, list(NON_METALS))
+    if keep.any():
+        out[keep] = make_whole(numbers[keep], out[keep], cell, pbc)
+    return out
 
 
 def bond_lengths(positions: np.ndarray, pairs: np.ndarray) -> np.ndarray:

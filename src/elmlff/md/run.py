@@ -19,7 +19,7 @@ import numpy as np
 
 from elmlff.errors import ElmlffError
 from elmlff.log import log
-from elmlff.md.observables import bond_lengths, bonds, first_collapse, is_molecule
+from elmlff.md.observables import bond_lengths, covalent_bonds, first_collapse, is_molecule
 
 THERMOSTATS = ("nose_hoover", "langevin", "nve")
 
@@ -84,10 +84,36 @@ def _integrator(atoms, s: MDSettings):
     if s.thermostat == "nose_hoover":
         from ase.md.nose_hoover_chain import NoseHooverChainNVT
 
-        return NoseHooverChainNVT(
-            atoms, timestep=dt, temperature_K=s.temperature_K, tdamp=s.tdamp_fs * units.fs
-        )
+        cls = _fixed_atoms_nvt() if atoms.constraints else NoseHooverChainNVT
+        return cls(atoms, timestep=dt, temperature_K=s.temperature_K, tdamp=s.tdamp_fs * units.fs)
     raise ElmlffError(f"unknown thermostat {s.thermostat!r}", f"use one of {list(THERMOSTATS)}")
+
+
+def _fixed_atoms_nvt():
+    """ASE's Nosé-Hoover chain for a system with fixed atoms (ASE's ``FixAtoms``), which ASE's
+    own does not support: it integrates its own copy of the momenta with unconstrained forces
+    (``get_forces(md=True)``), so fixed atoms gather momentum that the chain reads as heat and
+    removes from the mobile ones (a slab's top layer froze), and it gives 3 kT/2 to every atom.
+    Here fixed atoms feel no force and the chain counts the degrees of freedom the constraints
+    leave."""
+    from ase.md.nose_hoover_chain import NoseHooverChainNVT, NoseHooverChainThermostat
+
+    class FixedAtomsNVT(NoseHooverChainNVT):
+        def __init__(self, atoms, timestep: float, temperature_K: float, tdamp: float) -> None:
+            super().__init__(atoms, timestep=timestep, temperature_K=temperature_K, tdamp=tdamp)
+            self._thermostat = NoseHooverChainThermostat(
+                num_atoms_global=atoms.get_number_of_degrees_of_freedom() / 3,
+                masses=self.masses,
+                temperature_K=temperature_K,
+                tdamp=tdamp,
+            )
+            self._p = self.atoms.get_momenta()  # the constrained ones: 0 for fixed atoms
+
+        def _get_forces(self):
+            self._update_atoms()
+            return self.atoms.get_forces()  # constrained: fixed atoms feel no force
+
+    return FixedAtomsNVT
 
 
 def _frame(atoms, step: int, time_ps: float, results: dict[str, Any]):
@@ -129,7 +155,9 @@ def run_md(
     Velocities are Maxwell-Boltzmann at the target temperature with the centre of mass at
     rest; for a molecule (``molecule``, by default decided from the structure by
     :func:`~elmlff.md.observables.is_molecule`, so a molecule in a periodic box counts) the net
-    rotation is removed too, as in gas-phase runs."""
+    rotation is removed too, as in gas-phase runs. Constraints of ``atoms`` (a fixed
+    substrate: ASE's ``FixAtoms``) hold in the run; its temperature is that of the degrees of
+    freedom they leave."""
     from ase.io import write
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
@@ -148,7 +176,7 @@ def run_md(
         with warnings.catch_warnings():  # a molecule in a periodic box: the box is irrelevant
             warnings.filterwarnings("ignore", "Periodic boundary conditions are ignored")
             ZeroRotation(atoms)
-    pairs = bonds(atoms.numbers, atoms.positions)
+    pairs = covalent_bonds(atoms.numbers, atoms.positions)
     ref = reference_lengths
     if ref is None:
         ref = bond_lengths(atoms.positions, pairs)[0]
