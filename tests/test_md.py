@@ -351,7 +351,15 @@ def test_time_to_collapse_is_the_benchmarks_mean_over_all_replicas(tmp_path):
     from elmlff.md.campaign import summarize
 
     paths = [
-        _replica(tmp_path, 0, stopped="collapse", time_ps=0.1, collapse_time_ps=0.1, stable=False),
+        _replica(
+            tmp_path,
+            0,
+            stopped="collapse",
+            time_ps=0.1,
+            collapse_time_ps=0.1,
+            stable=False,
+            fixed_atoms=32,
+        ),
         _replica(
             tmp_path, 1, stopped="completed", time_ps=0.25, collapse_time_ps=None, stable=True
         ),
@@ -380,6 +388,7 @@ def test_time_to_collapse_is_the_benchmarks_mean_over_all_replicas(tmp_path):
     assert np.isnan(per["2"])
     table = (tmp_path / "md_table.md").read_text()
     assert "of 0.25 ps" in table and "at 50 K" in table and "~48 K" in table
+    assert "32 atoms held fixed" in table  # one replica's JSON says so; older ones have none
     assert "| m | 20.00 | 50 | 0.175 |" in table
 
 

@@ -416,7 +416,7 @@ def summarize(
     replicas with a stable run counted at its full length (``horizon_ps``), beside the stable
     percentage; ``collapse_time_ps`` (replica ``all``) is the mean over the replicas that
     collapsed only."""
-    rows, radii, horizons, temps, data_temps = [], set(), set(), set(), []
+    rows, radii, horizons, temps, data_temps, fixed = [], set(), set(), set(), [], set()
     for p in replica_jsons:
         if not Path(p).exists():
             raise ElmlffError(f"MD result {p} not found", "run the md_replica rule")
@@ -427,6 +427,7 @@ def summarize(
             d["horizon_ps"] = d["time_ps"]  # an older replica JSON: a completed run's length
         horizons.add(d.get("horizon_ps"))
         temps.add(d.get("temperature_K"))
+        fixed.add(int(d.get("fixed_atoms") or 0))
         if d.get("data_temperature_K") is not None:
             data_temps.append(float(d["data_temperature_K"]))
         for k in SUMMARY_KEYS:
@@ -476,12 +477,13 @@ def summarize(
         [
             f"MD of {len(a)} models x {n} replicas of {horizon} at "
             f"{_known(temps, '{:g} K', 'temperature_K in md_summary.csv')}"
-            f"{_data_temperature(data_temps)}. "
+            f"{_data_temperature(data_temps)}{_fixed(fixed)}. "
             "h(r) error: ∫|h_MD(r) - h_test(r)| dr with h "
             f"a probability density of all interatomic distances on {len(HR_BINS) - 1} bins over "
             "0-10 Å (0 = identical, 2 = disjoint); time to collapse: the benchmark's number, the "
-            "mean over all replicas of the time of the first collapse (a bond deviation > "
-            "0.5 Å, or a run that blew up: NaN forces, runaway temperature, calculator error), "
+            "mean over all replicas of the time of the first collapse (a covalent bond, "
+            "between non-metal atoms, 0.5 Å off its reference length, or a run that blew up: "
+            "NaN forces, runaway temperature, calculator error), "
             "a stable run counted at its full length "
             f"({horizon}), so it reads with the stable percentage (md_summary.csv also has "
             "collapse_time_ps, the mean over the collapsed replicas only); NVE drift: slope of "
@@ -514,6 +516,15 @@ def _data_temperature(temps: Sequence[float]) -> str:
     if not temps:
         return ""
     return f" (the val/test frames' configurational temperature: ~{np.median(temps):.0f} K)"
+
+
+def _fixed(counts: set[int]) -> str:
+    """', N atoms held fixed ...' where the runs held atoms fixed (:func:`fixed_atoms`)."""
+    counts = {c for c in counts if c}
+    if not counts:
+        return ""
+    n = "/".join(str(c) for c in sorted(counts))
+    return f", {n} atoms held fixed (FixAtoms) where the reference frames never move them"
 
 
 def _ps(v: float) -> str:
