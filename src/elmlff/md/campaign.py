@@ -127,8 +127,9 @@ def run_replica(
     and h(r) only, and starts without net rotation; a periodic condensed phase also gets the
     RDF error, the RDF-window criterion and the diffusivity, and the atoms the reference
     frames never move (:func:`fixed_atoms`) stay fixed. The data's configurational
-    temperature (:func:`data_temperature`) is recorded beside the MD temperature, with a
-    warning when they differ by more than a factor of 2."""
+    temperature (:func:`data_temperature`, through the ensemble's differentiable base of lowest
+    val force RMSE: a base that learned little gives a meaningless one) is recorded beside the
+    MD temperature, with a warning when they differ by more than a factor of 2."""
     from ase.io import read
 
     from elmlff.calculator import EnsembleCalculator
@@ -164,7 +165,7 @@ def run_replica(
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset, device))
     bases = [p.name for p in calc.ensemble.bases]
     temperature = data_temperature(
-        calc.ensemble.bases,
+        most_accurate_first(calc.ensemble.bases, lay.metrics),
         frames.subset(np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))),
         s.temperature_K,
         lay.dataset,
@@ -243,6 +244,17 @@ def structure_observables(
     long_enough = stable and len(pos) >= 10
     out["diffusivity_A2_per_ps"] = diffusivity(pos, dt_ps, mask) if long_enough else np.nan
     return out
+
+
+def most_accurate_first(pots: Sequence[Any], metrics_csv: Path) -> list[Any]:
+    """The bases ``pots`` by val force RMSE (``metrics.csv``), lowest first; one base as is."""
+    pots = list(pots)
+    if len(pots) < 2:
+        return pots
+    from elmlff.uq.metrics import val_rmse_weights
+
+    rmse, _ = val_rmse_weights(metrics_csv, [p.name for p in pots])
+    return [pots[i] for i in np.argsort(rmse, kind="stable")]
 
 
 def data_temperature(
