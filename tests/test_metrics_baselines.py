@@ -196,3 +196,28 @@ def test_a_base_that_learned_nothing_is_flagged():
     assert "training mean force" in out[out.model == "lazy"].flag.iloc[0]
     assert out[out.model == "good"].learned_ratio.iloc[0] == pytest.approx(0.1)
     assert out[out.kind != "base"].learned_ratio.isna().all()
+
+
+def test_busy_time_leaves_out_pauses_in_which_no_job_ran(tmp_path):
+    """Two jobs side by side (0-100 s, 50-150 s), a job right after (150.5-200 s), then a
+    rerun 10 minutes later (800-900 s): the window is 900 s, the busy time 200 + 100 s with
+    one pause; a run without pauses is busy for its whole window."""
+    import os
+
+    from elmlff.summary import benchmark_seconds, benchmark_window, busy_time, pauses_note
+
+    t0 = 1.7e9
+    files = []
+    for job, start, end in (("a", 0, 100), ("b", 50, 150), ("c", 150.5, 200), ("d", 800, 900)):
+        p = tmp_path / f"{job}.tsv"
+        p.write_text(f"s\th:m:s\n{end - start}\t0:00:00\n")
+        os.utime(p, (t0 + end, t0 + end))
+        files.append(p)
+    sec = benchmark_seconds(files)
+    start, end = benchmark_window(files, sec)
+    assert end - start == pytest.approx(900.0)
+    busy, n = busy_time(files, sec)
+    assert busy == pytest.approx(300.0) and n == 1
+    assert "5.0 min without a pause" in pauses_note(busy, n)
+    assert busy_time(files[:3], sec) == (pytest.approx(200.0), 0)
+    assert pauses_note(200.0, 0) == ""

@@ -21,7 +21,7 @@ import pandas as pd
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
-from elmlff.summary import benchmark_seconds, benchmark_window, metric_label
+from elmlff.summary import benchmark_seconds, benchmark_window, busy_time, metric_label, pauses_note
 
 #: the metric every accuracy sentence uses (the paper's Eq. 9)
 METRIC = "force_rmse_framemean"
@@ -63,7 +63,8 @@ def run_facts(lay: DatasetLayout, benchmarks: Sequence[Path]) -> list[str]:
         f"**Run.** Dataset `{lay.dataset}`, finished "
         f"{time.strftime('%Y-%m-%d', time.gmtime(newest))} (store made at commit `{commit}`): "
         f"{(end - start) / 60:.1f} min wall from the first job's start to the last "
-        f"one's end; the {len(bench)} benchmarked jobs took {total / 60:.1f} min summed (their "
+        f"one's end{pauses_note(*busy_time(benchmarks, bench))}; the {len(bench)} "
+        f"benchmarked jobs took {total / 60:.1f} min summed (their "
         f"`benchmark:` files{share}; more than the wall time where jobs ran side by side).",
         "",
     ]

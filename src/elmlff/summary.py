@@ -42,6 +42,37 @@ def benchmark_window(files: Sequence[Path], seconds: Mapping[str, float]) -> tup
     return min(end - seconds[job] for job, end in ends.items()), max(ends.values())
 
 
+def busy_time(
+    files: Sequence[Path], seconds: Mapping[str, float], pause: float = 60.0
+) -> tuple[float, int]:
+    """(seconds, pauses): the time of :func:`benchmark_window` less every pause longer than
+    ``pause`` seconds in which none of the jobs ran (another invocation's wait, or the hole a
+    job rerun later left), and how many such pauses there were. Within one invocation jobs
+    follow each other within seconds, so a clean run's busy time is its wall time."""
+    if not files:
+        return 0.0, 0
+    runs = sorted(
+        (Path(f).stat().st_mtime - seconds[Path(f).stem], Path(f).stat().st_mtime) for f in files
+    )
+    busy, n, (start, end) = 0.0, 0, runs[0]
+    for a, b in runs[1:]:
+        if a - end > pause:  # a pause: close the busy stretch
+            busy, n, start = busy + end - start, n + 1, a
+        end = max(end, b)
+    return busy + end - start, n
+
+
+def pauses_note(busy: float, n: int) -> str:
+    """' (X min without the N pauses ...)' where the window holds pauses, else ''."""
+    if not n:
+        return ""
+    what = "a pause" if n == 1 else f"{n} pauses"
+    return (
+        f" ({busy / 60:.1f} min without {what} of over a minute in which no job ran: separate "
+        "invocations, or jobs rerun later)"
+    )
+
+
 def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -> str:
     """Markdown: per base and meta-model its package, training and prediction cost, epochs and
     test force RMSE; per baseline its test force RMSE; and the summed wall time of every
@@ -113,7 +144,7 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             *study,
             f"Summed time of the {len(bench)} benchmarked jobs: {total / 60:.1f} min; wall "
             f"time from the first one's start to the last one's end: "
-            f"{(end - start) / 60:.1f} min.",
+            f"{(end - start) / 60:.1f} min{pauses_note(*busy_time(benchmarks, bench))}.",
             "",
         ]
     )
