@@ -30,16 +30,22 @@ def benchmark_seconds(files: Sequence[Path]) -> dict[str, float]:
     return out
 
 
-def benchmark_window(files: Sequence[Path], seconds: Mapping[str, float]) -> tuple[float, float]:
-    """(first start, last end), in epoch seconds, of one data set's jobs: Snakemake writes a
-    ``benchmark:`` file when its job ends, so a job ran from its file's mtime minus its
-    ``seconds`` (:func:`benchmark_seconds` of the same files). With several jobs at once the
-    window is shorter than their summed time; it spans every invocation that wrote the files
-    (a job rerun later stretches it)."""
-    if not files:
-        return 0.0, 0.0
+def job_intervals(files: Sequence[Path], seconds: Mapping[str, float]) -> list[tuple[float, float]]:
+    """(start, end) in epoch seconds of every job, sorted: Snakemake writes a ``benchmark:``
+    file when its job ends, so a job ran from its file's mtime minus its ``seconds``
+    (:func:`benchmark_seconds` of the same files)."""
     ends = {Path(f).stem: Path(f).stat().st_mtime for f in files}
-    return min(end - seconds[job] for job, end in ends.items()), max(ends.values())
+    return sorted((end - seconds[job], end) for job, end in ends.items())
+
+
+def benchmark_window(files: Sequence[Path], seconds: Mapping[str, float]) -> tuple[float, float]:
+    """(first start, last end), in epoch seconds, of one data set's jobs
+    (:func:`job_intervals`). With several jobs at once the window is shorter than their summed
+    time; it spans every invocation that wrote the files (a job rerun later stretches it)."""
+    runs = job_intervals(files, seconds)
+    if not runs:
+        return 0.0, 0.0
+    return runs[0][0], max(end for _, end in runs)
 
 
 def busy_time(
@@ -49,11 +55,9 @@ def busy_time(
     ``pause`` seconds in which none of the jobs ran (another invocation's wait, or the hole a
     job rerun later left), and how many such pauses there were. Within one invocation jobs
     follow each other within seconds, so a clean run's busy time is its wall time."""
-    if not files:
+    runs = job_intervals(files, seconds)
+    if not runs:
         return 0.0, 0
-    runs = sorted(
-        (Path(f).stat().st_mtime - seconds[Path(f).stem], Path(f).stat().st_mtime) for f in files
-    )
     busy, n, (start, end) = 0.0, 0, runs[0]
     for a, b in runs[1:]:
         if a - end > pause:  # a pause: close the busy stretch
