@@ -17,6 +17,12 @@ ENERGY_TO_EV: dict[str, float] = {
 }
 #: length units -> factor to Å
 LENGTH_TO_ANGSTROM: dict[str, float] = {"angstrom": 1.0, "bohr": _u.Bohr, "nm": 10.0}
+#: stress units -> factor to eV/Å³ (VASP's OUTCAR and mlearn's ``virial_stress`` are in kbar)
+STRESS_TO_EV_PER_A3: dict[str, float] = {
+    "eV/angstrom^3": 1.0,
+    "GPa": _u.GPa,
+    "kbar": 0.1 * _u.GPa,
+}
 
 
 def factors(energy: str | None, length: str | None, where: str) -> tuple[float, float, float]:
@@ -36,3 +42,17 @@ def factors(energy: str | None, length: str | None, where: str) -> tuple[float, 
         )
     e, ln = ENERGY_TO_EV[energy], LENGTH_TO_ANGSTROM[length]
     return e, ln, e / ln
+
+
+def stress_factor(stress: str | None, where: str) -> float:
+    """The factor from the declared stress unit to eV/Å³."""
+    if stress is None:
+        raise ElmlffError(
+            f"{where}: the stress unit is not declared",
+            "add `stress: kbar` (the data's real unit) to the data set's `units`",
+        )
+    if stress not in STRESS_TO_EV_PER_A3:
+        raise ElmlffError(
+            f"{where}: unknown stress unit {stress!r}", f"use one of {sorted(STRESS_TO_EV_PER_A3)}"
+        )
+    return STRESS_TO_EV_PER_A3[stress]

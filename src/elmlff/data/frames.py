@@ -27,7 +27,9 @@ class Frames:
 
     Shapes: ``numbers (A,)``, ``positions (A, 3)``, ``forces (A, 3)``, ``n_atoms (F,)``,
     ``cell (F, 3, 3)``, ``pbc (F, 3)``, ``energy (F,)``, ``source_index (F,)``,
-    ``source_part (F,)`` where A is the total number of atoms over all F frames.
+    ``source_part (F,)`` where A is the total number of atoms over all F frames. ``stress
+    (F, 3, 3)`` in eV/Å³ is optional (periodic solids; ASE's sign: ``(1/V) dE/dε``, negative
+    under compression), ``None`` where the data have none.
     """
 
     numbers: np.ndarray
@@ -40,6 +42,7 @@ class Frames:
     source_index: np.ndarray = field(default=None)  # type: ignore[assignment]
     source_part: np.ndarray = field(default=None)  # type: ignore[assignment]
     name: str = "frames"
+    stress: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64)
@@ -56,6 +59,8 @@ class Frames:
             self.source_part = np.full(nf, "")
         self.source_index = np.asarray(self.source_index, dtype=np.int64)
         self.source_part = np.asarray(self.source_part, dtype=str)
+        if self.stress is not None:
+            self.stress = np.asarray(self.stress, dtype=np.float64)
         self.validate()
 
     # -- shape and value checks -------------------------------------------------------------
@@ -72,6 +77,8 @@ class Frames:
             "source_index": (self.source_index, (nf,)),
             "source_part": (self.source_part, (nf,)),
         }
+        if self.stress is not None:
+            expect["stress"] = (self.stress, (nf, 3, 3))
         for key, (arr, shape) in expect.items():
             if arr.shape != shape:
                 raise ElmlffError(
@@ -80,8 +87,10 @@ class Frames:
                     "make every per-frame array hold one entry per frame and every per-atom "
                     "array one row per atom",
                 )
-        for key in ("positions", "forces", "energy", "cell"):
+        for key in ("positions", "forces", "energy", "cell", "stress"):
             arr = getattr(self, key)
+            if arr is None:
+                continue
             bad = ~np.isfinite(arr)
             if bad.any():
                 idx = np.argwhere(bad)[0][0]
@@ -153,11 +162,12 @@ class Frames:
             source_index=self.source_index[frames],
             source_part=self.source_part[frames],
             name=self.name,
+            stress=None if self.stress is None else self.stress[frames],
         )
 
     @staticmethod
     def concatenate(parts: Sequence[Frames], name: str | None = None) -> Frames:
-        """Join frames end to end."""
+        """Join frames end to end (with stress only where every part has it)."""
         if not parts:
             raise ElmlffError("no frames to join", "check the data set's parts in the config")
         cat = np.concatenate
@@ -172,6 +182,9 @@ class Frames:
             source_index=cat([p.source_index for p in parts]),
             source_part=cat([p.source_part for p in parts]),
             name=name or parts[0].name,
+            stress=(
+                cat([p.stress for p in parts]) if all(p.stress is not None for p in parts) else None
+            ),
         )
 
     @property
@@ -201,9 +214,10 @@ class Frames:
                 cell=self.cell[f],
                 pbc=self.pbc[f],
             )
-            at.calc = SinglePointCalculator(
-                at, energy=float(self.energy[f]), forces=self.forces[s].copy()
-            )
+            labels = {"energy": float(self.energy[f]), "forces": self.forces[s].copy()}
+            if self.stress is not None:
+                labels["stress"] = self.stress[f].copy()
+            at.calc = SinglePointCalculator(at, **labels)
             out.append(at)
         return out
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
-from elmlff.units import factors
+from elmlff.units import factors, stress_factor
 
 Reader = Callable[..., Frames]
 
@@ -333,16 +333,105 @@ def read_ase(
     return frames
 
 
+#: VASP's stress components (OUTCAR "in kB": XX YY ZZ XY YZ ZX) as (row, column) of the tensor
+_VASP_VOIGT = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0))
+
+
+def read_mlearn(
+    path: Path,
+    *,
+    energy_unit: str,
+    length_unit: str,
+    stress_unit: str | None = None,
+    pbc: bool | str = "auto",
+    part: str = "",
+) -> Frames:
+    """An mlearn data file (materialsvirtuallab/mlearn, ``{element}/{training,test}.json``): a
+    JSON list of records with ``structure`` (a pymatgen ``Structure`` dict: ``lattice.matrix``,
+    ``sites[].xyz`` and ``sites[].species``), ``outputs.energy``, ``outputs.forces`` and
+    ``outputs.virial_stress`` (VASP's six components XX YY ZZ XY YZ ZX, its sign: positive
+    under compression), read without pymatgen. The stress becomes a symmetric 3x3 tensor in
+    ASE's sign (negated) and eV/Å³. Periodic in all three directions."""
+    import json
+
+    from ase.data import atomic_numbers
+
+    path = _need(Path(path), "mlearn JSON file")
+    fe, fl, ff = factors(energy_unit, length_unit, str(path))
+    fs = stress_factor(stress_unit, str(path))
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ElmlffError(
+            f"{path}: not a readable JSON file ({_why(exc)})",
+            "give an mlearn data file (a JSON list of structure/outputs records)",
+        ) from exc
+    if not isinstance(records, list) or not records:
+        raise ElmlffError(f"{path}: no records (expected a JSON list)", "check the file")
+    z, r, nat, cell, e, f, s = [], [], [], [], [], [], []
+    for i, rec in enumerate(records):
+        try:
+            sites = rec["structure"]["sites"]
+            cell.append(np.asarray(rec["structure"]["lattice"]["matrix"], dtype=float))
+            z += [atomic_numbers[st["species"][0]["element"]] for st in sites]
+            r.append(np.asarray([st["xyz"] for st in sites], dtype=float))
+            out = rec["outputs"]
+            e.append(float(out["energy"]))
+            f.append(np.asarray(out["forces"], dtype=float))
+            v = np.asarray(out["virial_stress"], dtype=float)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ElmlffError(
+                f"{path}: record {i} is not an mlearn record ({_why(exc)})",
+                "give records with structure.lattice.matrix, structure.sites[].xyz and "
+                "outputs.energy/forces/virial_stress",
+            ) from exc
+        if f[-1].shape != r[-1].shape or v.shape != (6,) or cell[-1].shape != (3, 3):
+            raise ElmlffError(
+                f"{path}: record {i}: forces {f[-1].shape}, positions {r[-1].shape}, "
+                f"virial_stress {v.shape}, lattice {cell[-1].shape} do not agree",
+                "give one force per site, six stress components and a 3x3 lattice",
+            )
+        t = np.zeros((3, 3))
+        for (a, b), val in zip(_VASP_VOIGT, v, strict=True):
+            t[a, b] = t[b, a] = val
+        s.append(-t)
+        nat.append(len(sites))
+    nf = len(records)
+    return Frames(
+        numbers=np.asarray(z),
+        positions=np.concatenate(r) * fl,
+        n_atoms=np.asarray(nat),
+        cell=np.stack(cell) * fl,
+        pbc=_pbc_flags(pbc, True, nf),
+        energy=np.asarray(e) * fe,
+        forces=np.concatenate(f) * ff,
+        source_part=np.full(nf, part),
+        name=str(path),
+        stress=np.stack(s) * fs,
+    )
+
+
 READERS: dict[str, Reader] = {
     "deepmd": read_deepmd,
     "rmd17": read_rmd17,
     "npz": read_npz,
     "ase": read_ase,
+    "mlearn": read_mlearn,
 }
+
+
+#: the formats that carry a stress label (their reader takes ``stress_unit``)
+WITH_STRESS = frozenset({"mlearn"})
 
 
 def read(fmt: str, path: Path, **kw) -> Frames:
     """Read one source part with the named reader."""
     if fmt not in READERS:
         raise ElmlffError(f"unknown data format {fmt!r}", f"use one of {sorted(READERS)}")
+    if fmt not in WITH_STRESS and kw.pop("stress_unit", None) is not None:
+        raise ElmlffError(
+            f"{path}: format '{fmt}' has no stress, but `units.stress` is declared",
+            f"remove `stress` from the data set's `units` (formats with stress: "
+            f"{sorted(WITH_STRESS)})",
+        )
     return READERS[fmt](path, **kw)

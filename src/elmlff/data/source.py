@@ -103,6 +103,7 @@ def load_dataset(name: str, spec: Mapping[str, Any]) -> tuple[Frames, np.ndarray
             path,
             energy_unit=spec["units"]["energy"],
             length_unit=spec["units"]["length"],
+            stress_unit=spec["units"].get("stress"),
             pbc=spec.get("pbc", "auto"),
             part=part,
         )
