@@ -48,6 +48,7 @@ def test_every_variable_is_documented():
     """Every variable of a full store (HVPs included) is in keys.VARIABLES with its dims, unit
     and description, and nothing in keys.VARIABLES is missing from the store."""
     f = random_frames(n_frames=5, sizes=(2,))
+    f.stress = np.zeros((5, 3, 3))  # the optional reference stress too
     ds = store.with_bases(
         store.reference_dataset(f, small_split()),
         ["a"],
@@ -187,3 +188,13 @@ def test_a_store_without_metadata_or_with_nan_labels_is_refused(tmp_path):
     store.write(bad, path)
     with pytest.raises(ElmlffError, match=r"'base_energy' \(first: model b, frame 4\)"):
         store.open_store(path)
+
+
+def test_reference_stress_round_trips_and_is_absent_where_the_data_have_none(tmp_path):
+    f = random_frames(n_frames=5, sizes=(3, 2), pbc=True)
+    assert store.frames_from_dataset(store.reference_dataset(f, small_split())).stress is None
+    f.stress = np.random.default_rng(2).normal(size=(5, 3, 3)) * 1e-2
+    store.write(store.reference_dataset(f, small_split()), tmp_path / "r.zarr")
+    back = store.open_store(tmp_path / "r.zarr")
+    assert back[keys.STRESS].attrs["units"] == "eV/Å³"
+    np.testing.assert_array_equal(store.frames_from_dataset(back, [4, 1]).stress, f.stress[[4, 1]])

@@ -60,6 +60,6 @@ if ! check="$("$venv/bin/python" -m pip --disable-pip-version-check check 2>&1)"
     exit 1
   fi
 fi
-"$venv/bin/python" -c "import torch, schnetpack, deepmd.pt, nequip, torch_geometric, e3nn, snakemake, orb_models.forcefield.direct_regressor; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+"$venv/bin/python" -c "import torch, schnetpack, deepmd.pt, nequip, torch_geometric, e3nn, snakemake, orb_models.forcefield.direct_regressor, chgnet.model, sevenn.calculator, diep.pretrained; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "$want" > "$stamp"
 log "done"

@@ -27,6 +27,7 @@ OFFSETS: Final = "atom_offset"
 FRAME_OF_ATOM: Final = "frame_of_atom"
 ENERGY: Final = "energy"
 FORCES: Final = "forces"
+STRESS: Final = "stress"
 SOURCE_INDEX: Final = "source_index"
 SOURCE_PART: Final = "source_part"
 SPLIT: Final = "split"
@@ -49,6 +50,12 @@ VARIABLES: Final[dict[str, Var]] = {
     FRAME_OF_ATOM: Var(("atom",), "1", "frame index of each atom"),
     ENERGY: Var(("frame",), "eV", "reference total energy"),
     FORCES: Var(("atom", "xyz"), "eV/Å", "reference forces"),
+    STRESS: Var(
+        ("frame", "xyz", "xyz_"),
+        "eV/Å³",
+        "reference stress (1/V) dE/dε, ASE's sign (negative under compression); only where "
+        "the data have one",
+    ),
     SOURCE_INDEX: Var(("frame",), "1", "frame index within its source part, as read"),
     SOURCE_PART: Var(("frame",), "1", "source part (file or folder) the frame came from"),
     SPLIT: Var(("frame",), "1", "role: train | meta | val | test (or cv<k> under K-fold)"),

@@ -103,6 +103,8 @@ def reference_dataset(
         keys.SPLIT: split.labels(nf),
         keys.FOLD: split.fold_of(nf),
     }
+    if frames.stress is not None:
+        data[keys.STRESS] = frames.stress
     ds = xr.Dataset({k: _var(k, v) for k, v in data.items()})
     ds.attrs.update(attrs or {})
     ds.attrs["split_seed"] = split.seed
@@ -124,6 +126,7 @@ def frames_from_dataset(ds: xr.Dataset, frames: Sequence[int] | np.ndarray | Non
         source_index=ds[keys.SOURCE_INDEX].values,
         source_part=ds[keys.SOURCE_PART].values.astype(str),
         name=ds.attrs.get("dataset", "store"),
+        stress=ds[keys.STRESS].values if keys.STRESS in ds else None,
     )
     return f if frames is None else f.subset(frames)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -78,6 +79,15 @@ class FamilyRecord:
     #: whether its forces are a direct output (``direct_forces()``), not −dE/dx of its energy:
     #: every live path (metas, MD, the calculator) then uses the direct forces, as the store does
     direct_forces: bool = False
+    #: whether its models come pretrained inside their package's wheel: its "train" rule
+    #: only records provenance (:mod:`elmlff.bases.pretrained`)
+    pretrained: bool = False
+    #: whether its potentials give a stress (``predict_stress``: energy differentiable in the
+    #: cell as well as the positions)
+    stress: bool = False
+    #: a Python package that must be importable (an optional install); checked without
+    #: importing it
+    module: str | None = None
     #: a program that must be on PATH and that no pip install provides
     executable: str | None = None
     #: the one-line reason given when ``executable`` is missing
@@ -97,6 +107,8 @@ class FamilyRecord:
     def available(self) -> tuple[bool, str]:
         """(available, why not): cheap, imports nothing of the family (parse-time safe)."""
         if self.executable is not None and shutil.which(self.executable) is None:
+            return False, self.missing_hint
+        if self.module is not None and importlib.util.find_spec(self.module) is None:
             return False, self.missing_hint
         return True, ""
 
@@ -261,6 +273,26 @@ FAMILIES: dict[str, FamilyRecord] = {
                 "dtype": "float32",
             },
             differentiable=True,
+        ),
+        # pretrained universal potentials, weights inside their wheels (never downloaded)
+        *(
+            FamilyRecord(
+                name,
+                f"elmlff.bases.pretrained.{name}:{cls}",
+                distribution=dist,
+                params={"model": model, **extra},
+                differentiable=True,
+                pretrained=True,
+                stress=True,
+                module=name,
+                missing_hint=f"the {dist} package is not installed (pip install {dist}=={ver}, "
+                f"or envs/{name}.yaml on a cluster)",
+            )
+            for name, cls, dist, ver, model, extra in (
+                ("chgnet", "CHGNetFamily", "chgnet", "0.4.2", "0.3.0", {}),
+                ("sevenn", "SevenNetFamily", "sevenn", "0.13.0", "7net-0", {"modal": ""}),
+                ("diep", "DIEPFamily", "diep", "2.0.0", "diep_fold1", {}),
+            )
         ),
     )
 }
