@@ -52,6 +52,17 @@ def _prepare(tmp: Path, fmt: str = "npz", part: str = "a.npz", **spec) -> list[s
     return ["prepare", "--name", "toy", "--spec", json.dumps(full), *out]
 
 
+def _mlearn(path: Path) -> None:
+    """A one-record mlearn file (elemental solid with stress)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    site = {"species": [{"element": "Si", "occu": 1}], "xyz": [0.0, 0.0, 0.0]}
+    rec = {
+        "structure": {"lattice": {"matrix": np.diag([3.0, 3.0, 3.0]).tolist()}, "sites": [site]},
+        "outputs": {"energy": -5.0, "forces": [[0.0, 0.0, 0.0]], "virial_stress": [1] * 6},
+    }
+    path.write_text(json.dumps([rec]))
+
+
 def _config(tmp: Path, text: str, alone: bool = True) -> list[str]:
     """``elmlff check-config`` of a config file holding ``text`` (``alone``: a whole config;
     otherwise an overlay over config/config.yaml, as the workflow merges it)."""
@@ -229,6 +240,17 @@ CASES: list[Case] = [
         "an unknown data `format`",
         lambda t: (_npz(t / "data" / "a.npz"), _prepare(t, fmt="xyzzy"))[1],
     ),
+    Case(
+        "an mlearn file without its declared stress unit",
+        lambda t: (_mlearn(t / "data" / "a.json"), _prepare(t, fmt="mlearn", part="a.json"))[1],
+    ),
+    Case(
+        "a stress unit declared for a format without stress",
+        lambda t: (
+            _npz(t / "data" / "a.npz"),
+            _prepare(t, units={**UNITS, "stress": "kbar"}),
+        )[1],
+    ),
     # config (elmlff check-config; the workflow runs the same checks)
     Case(
         "a key given twice in a YAML config",
@@ -243,6 +265,10 @@ CASES: list[Case] = [
         lambda t: _small_config(t, ensemble="[a, no_such_base]"),
     ),
     Case("an unknown model `family`", lambda t: _small_config(t, family="nope")),
+    Case(
+        "a pretrained model its wheel does not ship (it would download)",
+        lambda t: _small_config(t, family="sevenn", base=", params: {model: 7net-omat}"),
+    ),
     Case(
         "a typo in a base's `params` (`n_rbff`)",
         lambda t: _small_config(t, base=", params: {n_rbff: 10}"),

@@ -349,6 +349,15 @@ def check_spec(
                     f"{where}.{block}.{key}: {value!r} is not of type {want.__name__}",
                     f"give a value of type {want.__name__} (default {known[key]!r})",
                 )
+    if rec.pretrained and "model" in params:  # the adapter's table imports no package
+        shipped = get_family(family).potential.models()
+        if params["model"] not in shipped:
+            raise ElmlffError(
+                f"{where}.params.model: {params['model']!r} is not shipped in the "
+                f"{rec.distribution} wheel",
+                f"use one of {sorted(shipped)} (others download weights at run time, which "
+                "this project never does)",
+            )
 
 
 @dataclass
