@@ -78,6 +78,19 @@ def periodic_only(name: str, pbc: torch.Tensor | np.ndarray) -> None:
         )
 
 
+def atoms_of(pos: torch.Tensor, numbers: np.ndarray, cell: torch.Tensor):
+    """The periodic ASE ``Atoms`` of one frame's (detached) tensors: what a package builds
+    its graph from."""
+    from ase import Atoms
+
+    return Atoms(
+        numbers=numbers,
+        positions=pos.detach().cpu().numpy(),
+        cell=cell.detach().cpu().numpy(),
+        pbc=True,
+    )
+
+
 class PretrainedPotential:
     """A pretrained universal potential behind the :class:`~elmlff.bases.Potential` Protocol.
     Subclasses load the package's model and give one frame's energy (:meth:`frame_energy`)."""
@@ -91,7 +104,9 @@ class PretrainedPotential:
 
         self.name = name
         self.params = {**record(self.family).params, **params}
-        self.device = torch.device(device if device != "auto" else "cpu")
+        if device == "auto":  # the CLI resolves it first; this is for library use
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.model_name = str(self.params["model"])
         self.weights = self.weights_path(self.model_name)
         self.load_model()

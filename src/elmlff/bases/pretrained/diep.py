@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elmlff.bases.pretrained import PretrainedFamily, PretrainedPotential
+from elmlff.bases.pretrained import PretrainedFamily, PretrainedPotential, atoms_of
 
 
 class DIEPPotential(PretrainedPotential):
@@ -34,14 +34,8 @@ class DIEPPotential(PretrainedPotential):
 
     def frame_energy(self, pos, numbers, cell):
         import torch
-        from ase import Atoms
 
-        atoms = Atoms(
-            numbers=numbers,
-            positions=pos.detach().cpu().numpy(),
-            cell=cell.detach().cpu().numpy(),
-            pbc=True,
-        )
+        atoms = atoms_of(pos, numbers, cell)
         g, _, state = self.converter.get_graph(atoms)
         g = g.to(self.device)
         g.frac_coords = (pos @ torch.linalg.inv(cell)).float()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elmlff.bases.pretrained import PretrainedFamily, PretrainedPotential
+from elmlff.bases.pretrained import PretrainedFamily, PretrainedPotential, atoms_of
 from elmlff.errors import ElmlffError
 
 
@@ -57,16 +57,10 @@ class SevenNetPotential(PretrainedPotential):
     def frame_energy(self, pos, numbers, cell):
         import sevenn._keys as KEY
         import torch
-        from ase import Atoms
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
 
-        atoms = Atoms(
-            numbers=numbers,
-            positions=pos.detach().cpu().numpy(),
-            cell=cell.detach().cpu().numpy(),
-            pbc=True,
-        )
+        atoms = atoms_of(pos, numbers, cell)
         d = unlabeled_atoms_to_graph(atoms, self.cutoff, with_shift=True)
         src, dst = torch.as_tensor(d[KEY.EDGE_IDX], device=self.device)
         shift = torch.as_tensor(d[KEY.CELL_SHIFT], dtype=pos.dtype, device=self.device)
