@@ -57,9 +57,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def frames_of(
-    positions: torch.Tensor, n_atoms: torch.Tensor
-) -> list[tuple[int, slice]]:  # (frame, atom slice)
+def frames_of(n_atoms: torch.Tensor) -> list[tuple[int, slice]]:
+    """(frame, its atoms' slice of the flat atom axis) for every frame."""
     off, out = 0, []
     for f, n in enumerate(n_atoms.tolist()):
         out.append((f, slice(off, off + int(n))))
@@ -68,6 +67,7 @@ def frames_of(
 
 
 def periodic_only(name: str, pbc: torch.Tensor | np.ndarray) -> None:
+    """A one-line error unless every frame is periodic along all three axes."""
     pbc = np.asarray(pbc.cpu() if hasattr(pbc, "cpu") else pbc, dtype=bool)
     if not pbc.all():
         raise ElmlffError(
@@ -191,7 +191,7 @@ class PretrainedPotential:
         pos = positions.to(self.device, torch.float64)
         cells = cell.to(self.device, torch.float64)
         return torch.stack(
-            [self.frame_energy(pos[s], z[s], cells[f]) for f, s in frames_of(pos, n_atoms)]
+            [self.frame_energy(pos[s], z[s], cells[f]) for f, s in frames_of(n_atoms)]
         )
 
     def predict(self, frames: Frames, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ class CHGNetPotential(PretrainedPotential):
         pos = positions.to(self.device, torch.float64)
         cells = cell.to(self.device, torch.float64)
         graphs = []
-        for f, s in frames_of(pos, n_atoms):
+        for f, s in frames_of(n_atoms):
             structure = Structure(
                 Lattice(cells[f].detach().cpu().numpy()),
                 z[s],
