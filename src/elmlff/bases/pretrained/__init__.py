@@ -189,9 +189,17 @@ class PretrainedPotential:
         z = numbers.detach().cpu().numpy()
         check_species(self.name, self.species, z)
         pos = positions.to(self.device, torch.float64)
-        cells = cell.to(self.device, torch.float64)
+        return self.batch_energy(pos, z, n_atoms, cell.to(self.device, torch.float64))
+
+    def batch_energy(
+        self, pos: torch.Tensor, numbers: np.ndarray, n_atoms: torch.Tensor, cells: torch.Tensor
+    ) -> torch.Tensor:
+        """Energies (F,) of checked, periodic frames: one :meth:`frame_energy` per frame (a
+        package that batches its own graphs overrides this)."""
+        import torch
+
         return torch.stack(
-            [self.frame_energy(pos[s], z[s], cells[f]) for f, s in frames_of(n_atoms)]
+            [self.frame_energy(pos[s], numbers[s], cells[f]) for f, s in frames_of(n_atoms)]
         )
 
     def predict(self, frames: Frames, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -212,9 +220,7 @@ def energy_forces_stress(
     through ``(1 + ε)`` (ε = 0, requiring grad) and one backward pass gives both gradients."""
     import torch
 
-    check_species(pot.name, pot.species, frames.numbers)
-    periodic_only(pot.name, frames.pbc)
-    es, fs, ss = [], [], []
+    es, fs, ss = [], [], []  # pot.energy() checks the elements and the periodicity
     for start in range(0, len(frames), batch_size):
         b = frames.subset(np.arange(start, min(start + batch_size, len(frames))))
         pos = torch.as_tensor(b.positions, dtype=torch.float64).requires_grad_(True)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from elmlff.bases import check_species
-from elmlff.bases.pretrained import PretrainedFamily, PretrainedPotential, frames_of, periodic_only
+from elmlff.bases.pretrained import PretrainedFamily, PretrainedPotential, frames_of
 
 
 class CHGNetPotential(PretrainedPotential):
@@ -31,20 +30,15 @@ class CHGNetPotential(PretrainedPotential):
         self.species = list(range(1, 95))  # CHGNet's atom embedding: Z = 1..94
         self.label = f"CHGNet {self.model_name} (pretrained, chgnet)"
 
-    def energy(self, positions, numbers, n_atoms, cell, pbc):  # one batch for all frames
+    def batch_energy(self, pos, numbers, n_atoms, cells):  # CHGNet batches its own graphs
         import torch
         from pymatgen.core import Lattice, Structure
 
-        periodic_only(self.name, pbc)
-        z = numbers.detach().cpu().numpy()
-        check_species(self.name, self.species, z)
-        pos = positions.to(self.device, torch.float64)
-        cells = cell.to(self.device, torch.float64)
         graphs = []
         for f, s in frames_of(n_atoms):
             structure = Structure(
                 Lattice(cells[f].detach().cpu().numpy()),
-                z[s],
+                numbers[s],
                 pos[s].detach().cpu().numpy(),
                 coords_are_cartesian=True,
             )
