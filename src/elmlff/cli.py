@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--predictions", nargs="+", required=True, help="MODEL/FIT=predictions.npz")
     s.add_argument("--bases", nargs="+", required=True, help="MODEL/FIT=base directory")
     s.add_argument("--config-hash-of", default="{}", help="JSON whose hash goes in provenance")
+    s.add_argument(
+        "--energy-alignment", default="none", help="none or per_element (elmlff.alignment)"
+    )
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("train-meta", help="train a meta-model on a subset of bases")
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--metas", nargs="*", default=[], help="NAME=meta predictions.npz")
     s.add_argument("--comparisons", type=Path, default=None, help="paired comparisons CSV")
     s.add_argument("--learned-ratio", type=float, default=0.5, help="flag bases above this")
+    s.add_argument("--by-group", type=Path, default=None, help="per-element test metrics CSV")
+    s.add_argument("--stress-from", default="best_base", help="the metas' stress: a base")
 
     s = sub.add_parser("plot-rmse", help="Fig. 2a-style force RMSE bars from metrics.csv files")
     s.add_argument("metrics", nargs="+", type=Path)
@@ -346,6 +351,7 @@ def _run(a: argparse.Namespace) -> int:
             _pairs(a.bases),
             a.out,
             json.loads(a.config_hash_of),
+            a.energy_alignment,
         )
     elif a.cmd == "train-meta":
         pipeline.train_meta(
@@ -440,6 +446,8 @@ def _run(a: argparse.Namespace) -> int:
             metas,
             a.comparisons,
             a.learned_ratio,
+            a.by_group,
+            a.stress_from,
         )
     elif a.cmd == "plot-rmse":
         from elmlff.plots import force_rmse_bars

@@ -220,6 +220,19 @@ def _check_datasets(config: MutableMapping[str, Any], source: str) -> None:
                 f"{source}: datasets.{d}.md.reference_parts: {missing} not found under {root}",
                 "name files under the data set's `path` (the same format and units)",
             )
+        if spec.get("split", {}).get("sizes", {}).get("train") == 0:
+            from elmlff.bases import FAMILIES
+
+            trained = [
+                b
+                for b in ensemble(config, d)
+                if not FAMILIES[config["bases"][b]["family"]].pretrained
+            ]
+            if trained:
+                raise ElmlffError(
+                    f"{source}: datasets.{d}.split.sizes.train is 0 but bases {trained} train",
+                    "give them training frames, or run only pretrained bases on this data set",
+                )
         fixed = {r for r in spec["parts"].values() if r in ROLES}
         try:
             check_sizes(

@@ -39,6 +39,9 @@ BASE_IN_SAMPLE: Final = "base_in_sample"
 BASE_VALIDATED_ON: Final = "base_validated_on"
 HVP_DIRECTION: Final = "hvp_direction"
 BASE_HVP: Final = "base_hvp"
+BASE_ENERGY_RAW: Final = "base_energy_raw"
+BASE_ENERGY_OFFSET: Final = "base_energy_offset"
+BASE_STRESS: Final = "base_stress"
 
 VARIABLES: Final[dict[str, Var]] = {
     NUMBERS: Var(("atom",), "1", "atomic number Z of each atom"),
@@ -72,4 +75,21 @@ VARIABLES: Final[dict[str, Var]] = {
     ),
     HVP_DIRECTION: Var(("atom", "xyz"), "1", "direction v (unit norm per frame) of the HVPs"),
     BASE_HVP: Var(("model", "atom", "xyz"), "eV/Å²", "each base's Hessian-vector product H·v"),
+    BASE_ENERGY_RAW: Var(
+        ("model", "frame"),
+        "eV",
+        "each base's total energy as predicted, before per-element alignment (only where the "
+        "data set aligns; base_energy is then the aligned one)",
+    ),
+    BASE_ENERGY_OFFSET: Var(
+        ("model", "element"),
+        "eV/atom",
+        "per-element offsets added to each base's energies (elmlff.alignment), fitted on the "
+        "meta split",
+    ),
+    BASE_STRESS: Var(
+        ("model", "frame", "xyz", "xyz_"),
+        "eV/Å³",
+        "each base's stress, ASE's sign (only where every base predicts one)",
+    ),
 }

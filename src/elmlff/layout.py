@@ -106,6 +106,11 @@ class DatasetLayout:
     def comparisons(self) -> str:
         return self._p("comparisons.csv")
 
+    @property
+    def metrics_by_group(self) -> str:
+        """Test metrics and paired comparisons per group of frames (element set)."""
+        return self._p("metrics_by_group.csv")
+
     def table(self, name: str) -> str:
         """A Markdown table: ``metrics_table``, ``summary`` or ``md_table``."""
         return self._p(f"{name}.md")

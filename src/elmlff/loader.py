@@ -28,6 +28,12 @@ def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", devic
     does); or a meta-model (``train_meta``'s, the subset study's dedicated model of that subset,
     or else its amortized model run with that subset's bases only)."""
     lay = DatasetLayout.of(dataset_dir)
+    has_store = Path(lay.store).exists()
+    offsets = store.energy_offsets(store.open_store(lay.store)) if has_store else None
+
+    def bases(models):
+        return load_bases(lay.trained_bases(models), models, device, offsets)
+
     metadir = Path(lay.meta_model(name, subset))
     group = Path(lay.subset_group(name, len(subset.split("+"))))
     amortized = Path(lay.subset_amortized(name))
@@ -35,14 +41,14 @@ def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", devic
         # the amortized study's one model, run with only the subset's bases present
         model, inputs = meta.load_model(amortized, device)
         models = resolve(subset, inputs)
-        pots = load_bases(lay.trained_bases(models), models, device)
+        pots = bases(models)
         return DirectEnsemble(model, pots, name, inputs=inputs)
     if metadir.exists() or (subset != "all" and group.exists()):
         if metadir.exists():
             model, models = meta.load_model(metadir, device)
         else:
             model, models = meta.load_subset_model(group, subset, device)
-        pots = load_bases(lay.trained_bases(models), models, device)
+        pots = bases(models)
         cls = ConservEnsemble if model.kind == "conserv" else DirectEnsemble
         return cls(model, pots, name)
     if name in BASELINES:
@@ -53,9 +59,9 @@ def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", devic
             ds = store.open_store(lay.store)
             models = resolve(subset, ds["model"].values.astype(str).tolist())
             c = {b.name: b for b in fit_baselines(ds, Split.load(lay.split), models)}[name]
-        return LinearEnsemble(c, load_bases(lay.trained_bases(c.models), c.models, device))
+        return LinearEnsemble(c, bases(c.models))
     if lay.has_base(name):
-        pots = load_bases(lay.trained_bases([name]), [name], device)
+        pots = bases([name])
         return LinearEnsemble(LinearCombiner(name, [name], np.ones(1)), pots)
     raise ElmlffError(
         f"no model '{name}' (subset '{subset}') in {lay.dir}",

@@ -7,6 +7,8 @@ Force MAE and RMSE come two ways, and the metric name says which:
 * ``force_mae`` / ``force_rmse``: pooled over every force component of every frame.
 
 Energies: ``energy_mae_per_atom`` and ``energy_rmse_per_atom`` of |E_pred - E_ref| / N.
+Stress (where the data and the model have one): ``stress_mae`` over the six independent
+components (xx, yy, zz, yz, xz, xy) of every frame, in GPa.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import numpy as np
 
 from elmlff.errors import ElmlffError
 
-FORCE_UNIT, ENERGY_UNIT = "eV/Å", "eV/atom"
+FORCE_UNIT, ENERGY_UNIT, STRESS_UNIT = "eV/Å", "eV/atom", "GPa"
+#: eV/Å³ in GPa
+EV_PER_A3_IN_GPA = 160.21766208
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
 @dataclass
@@ -28,6 +33,7 @@ class PerFrame:
     sq_sum: np.ndarray  # (F,) sum of ΔF²
     n_comp: np.ndarray  # (F,) 3N
     e_err_per_atom: np.ndarray  # (F,) (E_pred - E_ref) / N
+    stress_abs_mean: np.ndarray | None = None  # (F,) mean |Δσ| over 6 components, GPa
 
     def __len__(self) -> int:
         return len(self.n_comp)
@@ -39,8 +45,11 @@ def per_frame(
     ref_energy: np.ndarray,
     ref_forces: np.ndarray,
     n_atoms: np.ndarray,
+    pred_stress: np.ndarray | None = None,
+    ref_stress: np.ndarray | None = None,
 ) -> PerFrame:
-    """Per-frame error sums for frames on a flat atom axis."""
+    """Per-frame error sums for frames on a flat atom axis (stress ``(F, 3, 3)`` in eV/Å³,
+    where both are given)."""
     frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
     d = np.asarray(pred_forces) - np.asarray(ref_forces)
     nf = len(n_atoms)
@@ -49,13 +58,23 @@ def per_frame(
         sq_sum=np.bincount(frame, (d**2).sum(axis=1), minlength=nf),
         n_comp=3 * np.asarray(n_atoms, dtype=float),
         e_err_per_atom=(np.asarray(pred_energy) - np.asarray(ref_energy)) / np.asarray(n_atoms),
+        stress_abs_mean=stress_error(pred_stress, ref_stress),
     )
+
+
+def stress_error(pred: np.ndarray | None, ref: np.ndarray | None) -> np.ndarray | None:
+    """Per-frame mean |Δσ| over the six independent components, in GPa (None without both)."""
+    if pred is None or ref is None:
+        return None
+    d = np.asarray(pred) - np.asarray(ref)
+    six = np.stack([d[:, i, j] for i, j in _VOIGT], axis=1)
+    return EV_PER_A3_IN_GPA * np.abs(six).mean(axis=1)
 
 
 def _stats(p: PerFrame, w: np.ndarray) -> dict[str, np.ndarray]:
     """Metrics for frame weights ``w`` (F,) or (B, F) (bootstrap counts)."""
     wsum = w.sum(axis=-1)
-    return {
+    out = {
         "force_mae_framemean": (w @ (p.abs_sum / p.n_comp)) / wsum,
         "force_rmse_framemean": (w @ np.sqrt(p.sq_sum / p.n_comp)) / wsum,
         "force_mae": (w @ p.abs_sum) / (w @ p.n_comp),
@@ -63,6 +82,9 @@ def _stats(p: PerFrame, w: np.ndarray) -> dict[str, np.ndarray]:
         "energy_mae_per_atom": (w @ np.abs(p.e_err_per_atom)) / wsum,
         "energy_rmse_per_atom": np.sqrt((w @ p.e_err_per_atom**2) / wsum),
     }
+    if p.stress_abs_mean is not None:
+        out["stress_mae"] = (w @ p.stress_abs_mean) / wsum
+    return out
 
 
 UNITS = {
@@ -72,6 +94,7 @@ UNITS = {
     "force_rmse": FORCE_UNIT,
     "energy_mae_per_atom": ENERGY_UNIT,
     "energy_rmse_per_atom": ENERGY_UNIT,
+    "stress_mae": STRESS_UNIT,
 }
 
 
@@ -109,13 +132,14 @@ def paired_differences(
         )
     one = np.ones(len(p))
     a, b = _stats(p, one), _stats(q, one)
+    shared = [k for k in a if k in b]  # stress only where both have one
     if not bootstrap:  # no resampling: the difference without an interval
-        return {k: (float(a[k] - b[k]), np.nan, np.nan) for k in a}
+        return {k: (float(a[k] - b[k]), np.nan, np.nan) for k in shared}
     counts = _counts(len(p), bootstrap, seed)
     ba, bb = _stats(p, counts), _stats(q, counts)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     out = {}
-    for k in a:
+    for k in shared:
         d = ba[k] - bb[k]
         out[k] = (float(a[k] - b[k]), float(np.quantile(d, lo_q)), float(np.quantile(d, hi_q)))
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from elmlff import bases as B
-from elmlff import store
+from elmlff import keys, store
 from elmlff.baselines import fit_baselines
 from elmlff.data import Frames, Split, make_split
 from elmlff.data.source import load_dataset
@@ -89,6 +89,11 @@ def train_base(
         f"training base '{spec.name}' ({spec.family}) fit {fit}: {len(tr)} train frames, "
         f"{len(va)} val frames"
     )
+    if len(tr) == 0 and not B.record(spec.family).pretrained:
+        raise ElmlffError(
+            f"base '{spec.name}' ({spec.family}) has no training frames (split.sizes.train: 0)",
+            "give the data set training frames, or use only pretrained bases on it",
+        )
     family = B.get_family(spec.family)
     with atomic_path(outdir) as tmp:
         info = family.train(spec, frames.subset(tr), frames.subset(va), tmp)
@@ -127,7 +132,11 @@ def predict_base(
     idx = split.fit_predict(fit)
     frames = store.frames_from_dataset(ds, idx)
     t0 = time.perf_counter()
-    e, f = pot.predict(frames, batch_size=batch_size)
+    extra: dict[str, Any] = {}
+    if B.record(pot.family).stress and bool(frames.pbc.any()):  # one pass gives all three
+        e, f, extra["stress"] = pot.predict_stress(frames, batch_size=batch_size)
+    else:
+        e, f = pot.predict(frames, batch_size=batch_size)
     sec = time.perf_counter() - t0
     if e.shape != (len(frames),) or f.shape != frames.forces.shape:
         raise ElmlffError(
@@ -135,7 +144,6 @@ def predict_base(
             f"{len(frames)} frames with {len(frames.forces)} atoms",
             "fix the family's predict()",
         )
-    extra = {}
     if hvp_seed is not None:
         ref = store.frames_from_dataset(ds)
         v = B.hvp_directions(ref.n_atoms, hvp_seed)[ref.atom_index(idx)]
@@ -144,7 +152,7 @@ def predict_base(
             b = np.arange(s, min(s + batch_size, len(frames)))
             a = frames.atom_index(b)
             hv[a] = B.hvp(pot, frames.subset(b), v[a])
-        extra = {"hvp": hv, "hvp_seed": hvp_seed}
+        extra.update(hvp=hv, hvp_seed=hvp_seed)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, frames=idx, energy=e, forces=f, seconds=sec, **extra)
     log(
@@ -160,12 +168,16 @@ def merge(
     basedirs: Mapping[str, Mapping[str, Path]],
     out: Path,
     cfg_for_hash: Mapping[str, Any] | None = None,
+    energy_alignment: str = "none",
 ) -> None:
-    """Build ``predictions.zarr``: the reference plus every base's energies and forces.
+    """Build ``predictions.zarr``: the reference plus every base's energies and forces (and
+    stress, where every base predicts one).
 
     Without K-fold, one fit per base predicts every frame. With K-fold, each frame of train +
     meta takes the prediction of the fit that held it out; val and test take the mean of the
-    K fits. ``base_in_sample`` records where the predicting base trained on the frame.
+    K fits. ``base_in_sample`` records where the predicting base trained on the frame. With
+    ``energy_alignment: per_element`` the base energies are aligned by per-element offsets
+    fitted on the frames meta-models learn from (:mod:`elmlff.alignment`).
     """
     ref = store.open_store(ref_path)
     split = Split.load(split_path)
@@ -175,6 +187,8 @@ def merge(
     files = {(m, fit): dict(np.load(p)) for m in models for fit, p in predictions[m].items()}
     # per-atom outputs: forces, and Hessian-vector products where every base has them
     atom_keys = ["forces"] + (["hvp"] if all("hvp" in z for z in files.values()) else [])
+    with_stress = all("stress" in z for z in files.values())
+    St = np.full((len(models), nf, 3, 3), np.nan)
     E = np.full((len(models), nf), np.nan)
     P = {k: np.full((len(models), na, 3), np.nan) for k in atom_keys}
     S = np.zeros((len(models), nf), dtype=bool)
@@ -202,6 +216,8 @@ def merge(
             V[m, np.asarray(fit_info.get("validated_on", []), np.int64)] = True
             if fit == "full":
                 E[m], S[m] = e_fit, trained
+                if with_stress:
+                    St[m, idx] = z["stress"]
                 for k in atom_keys:
                     P[k][m] = p_fit[k]
                 continue
@@ -245,6 +261,20 @@ def merge(
                 "mean_of_fits": force_rmse(P["forces"][m, val_atoms], frames.forces[val_atoms]),
             }
     ds = store.with_bases(ref, models, E, P["forces"], S, info, validated_on=V)
+    if with_stress and not split.kfold:  # pretrained bases: one fit each
+        ds = store.with_stress(ds, St)
+    if energy_alignment != "none":
+        from elmlff import alignment
+
+        fit_on = split.meta_fit()
+        counts = alignment.composition(frames.numbers, frames.n_atoms, frames.species)
+        offsets = alignment.fit_offsets(frames.energy, E, counts, fit_on)
+        ds = store.with_alignment(ds, energy_alignment, frames.species, offsets)
+        for model, row in zip(models, offsets, strict=True):
+            log(
+                f"base '{model}': energy offsets {np.round(row, 4).tolist()} eV/atom "
+                f"(Z={frames.species}), fitted on {len(fit_on)} meta frames"
+            )
     if "hvp" in P:
         seed = int(next(iter(files.values()))["hvp_seed"])
         ds = store.with_hvp(ds, P["hvp"], B.hvp_directions(frames.n_atoms, seed), seed)
@@ -265,12 +295,20 @@ def evaluate(
     metas: Mapping[str, Path] | None = None,
     comparisons_out: Path | None = None,
     learned_ratio: float = 0.5,
+    by_group_out: Path | None = None,
+    stress_from: str = "best_base",
 ) -> pd.DataFrame:
     """Fit the four baselines on out-of-sample (meta) predictions and write tidy metrics for
     every base, baseline and meta-model (``metas``: name -> val/test predictions) on every
     split they cover (test holds the final numbers), and ``comparisons.csv``: every meta
     against the best base, linear stacking and the plain mean on the test frames, as paired
-    bootstrap intervals of the difference (:func:`elmlff.metrics.paired_differences`)."""
+    bootstrap intervals of the difference (:func:`elmlff.metrics.paired_differences`).
+
+    Where the store has every base's stress, bases are scored on it, the baselines' stress is
+    the same weighted sum as their forces, and each meta takes the stress of ``stress_from``
+    (a base, or ``best_base``: the base chosen on val). ``by_group_out`` gets the test metrics
+    and paired comparisons (against the best base) per group of frames of the same elements
+    (one group per element on elemental data sets)."""
     from elmlff.meta import read_predictions
 
     ds = store.open_store(store_path)
@@ -283,24 +321,43 @@ def evaluate(
     meta_preds = {name: read_predictions(name, p, frames) for name, p in (metas or {}).items()}
     rows = []
     test_errors: dict[str, tuple[str, PerFrame, bool]] = {}  # model -> (kind, errors, energy?)
+    has_stress = keys.BASE_STRESS in ds and frames.stress is not None
+    stress = ds[keys.BASE_STRESS].values if has_stress else None
+    if stress is not None:
+        by_name = {c.name: c for c in combiners}
+        source = by_name[stress_from].info["chosen"] if stress_from in by_name else stress_from
+        if source not in models:
+            raise ElmlffError(
+                f"evaluation.stress_from: no base {stress_from!r}",
+                f"name one of {models} or best_base",
+            )
     for role in ROLES:
         idx = split.roles[role]
         if len(idx) == 0:
             continue
         blk = store.block(ds, frames, idx)
-        preds: list[tuple[str, str, np.ndarray, np.ndarray]] = [
-            (m, "base", blk["energy"][i], blk["forces"][i]) for i, m in enumerate(models)
+        s_base = stress[:, idx] if stress is not None else None
+        preds: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None]] = [
+            (m, "base", blk["energy"][i], blk["forces"][i], None if s_base is None else s_base[i])
+            for i, m in enumerate(models)
         ]
         preds += [
-            (c.name, "baseline", *c.apply(blk["energy"], blk["forces"], blk["n_atoms"]))
+            (
+                c.name,
+                "baseline",
+                *c.apply(blk["energy"], blk["forces"], blk["n_atoms"]),
+                None if s_base is None else np.tensordot(c.weights, s_base, axes=1),
+            )
             for c in combiners
         ]
         for name, (e_all, f_all) in meta_preds.items():
             if np.isnan(f_all[frames.atom_index(idx)]).any():
                 continue  # this meta did not predict this split
-            preds.append((name, "meta", e_all[idx], f_all[frames.atom_index(idx)]))
-        for model, kind, e, f in preds:
-            p = per_frame(e, f, blk["ref_energy"], blk["ref_forces"], blk["n_atoms"])
+            s_meta = None if s_base is None else s_base[models.index(source)]
+            preds.append((name, "meta", e_all[idx], f_all[frames.atom_index(idx)], s_meta))
+        ref_s = None if frames.stress is None else frames.stress[idx]
+        for model, kind, e, f, s in preds:
+            p = per_frame(e, f, blk["ref_energy"], blk["ref_forces"], blk["n_atoms"], s, ref_s)
             if role == "test":
                 test_errors[model] = (kind, p, not np.isnan(e).all())
             for metric, (v, lo, hi) in metrics(p, bootstrap if role == "test" else 0, seed).items():
@@ -328,6 +385,10 @@ def evaluate(
         comp = paired_comparisons(test_errors, dataset, bootstrap, seed)
         with atomic_path(comparisons_out) as tmp:
             comp.to_csv(tmp, index=False)
+    if by_group_out is not None:
+        groups = by_group(test_errors, frames, split.roles["test"], dataset, bootstrap, seed)
+        with atomic_path(by_group_out) as tmp:
+            groups.to_csv(tmp, index=False)
     atomic_write_text(
         baselines_out,
         json.dumps(
@@ -353,11 +414,88 @@ def evaluate(
     return df
 
 
+def frame_groups(frames: Frames) -> np.ndarray:
+    """Each frame's group: its elements' symbols joined by ``-`` (``Si``; ``C-H-O``)."""
+    from ase.data import chemical_symbols
+
+    out = []
+    for f in range(len(frames)):
+        z = np.unique(frames.numbers[frames.atom_index([f])])
+        out.append("-".join(chemical_symbols[int(x)] for x in z))
+    return np.array(out)
+
+
+def _subset(p: PerFrame, sel: np.ndarray) -> PerFrame:
+    return PerFrame(
+        p.abs_sum[sel],
+        p.sq_sum[sel],
+        p.n_comp[sel],
+        p.e_err_per_atom[sel],
+        None if p.stress_abs_mean is None else p.stress_abs_mean[sel],
+    )
+
+
+def by_group(
+    errors: Mapping[str, tuple[str, PerFrame, bool]],
+    frames: Frames,
+    test: np.ndarray,
+    dataset: str,
+    bootstrap: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Tidy rows per group of test frames (:func:`frame_groups`) and model: each metric with
+    its bootstrap interval, and (``reference: best_base``) its paired difference against the
+    best base chosen on val."""
+    groups = frame_groups(frames.subset(test))
+    rows = []
+    for g in sorted(set(groups.tolist())):
+        sel = groups == g
+        for model, (kind, p, has_e) in errors.items():
+            q = _subset(p, sel)
+            base = {"dataset": dataset, "group": g, "model": model, "kind": kind}
+            for metric, (v, lo, hi) in metrics(q, bootstrap, seed).items():
+                if metric.startswith("energy") and not has_e:
+                    continue
+                rows.append(
+                    {
+                        **base,
+                        "reference": "",
+                        "metric": metric,
+                        "value": v,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "unit": UNITS[metric],
+                        "n_frames": int(sel.sum()),
+                    }
+                )
+            if model == "best_base" or "best_base" not in errors:
+                continue
+            _, r, ref_e = errors["best_base"]
+            diffs = paired_differences(q, _subset(r, sel), bootstrap, seed)
+            for metric, (d, lo, hi) in diffs.items():
+                if metric.startswith("energy") and not (has_e and ref_e):
+                    continue
+                rows.append(
+                    {
+                        **base,
+                        "reference": "best_base",
+                        "metric": metric,
+                        "value": d,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "unit": UNITS[metric],
+                        "n_frames": int(sel.sum()),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def trivial_rmse(frames: Frames, split: Split) -> dict[str, float]:
     """Test force RMSE (pooled) of the predictors that learn nothing: zero forces, and the
     training frames' mean force vector for every atom."""
     ref = frames.forces[frames.atom_index(split.roles["test"])]
-    mean = frames.forces[frames.atom_index(split.roles["train"])].mean(axis=0)
+    seen = split.roles["train"] if len(split.roles["train"]) else split.meta_fit()
+    mean = frames.forces[frames.atom_index(seen)].mean(axis=0)
     return {
         "zero forces": float(np.sqrt(np.mean(ref**2))),
         "the training mean force": float(np.sqrt(np.mean((ref - mean) ** 2))),
@@ -505,7 +643,7 @@ def predict_meta(
         e = np.full(len(idx), np.nan)
         f = DirectEnsemble(model, []).forces_from(frames, em, fm)
     else:
-        pots = load_bases(basedirs, models, device)
+        pots = load_bases(basedirs, models, device, store.energy_offsets(ds))
         p = ConservEnsemble(model, pots).predict_all(frames, batch_size)
         e, f = p.energy, p.forces
     sec = time.perf_counter() - t0

@@ -188,6 +188,48 @@ def with_hvp(ds: xr.Dataset, hvp: np.ndarray, directions: np.ndarray, seed: int)
     return ds
 
 
+def with_alignment(
+    ds: xr.Dataset, method: str, species: Sequence[int], offsets: np.ndarray
+) -> xr.Dataset:
+    """Per-element energy alignment (:mod:`elmlff.alignment`): ``base_energy`` becomes the
+    aligned energy, the raw one is kept as ``base_energy_raw`` and the offsets ``(model,
+    element)`` as ``base_energy_offset``."""
+    from elmlff import alignment
+
+    frames = frames_from_dataset(ds)
+    counts = alignment.composition(frames.numbers, frames.n_atoms, species)
+    raw = ds[keys.BASE_ENERGY].values
+    ds = ds.copy()
+    ds = ds.assign_coords(element=("element", np.asarray(species, dtype=np.int64)))
+    ds[keys.BASE_ENERGY_RAW] = _var(keys.BASE_ENERGY_RAW, raw)
+    ds[keys.BASE_ENERGY] = _var(keys.BASE_ENERGY, raw + alignment.shift(counts, offsets))
+    ds[keys.BASE_ENERGY_OFFSET] = _var(keys.BASE_ENERGY_OFFSET, offsets)
+    ds.attrs["energy_alignment"] = method
+    return ds
+
+
+def energy_offsets(ds: xr.Dataset) -> dict[str, dict[int, float]] | None:
+    """Each base's per-element energy offsets ``{model: {Z: eV/atom}}``, or None where the
+    store's energies are not aligned."""
+    if keys.BASE_ENERGY_OFFSET not in ds:
+        return None
+    z = ds["element"].values.astype(int).tolist()
+    off = ds[keys.BASE_ENERGY_OFFSET].values
+    return {
+        str(m): dict(zip(z, map(float, off[i]), strict=True))
+        for i, m in enumerate(ds["model"].values)
+    }
+
+
+def with_stress(ds: xr.Dataset, stress: np.ndarray) -> xr.Dataset:
+    """Add each base's stress ``(model, frame, 3, 3)`` in eV/Å³."""
+    if not np.isfinite(stress).all():
+        raise ElmlffError("non-finite base stress", "check the bases that predict stress")
+    ds = ds.copy()
+    ds[keys.BASE_STRESS] = _var(keys.BASE_STRESS, stress)
+    return ds
+
+
 def write(ds: xr.Dataset, path: Path | str) -> None:
     """Write a store atomically (temp directory + rename)."""
     with atomic_path(path) as tmp:

@@ -9,8 +9,10 @@ rule evaluate:
         metrics=L.metrics,
         baselines=L.baselines,
         comparisons=L.comparisons,
+        by_group=L.metrics_by_group,
     params:
         bootstrap=config["evaluation"]["bootstrap"],
+        stress_from=config["evaluation"]["stress_from"],
         seed=config["evaluation"]["seed"],
         metas=lambda w: keyed(meta_predictions(w)),
         learned=config["evaluation"]["learned_ratio"],
@@ -28,7 +30,7 @@ rule evaluate:
         " --dataset {wildcards.dataset} --bootstrap {params.bootstrap} --seed {params.seed}"
         " --metrics {output.metrics} --baselines {output.baselines} --metas {params.metas}"
         " --comparisons {output.comparisons} --learned-ratio {params.learned}"
-        " > {log} 2>&1"
+        " --by-group {output.by_group} --stress-from {params.stress_from} > {log} 2>&1"
 
 
 rule uncertainty:

@@ -13,6 +13,7 @@ rule merge_store:
         cfg=lambda w: spec_json({"dataset": config["datasets"][w.dataset], "bases": {
             m: config["bases"][m] for m in ensemble(config, w.dataset)},
             "training": config["training"]}),
+        alignment=lambda w: config["datasets"][w.dataset]["energy_alignment"],
     log:
         L.log("merge_store"),
     benchmark:
@@ -25,4 +26,5 @@ rule merge_store:
     shell:
         "python -m elmlff merge --reference {input.reference} --split {input.split}"
         " --predictions {params.predictions} --bases {params.bases}"
-        " --config-hash-of {params.cfg:q} --out {output} > {log} 2>&1"
+        " --config-hash-of {params.cfg:q} --energy-alignment {params.alignment}"
+        " --out {output} > {log} 2>&1"

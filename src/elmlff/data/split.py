@@ -43,7 +43,7 @@ class Split:
     def check(self) -> None:
         """Roles non-empty and disjoint; folds (if any) partition train + meta."""
         for r, idx in self.roles.items():
-            if r == "meta" and self.kfold:
+            if (r == "meta" and self.kfold) or r == "train":  # train: 0 for pretrained bases
                 continue
             if len(idx) == 0:
                 raise ElmlffError(
@@ -155,6 +155,8 @@ def _size(size: Any, role: str) -> int | float | None:
     """A size as a count (int), a fraction in (0, 1) (float) or None for 'rest'/unset."""
     if size is None or size == "rest":
         return None
+    if role == "train" and size == 0 and not isinstance(size, bool):
+        return 0  # bases that never train (pretrained): meta, val and test only
     if isinstance(size, bool) or not isinstance(size, int | float | np.integer | np.floating):
         raise ElmlffError(
             f"split.sizes.{role}: {size!r} is not a size",

@@ -114,16 +114,17 @@ def prepare(
         [S.name(m, ensemble) for m in chosen],
         Stats.fit(data.frames.subset(fit_idx)),
     )
+    offsets = store.energy_offsets(ds)  # live bases agree with the store's energies
     if live:
         if split.kfold:
             job.live_fit = {
-                k: load_fit(basedirs, used, f"cv{k}", device) for k in range(split.kfold)
+                k: load_fit(basedirs, used, f"cv{k}", device, offsets) for k in range(split.kfold)
             }
             job.fold_of = split.fold_of(len(data.frames))
         else:
-            job.live_fit = {-1: load_fit(basedirs, used, "full", device)}
+            job.live_fit = {-1: load_fit(basedirs, used, "full", device, offsets)}
     if spec.live_at_inference and basedirs:  # for validation, or for predicting afterwards
-        job.live_val = load_bases(basedirs, used, device)
+        job.live_val = load_bases(basedirs, used, device, offsets)
     log(
         f"meta '{spec.name}' ({spec.kind}), k={sizes[0]}: {len(chosen)} subset(s) of {used}; "
         f"{len(fit_idx)} {spec.fit_on} training frames, {len(val_idx)} val frames, "

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from elmlff import bases as B
+from elmlff.alignment import Aligned
 from elmlff.data.frames import Frames
 
 
@@ -36,25 +37,43 @@ class FitMean:
         ).mean(0)
 
 
+Offsets = Mapping[str, Mapping[int, float]] | None
+
+
+def _aligned(pot: B.Potential, model: str, offsets: Offsets) -> B.Potential:
+    """``pot`` with its per-element energy offsets, as the store's energies are
+    (:mod:`elmlff.alignment`; ``offsets`` from :func:`elmlff.store.energy_offsets`)."""
+    return pot if offsets is None else Aligned(pot, offsets[model])
+
+
 def load_bases(
-    basedirs: Mapping[str, Mapping[str, Path]], models: Sequence[str], device: str = "cpu"
+    basedirs: Mapping[str, Mapping[str, Path]],
+    models: Sequence[str],
+    device: str = "cpu",
+    offsets: Offsets = None,
 ) -> list[B.Potential]:
-    """One inference potential per model: its ``full`` fit, or the mean of its K fits."""
+    """One inference potential per model: its ``full`` fit, or the mean of its K fits; with
+    the store's energy ``offsets`` where it aligns energies."""
     out: list[B.Potential] = []
     for m in models:
         fits = basedirs[m]
         if "full" in fits:
-            out.append(B.load(fits["full"], device))
+            pot = B.load(fits["full"], device)
         else:
-            out.append(FitMean(m, [B.load(fits[f], device) for f in sorted(fits)]))
+            pot = FitMean(m, [B.load(fits[f], device) for f in sorted(fits)])
+        out.append(_aligned(pot, m, offsets))
     return out
 
 
 def load_fit(
-    basedirs: Mapping[str, Mapping[str, Path]], models: Sequence[str], fit: str, device: str = "cpu"
+    basedirs: Mapping[str, Mapping[str, Path]],
+    models: Sequence[str],
+    fit: str,
+    device: str = "cpu",
+    offsets: Offsets = None,
 ) -> list[B.Potential]:
-    """The ``fit`` (``full`` or ``cv{k}``) of every model."""
-    return [B.load(basedirs[m][fit], device) for m in models]
+    """The ``fit`` (``full`` or ``cv{k}``) of every model (with the store's ``offsets``)."""
+    return [_aligned(B.load(basedirs[m][fit], device), m, offsets) for m in models]
 
 
 def base_outputs(
