@@ -8,6 +8,7 @@
 #   evaluate  four baselines + tidy metrics        -> results/{dataset}/metrics.csv, baselines.json
 #   figures   Fig. 2a-style chart + Markdown table -> results/{dataset}/figures/, metrics_table.md
 #   md        MD of chosen models + Table 1        -> results/{dataset}/md/, md_summary.csv
+#   materials Table 2 + equations of state         -> results/{dataset}/table2.md, eos.csv
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -25,6 +26,7 @@ include: "workflow/rules/subsets.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/md.smk"
+include: "workflow/rules/materials.smk"
 
 
 rule all:

@@ -312,6 +312,20 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "`split.sizes.train: 0` (pretrained bases only) with a base that trains",
+        lambda t: _small_config(t, sizes={"train": 0, "meta": 0.5, "val": 0.2}),
+    ),
+    Case(
+        "`evaluation.stress_from` naming a model that is not a base",
+        lambda t: _config(t, "evaluation: {stress_from: ensemble_direct}\n", alone=False),
+    ),
+    Case(
+        "an equation-of-state element with no WIEN2k-PBE reference",
+        lambda t: _config(
+            t, "eos: {datasets: [methane], models: [mean], elements: [Xx]}\n", alone=False
+        ),
+    ),
+    Case(
         "an overlay config (over config/config.yaml) with an unknown base in `ensemble`",
         lambda t: _config(t, "ensemble: [painn, no_such_base]\n", alone=False),
     ),

@@ -5,6 +5,7 @@ stress in the store, and per-element test metrics with paired comparisons."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,10 @@ def _emt_records(element: str, n: int, seed: int) -> list[dict]:
     return out
 
 
+TABLE2 = ["chgnet", "sevennet", "best_base", "mean", "linear_stacking", "ensemble_direct"]
+EOS = ["chgnet", "sevennet", "mean", "ensemble_direct"]
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("materials")
@@ -97,6 +102,8 @@ def campaign(tmp_path_factory):
     cfg["metas"]["ensemble_direct"]["training"].update(tiny)
     cfg["run_metas"] = ["ensemble_direct"]
     cfg["evaluation"]["stress_from"] = "chgnet"
+    cfg["table2"] = {"datasets": ["emt"], "models": TABLE2}
+    cfg["eos"] = {"datasets": ["emt"], "models": EOS, "elements": ["Cu", "Ni"]}
     cfg.pop("md", None)
     cfg["md"] = {"models": []}
     cfg["subsets"] = {"metas": []}
@@ -104,8 +111,8 @@ def campaign(tmp_path_factory):
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
     cmd += ["--configfile", str(path), "--directory", str(tmp), "--cores", "2"]
-    target = "results/emt/metrics_by_group.csv"
-    r = subprocess.run([*cmd, target], capture_output=True, text=True, timeout=1500)
+    targets = ["results/emt/table2.md", "results/emt/eos.md"]
+    r = subprocess.run([*cmd, *targets], capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return tmp / "results" / "emt"
 
@@ -157,3 +164,27 @@ def test_train_zero_with_a_base_that_trains_is_refused_before_anything_runs(tmp_
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ElmlffError, match=r"split.sizes.train is 0 but bases"):
         load_config(p)
+
+
+def test_table2_has_every_element_metric_and_model_and_says_how_energies_were_aligned(campaign):
+    text = (campaign / "table2.md").read_text()
+    assert "| element | metric | " + " | ".join(TABLE2) + " |" in text
+    for g in ("Cu", "Ni", "all"):
+        row = re.search(rf"^\| {g} \| energy MAE \[meV/atom\] \|(.*)$", text, re.M).group(1)
+        assert row.count("[") == len(TABLE2) - 1  # Ensemble-direct has no energy
+    assert text.count("| | stress MAE [GPa] |") == 3 and text.count("| | force MAE [meV/Å] |") == 3
+    assert "aligned by per-element offsets" in text and "fitted per base" in text
+    assert "`chgnet`'s (`evaluation.stress_from: chgnet`)" in text
+    assert re.search(r"^- Cu: ensemble_direct − best base \(\w+\) force MAE", text, re.M)
+
+
+def test_eos_of_pretrained_bases_is_near_wien2k_and_forces_only_models_are_left_out(campaign):
+    eos = pd.read_csv(campaign / "eos.csv")
+    assert set(eos.model) == {"chgnet", "sevennet", "mean"}  # no energy: no EOS
+    assert set(eos.element) == {"Cu", "Ni"} and eos.relax_converged.all()
+    # universal potentials trained on PBE: V0 within 10 % and B0 within 40 % of WIEN2k-PBE
+    assert (eos.v0_error_percent.abs() < 10).all() and (eos.b0_error_percent.abs() < 40).all()
+    mean = eos[eos.model == "mean"].set_index("element")
+    both = eos[eos.model != "mean"].groupby("element").v0.agg(["min", "max"])
+    assert ((mean.v0 >= both["min"] - 0.05) & (mean.v0 <= both["max"] + 0.05)).all()
+    assert "V0 error [%]" in (campaign / "eos.md").read_text()

@@ -11,7 +11,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from elmlff import bases as B
 from elmlff.data.frames import Frames
-from elmlff.meta.ensemble import DirectEnsemble
+from elmlff.meta.ensemble import DirectEnsemble, LinearEnsemble
 from elmlff.uq.metrics import ensemble_uncertainty, force_std
 
 
@@ -38,6 +38,9 @@ class EnsembleCalculator(Calculator):
     ]
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", *EXTRAS]
 
+    #: strain step of the finite-difference stress (float32 models: not smaller)
+    stress_eps: float = 1e-3
+
     def __init__(self, ensemble, uq_weights: np.ndarray | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ensemble = ensemble
@@ -49,7 +52,7 @@ class EnsembleCalculator(Calculator):
         monitored = len(ensemble.bases) >= 2 or self.delta_base is not None
         extras = [p for p in self.EXTRAS if p != "uncertainty" or monitored]
         self.implemented_properties = [
-            *(["energy", "free_energy"] if self.has_energy else []),
+            *(["energy", "free_energy", "stress"] if self.has_energy else []),
             "forces",
             *extras,
         ]
@@ -84,7 +87,28 @@ class EnsembleCalculator(Calculator):
             self.results["uncertainty"] = float(u[0])
         if p.energy is not None:
             self.results["energy"] = self.results["free_energy"] = float(p.energy[0])
-        elif "energy" in properties:
+        elif "energy" in properties or "stress" in properties:
             raise PropertyNotImplementedError(
                 f"{self.ensemble.name} predicts forces only (no energy)"
             )
+        if "stress" in properties:
+            self.results["stress"] = self._stress(fr)
+
+    def _stress(self, fr: Frames) -> np.ndarray:
+        """Voigt stress (eV/Å³, ASE's sign): the weighted sum of the bases' own stress for a
+        linear ensemble of bases that have one (pretrained potentials), else central finite
+        differences of the ensemble energy under strain (``stress_eps``)."""
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        bases = self.ensemble.bases
+        if isinstance(self.ensemble, LinearEnsemble) and all(
+            hasattr(b, "predict_stress") for b in bases
+        ):
+            w = np.asarray(self.ensemble.combiner.weights)
+            s = sum(wi * b.predict_stress(fr)[2][0] for wi, b in zip(w, bases, strict=True))
+            return full_3x3_to_voigt_6_stress(s)
+        from ase.calculators.fd import calculate_numerical_stress
+
+        probe = self.atoms.copy()
+        probe.calc = EnsembleCalculator(self.ensemble)  # energies only, no extras
+        return calculate_numerical_stress(probe, eps=self.stress_eps)

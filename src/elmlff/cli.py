@@ -300,6 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--html", type=Path, help="the table as an HTML page for the report")
     s.add_argument("--figure", type=Path, help="survival curves of the MD replicas (PNG)")
 
+    s = sub.add_parser("table2", help="the paper's Table 2 of a materials data set")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--stress-from", default="best_base", help="evaluation.stress_from")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--html", type=Path, help="the table as an HTML page for the report")
+
+    s = sub.add_parser("eos", help="relax each element's crystal and fit its equation of state")
+    s.add_argument("dataset_dir", type=Path)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--elements", nargs="+", required=True)
+    s.add_argument("--fmax", type=float, default=0.01, help="eV/Å")
+    s.add_argument("--out", required=True, type=Path, help="eos.csv")
+    s.add_argument("--table", type=Path, help="eos.md")
+    s.add_argument("--html", type=Path, help="the table as an HTML page for the report")
+
     s = sub.add_parser("findings", help="the README's results prose, from results/ only")
     s.add_argument("dataset_dir", type=Path)
     s.add_argument("--benchmarks", nargs="*", default=[], type=Path, help="benchmark files")
@@ -487,6 +503,25 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.data.source import download
 
         download(json.loads(a.spec), a.out)
+    elif a.cmd == "table2":
+        from elmlff.io import atomic_write_text
+        from elmlff.plots import markdown_to_html
+        from elmlff.table2 import table2
+
+        print(table2(a.dataset_dir, a.models, a.out, a.stress_from))
+        if a.html:
+            atomic_write_text(a.html, markdown_to_html(a.out.read_text(), "Table 2"))
+    elif a.cmd == "eos":
+        from elmlff import eos
+        from elmlff.io import atomic_write_text
+        from elmlff.plots import markdown_to_html
+        from elmlff.table2 import eos_table
+
+        eos.run(a.dataset_dir, a.models, a.elements, a.out, eos.EosSettings(fmax=a.fmax))
+        if a.table:
+            print(eos_table(a.out, a.table))
+            if a.html:
+                atomic_write_text(a.html, markdown_to_html(a.table.read_text(), "EOS"))
     elif a.cmd == "table1":
         from elmlff.table1 import stability_figure, table1
 

@@ -145,6 +145,7 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
     _check_datasets(config, source)
     _check_study_and_uncertainty(config, source)
     _check_downloads_and_table1(config, source)
+    _check_materials(config, source)
 
 
 def _check_bases(config: MutableMapping[str, Any], source: str) -> None:
@@ -270,6 +271,43 @@ def _check_downloads_and_table1(config: MutableMapping[str, Any], source: str) -
                 f"{source}: table1.datasets: {d!r} runs no MD (md.models is empty)",
                 "give md.models, or leave the data set out of table1",
             )
+
+
+def _check_materials(config: MutableMapping[str, Any], source: str) -> None:
+    """Table 2 and EOS name run data sets, and models the campaign has; EOS elements are in
+    the Delta benchmark; the metas' stress comes from a base or the best base."""
+    from elmlff.baselines import BASELINES
+
+    known = set(config["bases"]) | set(BASELINES) | set(config["metas"])
+    for block in ("table2", "eos"):
+        spec = config.get(block)
+        if not spec:
+            continue
+        for d in spec["datasets"]:
+            if d not in config["run"]:
+                raise ElmlffError(
+                    f"{source}: {block}.datasets: {d!r} is not in `run` {config['run']}",
+                    f"list only data sets the campaign runs in {block}.datasets",
+                )
+        if bad := [m for m in spec["models"] if m not in known]:
+            raise ElmlffError(
+                f"{source}: {block}.models: unknown {bad}",
+                f"name bases, baselines or metas of the config: {sorted(known)}",
+            )
+    if config.get("eos"):
+        from ase.collections import dcdft
+
+        if bad := [e for e in config["eos"]["elements"] if e not in dcdft.data]:
+            raise ElmlffError(
+                f"{source}: eos.elements: {bad} have no WIEN2k-PBE reference",
+                "choose elements of ase.collections.dcdft (the Delta benchmark)",
+            )
+    sf = config["evaluation"]["stress_from"]
+    if sf != "best_base" and sf not in config["bases"]:
+        raise ElmlffError(
+            f"{source}: evaluation.stress_from: {sf!r} is not a base",
+            f"name a base ({sorted(config['bases'])}) or best_base",
+        )
 
 
 def _check_study_and_uncertainty(config: MutableMapping[str, Any], source: str) -> None:

@@ -111,6 +111,11 @@ class DatasetLayout:
         """Test metrics and paired comparisons per group of frames (element set)."""
         return self._p("metrics_by_group.csv")
 
+    @property
+    def eos(self) -> str:
+        """Equations of state per element and model (materials data sets)."""
+        return self._p("eos.csv")
+
     def table(self, name: str) -> str:
         """A Markdown table: ``metrics_table``, ``summary`` or ``md_table``."""
         return self._p(f"{name}.md")

@@ -25,7 +25,7 @@ from elmlff.summary import benchmark_seconds, benchmark_window
 MAE = "force_mae"  # pooled over components (= frame mean for a single molecule)
 
 
-def _bold(cells: list[str], values: list[float], best: str) -> list[str]:
+def bold(cells: list[str], values: list[float], best: str) -> list[str]:
     finite = [v for v in values if np.isfinite(v)]
     if not finite:
         return cells
@@ -60,12 +60,12 @@ def rows_of(dataset_dir: Path, models: Sequence[str]) -> tuple[list[str], list[s
     hr = [agg.hr_mae.get(m, np.nan) if "hr_mae" in agg else np.nan for m in models]
     name = lay.dataset
     rows = [
-        f"| {name} | force MAE [meV/Å] | " + " | ".join(_bold(mae_cells, mae, "min")) + " |",
+        f"| {name} | force MAE [meV/Å] | " + " | ".join(bold(mae_cells, mae, "min")) + " |",
         "| | stability [%] | "
-        + " | ".join(_bold([f"{v:.0f}" if np.isfinite(v) else "–" for v in stab], stab, "max"))
+        + " | ".join(bold([f"{v:.0f}" if np.isfinite(v) else "–" for v in stab], stab, "max"))
         + " |",
         "| | h(r) error | "
-        + " | ".join(_bold([f"{v:.3f}" if np.isfinite(v) else "–" for v in hr], hr, "min"))
+        + " | ".join(bold([f"{v:.3f}" if np.isfinite(v) else "–" for v in hr], hr, "min"))
         + " |",
     ]
     cmp = read_result_csv(lay.comparisons, "evaluate")

@@ -308,6 +308,27 @@ def md_model_inputs(wildcards):
     return out
 
 
+def eos_models(dataset):
+    """EOS models of a data set: those configured that this run has (no forces-only metas)."""
+    from elmlff.baselines import BASELINES
+
+    avail = set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
+    return [m for m in config["eos"]["models"] if m in avail]
+
+
+def eos_inputs(wildcards):
+    """Every EOS model's bases, baselines.json and meta models."""
+    from elmlff.baselines import BASELINES
+
+    d = lay(wildcards.dataset)
+    out = {"store": d.store, "split": d.split, "bases": list(base_models(wildcards).values())}
+    names = eos_models(wildcards.dataset)
+    if any(m in BASELINES for m in names):
+        out["baselines"] = d.baselines
+    out["metas"] = [d.meta_model(m) for m in names if m in config["metas"]]
+    return out
+
+
 def md_models(dataset):
     """MD models of a data set: those configured that this run trains."""
     from elmlff.baselines import BASELINES
@@ -440,6 +461,10 @@ def final_outputs():
     out = []
     for d in DATASETS:
         out += [lay(d).metrics, lay(d).comparisons]
+        if config.get("table2") and d in config["table2"]["datasets"]:
+            out += [lay(d).table("table2")]
+        if config.get("eos") and d in config["eos"]["datasets"]:
+            out += [lay(d).eos, lay(d).table("eos")]
         if has_uncertainty(d):
             out += [lay(d).uncertainty]
         if labelling_pool(d):

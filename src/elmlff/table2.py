@@ -1,0 +1,184 @@
+"""The paper's Table 2 for a materials data set (element x {energy, force, stress MAE} x model)
+and the equation-of-state table, from ``metrics.csv``, ``metrics_by_group.csv``,
+``baselines.json``, ``eos.csv`` and the store's alignment attributes only.
+
+Energies are per atom after the store's per-element alignment (fitted on the meta split; the
+table says so); force MAE is pooled over components; stress MAE is over the six independent
+components. Each cell has its 95 % bootstrap interval over the test frames of that element
+(``all``: every test frame); bold is the best of each row. Every model's force and energy MAE
+against the best base (chosen on val) comes as a paired bootstrap interval of the difference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from elmlff import alignment, keys, store
+from elmlff.io import atomic_write_text, read_result_csv
+from elmlff.layout import DatasetLayout
+from elmlff.table1 import bold
+
+#: (metric, row label, factor to the label's unit)
+ROWS = (
+    ("energy_mae_per_atom", "energy MAE [meV/atom]", 1e3),
+    ("force_mae", "force MAE [meV/Å]", 1e3),
+    ("stress_mae", "stress MAE [GPa]", 1.0),
+)
+
+
+def _cells(df: pd.DataFrame, models: Sequence[str], metric: str, k: float) -> tuple[list, list]:
+    sel = df[df.metric == metric].set_index("model")
+    vals = [k * sel.value.get(m, np.nan) for m in models]
+    cells = [
+        f"{k * sel.value[m]:.{1 if k > 1 else 3}f} [{k * sel.ci_low[m]:.{1 if k > 1 else 3}f}, "
+        f"{k * sel.ci_high[m]:.{1 if k > 1 else 3}f}]"
+        if m in sel.index
+        else "–"
+        for m in models
+    ]
+    return cells, vals
+
+
+def alignment_sentence(store_path: Path) -> str:
+    """How the store's base energies were aligned, with the offsets per base."""
+    ds = store.open_store(store_path)
+    off = store.energy_offsets(ds)
+    if off is None:
+        return alignment.describe("none", [], None) + "."
+    from ase.data import chemical_symbols
+
+    z = ds["element"].values.astype(int).tolist()
+    per = "; ".join(
+        f"{m}: " + ", ".join(f"{chemical_symbols[e]} {off[m][e]:+.3f}" for e in z) for m in off
+    )
+    return (
+        alignment.describe(
+            ds.attrs.get("energy_alignment", ""), z, ds[keys.BASE_ENERGY_OFFSET].values
+        )
+        + f" ({per})."
+    )
+
+
+def table2(dataset_dir: Path, models: Sequence[str], out: Path, stress_from: str) -> str:
+    """``table2.md`` of one materials data set over ``models``."""
+    from elmlff.pipeline import verdict
+
+    lay = DatasetLayout.of(Path(dataset_dir))
+    met = read_result_csv(lay.metrics, "evaluate")
+    grp = read_result_csv(lay.metrics_by_group, "evaluate")
+    grp["reference"] = grp.reference.fillna("")
+    chosen = json.loads(Path(lay.baselines).read_text())["baselines"]["best_base"]["info"]
+    best = chosen["chosen"]
+    stress_base = best if stress_from == "best_base" else stress_from
+    flagged = met[(met.split == "test") & (met.flag.fillna("") != "")].model.unique().tolist()
+    head = [
+        "| element | metric | " + " | ".join(models) + " |",
+        "|---|---|" + "---:|" * len(models),
+    ]
+    rows = []
+    blocks = [(g, grp[(grp.group == g) & (grp.reference == "")]) for g in sorted(set(grp.group))]
+    blocks.append(("all", met[met.split == "test"]))
+    for g, df in blocks:
+        first = True
+        for metric, label, k in ROWS:
+            if metric not in set(df.metric):
+                continue
+            cells, vals = _cells(df, models, metric, k)
+            cells = [
+                c + (" †" if m in flagged and c != "–" else "")
+                for c, m in zip(cells, models, strict=True)
+            ]
+            rows.append(
+                f"| {g if first else ''} | {label} | "
+                + " | ".join(bold(cells, vals, "min"))
+                + " |"
+            )
+            first = False
+    paired = []
+    cmp = grp[(grp.reference == "best_base") & grp.model.isin(models) & (grp.model != best)]
+    for r in cmp[cmp.metric.isin(["force_mae", "energy_mae_per_atom"])].itertuples():
+        unit = "meV/Å" if r.metric == "force_mae" else "meV/atom"
+        what = "force" if r.metric == "force_mae" else "energy"
+        paired.append(
+            f"{r.group}: {r.model} − best base ({best}) {what} MAE {1e3 * r.value:+.1f} "
+            f"[{1e3 * r.ci_low:+.1f}, {1e3 * r.ci_high:+.1f}] {unit} "
+            f"({verdict(r.ci_low, r.ci_high)})"
+        )
+    n_test = int(met[(met.split == "test")].n_frames.max())
+    text = "\n".join(
+        [
+            f"Table 2 (generated from results/{lay.dataset}/): test errors per element and over "
+            f"all {n_test} test frames, 95 % bootstrap intervals over frames; energy MAE per "
+            "atom, force MAE pooled over components, stress MAE over the six independent "
+            "components. Bold: the best of each row. – : the model has no such output.",
+            "",
+            *head,
+            *rows,
+            "",
+            "Energies: " + alignment_sentence(Path(lay.store)),
+            f"Stress: each base's own (strain derivative of its energy); the baselines' the "
+            f"weighted sum of the bases' with their force weights; the meta-models' is "
+            f"`{stress_base}`'s (`evaluation.stress_from: {stress_from}`). Best base chosen on "
+            f"val by force RMSE: `{best}`.",
+            "",
+            "Each model against the best base, paired bootstrap interval of the difference on "
+            "the same resampled test frames of each element:",
+            "",
+            *[f"- {x}" for x in paired],
+            "",
+            "† flagged in metrics.csv (test force RMSE not below `evaluation.learned_ratio` of "
+            "the better trivial predictor's): " + (", ".join(flagged) or "none") + ".",
+            "",
+        ]
+    )
+    atomic_write_text(out, text)
+    return text
+
+
+def eos_table(eos_csv: Path, out: Path) -> str:
+    """``eos.md``: V0 error (%) and B0 error (GPa) per element and model against WIEN2k-PBE."""
+    df = pd.read_csv(eos_csv)
+    models = list(dict.fromkeys(df.model))
+    head = [
+        "| element | metric | " + " | ".join(models) + " |",
+        "|---|---|" + "---:|" * len(models),
+    ]
+    rows = []
+    for el in sorted(set(df.element)):
+        d = df[df.element == el].set_index("model")
+        ref = d.iloc[0]
+        for col, label, fmt in (
+            ("v0_error_percent", f"V0 error [%] (WIEN2k {ref.ref_v0:.2f} Å³/atom)", "{:+.2f}"),
+            ("b0_error_gpa", f"B0 error [GPa] (WIEN2k {ref.ref_b0:.1f} GPa)", "{:+.1f}"),
+        ):
+            vals = [abs(d[col].get(m, np.nan)) for m in models]
+            cells = [fmt.format(d[col][m]) if m in d.index else "–" for m in models]
+            rows.append(
+                f"| {el if col.startswith('v0') else ''} | {label} | "
+                + " | ".join(bold(cells, vals, "min"))
+                + " |"
+            )
+    not_conv = df[~df.relax_converged.astype(bool)]
+    text = "\n".join(
+        [
+            "Equations of state (generated from eos.csv): each element's ground-state crystal "
+            "of the Delta benchmark relaxed (positions and cell) and fitted by Birch-Murnaghan "
+            "over ±6 % volume, against the WIEN2k-PBE values of ase.collections.dcdft. Bold: "
+            "the smallest error of each row. Only models with an energy.",
+            "",
+            *head,
+            *rows,
+            "",
+            "Relaxations that did not converge: "
+            + (", ".join(f"{r.model} {r.element}" for r in not_conv.itertuples()) or "none")
+            + ".",
+            "",
+        ]
+    )
+    atomic_write_text(out, text)
+    return text
