@@ -26,6 +26,7 @@ MAE = "force_mae"  # pooled over components (= frame mean for a single molecule)
 
 
 def bold(cells: list[str], values: list[float], best: str) -> list[str]:
+    """``cells`` with the best finite value (``min`` or ``max``) in bold, ties included."""
     finite = [v for v in values if np.isfinite(v)]
     if not finite:
         return cells

@@ -32,16 +32,16 @@ ROWS = (
 
 
 def _cells(df: pd.DataFrame, models: Sequence[str], metric: str, k: float) -> tuple[list, list]:
+    """Each model's ``value [ci_low, ci_high]`` of ``metric`` times ``k`` (– where absent), and
+    the values (NaN where absent) for bolding."""
     sel = df[df.metric == metric].set_index("model")
     vals = [k * sel.value.get(m, np.nan) for m in models]
-    cells = [
-        f"{k * sel.value[m]:.{1 if k > 1 else 3}f} [{k * sel.ci_low[m]:.{1 if k > 1 else 3}f}, "
-        f"{k * sel.ci_high[m]:.{1 if k > 1 else 3}f}]"
-        if m in sel.index
-        else "–"
-        for m in models
-    ]
-    return cells, vals
+    d = 1 if k > 1 else 3  # meV: one decimal; GPa: three
+
+    def cell(m: str) -> str:
+        return f"{k * sel.value[m]:.{d}f} [{k * sel.ci_low[m]:.{d}f}, {k * sel.ci_high[m]:.{d}f}]"
+
+    return [cell(m) if m in sel.index else "–" for m in models], vals
 
 
 def alignment_sentence(store_path: Path) -> str:
@@ -94,7 +94,8 @@ def table2(dataset_dir: Path, models: Sequence[str], out: Path, stress_from: str
                 for c, m in zip(cells, models, strict=True)
             ]
             rows.append(
-                f"| {g if first else ''} | {label} | "
+                (f"| {g} | " if first else "| | ")
+                + f"{label} | "
                 + " | ".join(bold(cells, vals, "min"))
                 + " |"
             )
@@ -159,7 +160,8 @@ def eos_table(eos_csv: Path, out: Path) -> str:
             vals = [abs(d[col].get(m, np.nan)) for m in models]
             cells = [fmt.format(d[col][m]) if m in d.index else "–" for m in models]
             rows.append(
-                f"| {el if col.startswith('v0') else ''} | {label} | "
+                (f"| {el} | " if col.startswith("v0") else "| | ")
+                + f"{label} | "
                 + " | ".join(bold(cells, vals, "min"))
                 + " |"
             )
