@@ -173,7 +173,7 @@ def test_table2_has_every_element_metric_and_model_and_says_how_energies_were_al
         row = re.search(rf"^\| {g} \| energy MAE \[meV/atom\] \|(.*)$", text, re.M).group(1)
         assert row.count("[") == len(TABLE2) - 1  # Ensemble-direct has no energy
     assert text.count("| | stress MAE [GPa] |") == 3 and text.count("| | force MAE [meV/Å] |") == 3
-    assert "aligned by per-element offsets" in text and "fitted per base" in text
+    assert "shifted by per-element offsets (eV/atom) fitted by least squares on the meta" in text
     assert "`chgnet`'s (`evaluation.stress_from: chgnet`)" in text
     assert re.search(r"^- Cu: ensemble_direct − best base \(\w+\) force MAE", text, re.M)
 

@@ -58,7 +58,8 @@ def test_every_variable_is_documented():
     )
     ds = store.with_hvp(ds, np.zeros((1, 10, 3)), np.ones((10, 3)), seed=0)
     ds = store.with_stress(ds, np.zeros((1, 5, 3, 3)))  # and the optional aligned energies
-    ds = store.with_alignment(ds, "per_element", f.species, np.ones((1, len(f.species))))
+    counts = np.ones((5, len(f.species)))
+    ds = store.with_alignment(ds, "per_element", f.species, np.ones((1, len(f.species))), counts)
     assert set(ds.data_vars) == set(keys.VARIABLES)
     for name, var in ds.data_vars.items():
         assert var.dims == keys.VARIABLES[name].dims, name

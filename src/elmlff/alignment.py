@@ -25,9 +25,6 @@ import numpy as np
 from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 
-#: ``datasets.<name>.energy_alignment`` values
-METHODS = ("none", "per_element")
-
 
 def composition(numbers: np.ndarray, n_atoms: np.ndarray, species: Sequence[int]) -> np.ndarray:
     """Atoms of each element in each frame, ``(F, len(species))``."""
@@ -68,19 +65,6 @@ def fit_offsets(
 def shift(counts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The energy shift ``(M, F)`` of offsets ``(M, S)`` on frames of composition ``(F, S)``."""
     return offsets @ counts.T
-
-
-def describe(method: str, species: Sequence[int], offsets: np.ndarray | None) -> str:
-    """One sentence for tables: how base energies were aligned."""
-    if method == "none" or offsets is None:
-        return "base energies as predicted (no alignment)"
-    from ase.data import chemical_symbols
-
-    els = ", ".join(chemical_symbols[z] for z in species)
-    return (
-        "base energies aligned by per-element offsets (eV/atom; elements "
-        f"{els}) fitted per base by least squares on the meta split"
-    )
 
 
 class Aligned:

@@ -269,7 +269,7 @@ def merge(
         fit_on = split.meta_fit()
         counts = alignment.composition(frames.numbers, frames.n_atoms, frames.species)
         offsets = alignment.fit_offsets(frames.energy, E, counts, fit_on)
-        ds = store.with_alignment(ds, energy_alignment, frames.species, offsets)
+        ds = store.with_alignment(ds, energy_alignment, frames.species, offsets, counts)
         for model, row in zip(models, offsets, strict=True):
             log(
                 f"base '{model}': energy offsets {np.round(row, 4).tolist()} eV/atom "

@@ -189,15 +189,14 @@ def with_hvp(ds: xr.Dataset, hvp: np.ndarray, directions: np.ndarray, seed: int)
 
 
 def with_alignment(
-    ds: xr.Dataset, method: str, species: Sequence[int], offsets: np.ndarray
+    ds: xr.Dataset, method: str, species: Sequence[int], offsets: np.ndarray, counts: np.ndarray
 ) -> xr.Dataset:
-    """Per-element energy alignment (:mod:`elmlff.alignment`): ``base_energy`` becomes the
-    aligned energy, the raw one is kept as ``base_energy_raw`` and the offsets ``(model,
-    element)`` as ``base_energy_offset``."""
+    """Per-element energy alignment (:mod:`elmlff.alignment`; ``counts``: each frame's atoms
+    per element of ``species``): ``base_energy`` becomes the aligned energy, the raw one is
+    kept as ``base_energy_raw`` and the offsets ``(model, element)`` as
+    ``base_energy_offset``."""
     from elmlff import alignment
 
-    frames = frames_from_dataset(ds)
-    counts = alignment.composition(frames.numbers, frames.n_atoms, species)
     raw = ds[keys.BASE_ENERGY].values
     ds = ds.copy()
     ds = ds.assign_coords(element=("element", np.asarray(species, dtype=np.int64)))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from elmlff import alignment, keys, store
+from elmlff import store
 from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
 from elmlff.table1 import bold
@@ -45,22 +45,19 @@ def _cells(df: pd.DataFrame, models: Sequence[str], metric: str, k: float) -> tu
 
 
 def alignment_sentence(store_path: Path) -> str:
-    """How the store's base energies were aligned, with the offsets per base."""
-    ds = store.open_store(store_path)
-    off = store.energy_offsets(ds)
+    """How the store's base energies were aligned, with the offsets per base (eV/atom)."""
+    off = store.energy_offsets(store.open_store(store_path))
     if off is None:
-        return alignment.describe("none", [], None) + "."
+        return "base energies as predicted (no alignment)."
     from ase.data import chemical_symbols
 
-    z = ds["element"].values.astype(int).tolist()
     per = "; ".join(
-        f"{m}: " + ", ".join(f"{chemical_symbols[e]} {off[m][e]:+.3f}" for e in z) for m in off
+        f"{m}: " + ", ".join(f"{chemical_symbols[z]} {c:+.3f}" for z, c in row.items())
+        for m, row in off.items()
     )
     return (
-        alignment.describe(
-            ds.attrs.get("energy_alignment", ""), z, ds[keys.BASE_ENERGY_OFFSET].values
-        )
-        + f" ({per})."
+        "each base's energies shifted by per-element offsets (eV/atom) fitted by least "
+        f"squares on the meta split ({per})."
     )
 
 

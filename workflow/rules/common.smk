@@ -308,12 +308,17 @@ def md_model_inputs(wildcards):
     return out
 
 
-def eos_models(dataset):
-    """EOS models of a data set: those configured that this run has (no forces-only metas)."""
+def runnable_models(dataset):
+    """The models a data set has in this run: its trained bases, the baselines, the metas."""
     from elmlff.baselines import BASELINES
 
-    avail = set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
-    return [m for m in config["eos"]["models"] if m in avail]
+    return set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
+
+
+def eos_models(dataset):
+    """EOS models of a data set: those configured that this run has (forces-only metas are
+    left out by the EOS step itself)."""
+    return [m for m in config["eos"]["models"] if m in runnable_models(dataset)]
 
 
 def eos_inputs(wildcards):
@@ -331,10 +336,7 @@ def eos_inputs(wildcards):
 
 def md_models(dataset):
     """MD models of a data set: those configured that this run trains."""
-    from elmlff.baselines import BASELINES
-
-    avail = set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
-    return [m for m in md_spec(config, dataset)["models"] if m in avail]
+    return [m for m in md_spec(config, dataset)["models"] if m in runnable_models(dataset)]
 
 
 def md_replica_results(wildcards):
