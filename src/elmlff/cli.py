@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--diffusing-species", type=int, default=None)
     s.add_argument("--reference", choices=["test", "all"], default="test")
     s.add_argument("--reference-data", default=None, help="data spec of extra reference parts")
+    s.add_argument("--start-elements", nargs="*", default=[], help="start from such frames")
+    s.add_argument("--choose-from", nargs="*", default=[], help="metas best_meta picks from")
     s.add_argument("--trajectory", required=True, type=Path)
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)
@@ -439,6 +441,8 @@ def _run(a: argparse.Namespace) -> int:
             a.reference,
             json.loads(a.reference_data) if a.reference_data else None,
             _device(a.device),
+            a.start_elements,
+            a.choose_from,
         )
     elif a.cmd == "md-summary":
         from elmlff.md.campaign import summarize

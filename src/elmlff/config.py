@@ -123,7 +123,7 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
             )
     from elmlff.baselines import BASELINES
 
-    known = set(bases) | set(BASELINES) | set(config.get("metas", {}))
+    known = set(bases) | set(BASELINES) | set(config.get("metas", {})) | {"best_meta"}
     for where, md in [("md", config.get("md", {}))] + [
         (f"datasets.{d}.md", spec["md"]) for d, spec in config["datasets"].items() if "md" in spec
     ]:
@@ -131,7 +131,8 @@ def _cross_check(config: MutableMapping[str, Any], source: str) -> None:
         if unknown:
             raise ElmlffError(
                 f"{source}: {where}.models: unknown model(s) {unknown}",
-                "name bases, baselines (best_base, mean, weighted_mean, linear_stacking) or metas",
+                "name bases, baselines (best_base, mean, weighted_mean, linear_stacking), metas "
+                "or best_meta",
             )
     run = config.get("run") or list(config["datasets"])
     unknown = [d for d in run if d not in config["datasets"]]

@@ -298,7 +298,9 @@ def md_model_inputs(wildcards):
     if md_spec(config, wildcards.dataset).get("reference_parts"):
         out["data"] = config["datasets"][wildcards.dataset]["path"]
     bases = base_models(wildcards)
-    if name in config["metas"]:
+    if name == "best_meta":  # chosen at run time on val: every meta of the run
+        out["metas"] = [d.meta_model(m) for m in config["run_metas"]]
+    elif name in config["metas"]:
         out["meta"] = d.meta_model(name)
     elif name in BASELINES:
         out["baselines"] = d.baselines
@@ -309,10 +311,12 @@ def md_model_inputs(wildcards):
 
 
 def runnable_models(dataset):
-    """The models a data set has in this run: its trained bases, the baselines, the metas."""
+    """The models a data set has in this run: its trained bases, the baselines, the metas
+    (and best_meta, the one of lowest val force RMSE, where there are metas)."""
     from elmlff.baselines import BASELINES
 
-    return set(ensemble(config, dataset)) | set(BASELINES) | set(config["run_metas"])
+    metas = set(config["run_metas"]) | ({"best_meta"} if config["run_metas"] else set())
+    return set(ensemble(config, dataset)) | set(BASELINES) | metas
 
 
 def eos_models(dataset):
@@ -354,6 +358,17 @@ def md_settings_json(wildcards):
 def md_species_arg(wildcards):
     z = md_spec(config, wildcards.dataset).get("diffusing_species")
     return "" if z is None else f"--diffusing-species {z}"
+
+
+def md_start_args(wildcards):
+    """--start-elements (frames made of these elements) and, for best_meta, --choose-from."""
+    md = md_spec(config, wildcards.dataset)
+    out = ""
+    if md.get("start_elements"):
+        out += " --start-elements " + " ".join(md["start_elements"])
+    if wildcards.model == "best_meta":
+        out += " --choose-from " + " ".join(config["run_metas"])
+    return out
 
 
 def md_reference_args(wildcards):

@@ -15,6 +15,7 @@ rule md_replica:
         settings=md_settings_json,
         species=md_species_arg,
         reference=md_reference_args,
+        start=md_start_args,
         dir=lambda w: lay(w.dataset).dir,
         device=config["device"],
     log:
@@ -30,7 +31,7 @@ rule md_replica:
     shell:
         "python -m elmlff md-replica --dataset-dir {params.dir}"
         " --model {wildcards.model} --replica {wildcards.replica} --settings {params.settings:q}"
-        " {params.species} {params.reference} --trajectory {output.trajectory}"
+        " {params.species} {params.reference}{params.start} --trajectory {output.trajectory}"
         " --device {params.device} --out {output.result} > {log} 2>&1"
 
 

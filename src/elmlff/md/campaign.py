@@ -105,6 +105,48 @@ def fixed_atoms(ref_pos: np.ndarray, tol: float = 1e-4) -> np.ndarray:
     return np.flatnonzero(moved < tol)
 
 
+#: the MD model name that stands for the meta-model of lowest val force RMSE
+BEST_META = "best_meta"
+
+
+def best_meta(metrics_csv: Path, metas: Sequence[str]) -> str:
+    """The meta of ``metas`` with the lowest val force RMSE in ``metrics.csv`` (never test)."""
+    m = pd.read_csv(metrics_csv)
+    val = m[(m.split == "val") & (m.metric == "force_rmse") & m.model.isin(list(metas))]
+    val = val.set_index("model").value
+    missing = [x for x in metas if x not in val.index]
+    if not metas or missing:
+        raise ElmlffError(
+            f"best_meta: no val force RMSE for meta(s) {missing or '(none given)'} in "
+            f"{metrics_csv}",
+            "train and evaluate the metas first (run_metas)",
+        )
+    chosen = str(val.loc[list(metas)].idxmin())
+    log(f"best_meta: {chosen} (lowest val force RMSE of {list(metas)})")
+    return chosen
+
+
+def start_candidates(frames, pool: np.ndarray, elements: Sequence[str] = ()) -> np.ndarray:
+    """The frames of ``pool`` an MD run may start from: all, or those made of exactly the
+    chemical ``elements`` (symbols)."""
+    if not len(elements):
+        return np.asarray(pool)
+    from ase.data import atomic_numbers
+
+    unknown = [e for e in elements if e not in atomic_numbers]
+    if unknown:
+        raise ElmlffError(f"md.start_elements: unknown element(s) {unknown}", "use symbols")
+    want = {atomic_numbers[e] for e in elements}
+    keep = [f for f in pool if set(frames.numbers[frames.atom_index([f])].tolist()) == want]
+    if not keep:
+        raise ElmlffError(
+            f"md.start_elements {list(elements)}: no test frame is made of exactly these "
+            "elements",
+            "name the elements of one of the data set's systems",
+        )
+    return np.asarray(keep)
+
+
 def run_replica(
     dataset_dir: Path,
     model: str,
@@ -117,10 +159,15 @@ def run_replica(
     reference: str = "test",
     reference_data: Mapping[str, Any] | None = None,
     device: str = "cpu",
+    start_elements: Sequence[str] = (),
+    choose_from: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """MD of ``model`` (its meta-model and bases on ``device``) from a seeded random test frame;
-    observables against the reference frames (:func:`reference_positions`: the test frames, or
-    every frame of the data set as the benchmark does, plus any extra reference parts).
+    """MD of ``model`` (its meta-model and bases on ``device``) from a seeded random test frame
+    (one made of exactly ``start_elements`` where given: one element's cells of a materials
+    set); observables against the reference frames (:func:`reference_positions`: the test
+    frames, or every frame of the data set as the benchmark does, plus any extra reference
+    parts). ``model`` :data:`BEST_META` is the meta of ``choose_from`` with the lowest val
+    force RMSE (:func:`best_meta`), recorded as ``model`` (``requested``: best_meta).
 
     The start frame decides molecule or condensed phase (:func:`is_molecule`, from the
     structure: methane in its periodic box is a molecule). A molecule gets the bond criterion
@@ -138,10 +185,14 @@ def run_replica(
     dataset_dir = Path(dataset_dir)
     lay = DatasetLayout.of(dataset_dir)
     s = MDSettings(**{**settings, "seed": int(settings.get("seed", 0)) + replica})
+    requested = model
+    if model == BEST_META:
+        model = best_meta(lay.metrics, choose_from)
     ds = store.open_store(lay.store)
     split = Split.load(lay.split)
-    start = int(np.random.default_rng(s.seed).choice(split.roles["test"]))
     frames = store.frames_from_dataset(ds)
+    starts = start_candidates(frames, split.roles["test"], start_elements)
+    start = int(np.random.default_rng(s.seed).choice(starts))
     atoms = frames.subset([start]).to_atoms()[0]
     molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
     ref_pos = reference_positions(ds, split, start, reference, reference_data)
@@ -189,6 +240,8 @@ def run_replica(
     pos = np.stack([a.positions for a in traj])
     dt_ps = s.timestep_fs * 1e-3 * s.record_every
     out = {"dataset": dataset_dir.name, "model": model, "replica": replica, "start_frame": start}
+    out["requested"] = requested
+    out["start_formula"] = atoms.get_chemical_formula()
     out.update(res.to_dict())
     out["fixed_atoms"] = len(atoms.constraints[0].index) if atoms.constraints else 0
     out["horizon_ps"] = s.steps * s.timestep_fs * 1e-3  # the configured run length
@@ -570,12 +623,14 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
         trajs = lay.md_trajectories(model)
         if not trajs:
             raise ElmlffError(f"no MD trajectories of {model} in {lay.dir}", "run md")
-        pos, ref_h = [], None
+        pos, ref_h, label = [], None, model
         for t in trajs:
             traj = read(t, index=":", format="extxyz")
             pos.append(np.stack([a.positions for a in traj]))
             if ref_h is None:
                 info = json.loads(t.with_suffix(".json").read_text())
+                if info.get("model", model) != model:  # best_meta: the meta it chose
+                    label = f"{model} ({info['model']})"
                 which = str(info.get("reference", "test"))
                 if "reference_hr" in info:  # the replica's own reference (hr_mae's)
                     ref_h = np.asarray(info["reference_hr"])
@@ -587,7 +642,7 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
         err = h_of_r_error(h, ref_h)
         ax.plot(centres, ref_h, color="black", lw=1.2, label=f"reference ({which} frames)")
         ax.plot(centres, h, color="#C44E52", lw=1.0, label=f"MD ({len(trajs)} replicas)")
-        ax.set_title(f"{model}: ∫|Δh| dr = {err:.3f}", fontsize=9)
+        ax.set_title(f"{label}: ∫|Δh| dr = {err:.3f}", fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(models) :]:
         ax.set_visible(False)
