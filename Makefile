@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup run test test-slurm lint dag readme-table readme-md17 readme-methanol bench clean-results
+.PHONY: setup run test test-slurm lint dag readme-table readme-md17 readme-methanol readme-materials bench clean-results
 
 setup:
 	bash envs/pip/install.sh $(VENV)
@@ -58,6 +58,17 @@ readme-methanol: setup
 	$(PY) -m elmlff splice results/methanol_cu/findings.md --into README.md --marker findings:methanol_cu
 	mkdir -p docs/methanol_cu
 	for f in force_rmse subsets_raincloud md_hr; do cp results/methanol_cu/figures/$$f.png docs/methanol_cu/; done
+
+# the materials campaign (config/campaigns/materials.yaml; needs mlearn in ../shared) into
+# README.md and docs/materials/: Table 2, the equations of state, its summary and findings
+readme-materials: setup
+	$(PY) -m snakemake -c2 --configfile config/campaigns/materials.yaml
+	$(PY) -m elmlff splice results/mlearn/table2.md --into README.md --marker table2:materials
+	$(PY) -m elmlff splice results/mlearn/eos.md --into README.md --marker eos:materials
+	$(PY) -m elmlff splice results/mlearn/summary.md --into README.md --marker summary:mlearn
+	$(PY) -m elmlff splice results/mlearn/findings.md --into README.md --marker findings:mlearn
+	mkdir -p docs/materials
+	for f in force_rmse parity subsets_raincloud uncertainty md_hr; do cp results/mlearn/figures/$$f.png docs/materials/; done
 
 dag: setup
 	$(PY) -m snakemake --dag | dot -Tsvg > results/dag.svg

@@ -3,8 +3,14 @@ machine: load time, time per structure and per atom for energy + forces (and wit
 and peak resident memory, on silicon supercells of growing size. Each model is loaded once and
 evaluates batches of structures (never one model per frame).
 
+Then (``--meta N``, default 64 atoms; 0 skips it) the materials ensemble of
+``config/campaigns/materials.yaml`` (CHGNet 0.3.0, CHGNet r2SCAN, SevenNet-0, DIEP) on N-atom
+cells: each meta-model's cost relative to the summed base inference, as
+``bench/meta_inference.py`` measures it (Ensemble-direct target < 1 %, Ensemble-conserv < 3x;
+untrained metas: the cost does not depend on the weights).
+
 A benchmark that prints numbers measured in one run, not a test:
-``python bench/pretrained.py [--sizes 8 64 216] [--frames 4]``.
+``python bench/pretrained.py [--sizes 8 64 216] [--frames 4] [--meta 64]``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 216])
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--families", nargs="+", default=["chgnet", "sevenn", "diep"])
+    ap.add_argument("--meta", type=int, default=64, help="atoms per cell of the meta part")
     args = ap.parse_args()
 
     import torch
@@ -81,6 +88,35 @@ def main() -> None:
             )
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"  peak resident memory of this process so far: {rss:.0f} MiB")
+    if args.meta:
+        meta_overhead(args.meta, args.frames)
+
+
+def meta_overhead(n_atoms: int, frames: int) -> None:
+    """Ensemble-direct and Ensemble-conserv over the materials campaign's four pretrained
+    bases, relative to the bases' own inference (bench/meta_inference.py's measurement)."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from elmlff import bases as B
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from meta_inference import bench
+
+    cfg = Path(__file__).parents[1] / "config" / "campaigns" / "materials.yaml"
+    specs = yaml.safe_load(cfg.read_text())["bases"]
+    if not all(B.family_available(s["family"])[0] for s in specs.values()):
+        print("meta overhead: skipped (a pretrained family is not installed)")
+        return
+    pots = [B.get_family(s["family"]).potential(n, s["params"]) for n, s in specs.items()]
+    f = cells(n_atoms, frames)
+    e, forces = pots[0].predict(f)  # labels only feed the metas' normalisation
+    f.energy, f.forces = e, forces
+    bench(f"silicon ({cfg.name} bases)", f, pots)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak resident memory of this process: {rss:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -105,13 +105,18 @@ def campaign(tmp_path_factory):
     cfg["table2"] = {"datasets": ["emt"], "models": TABLE2}
     cfg["eos"] = {"datasets": ["emt"], "models": EOS, "elements": ["Cu", "Ni"]}
     cfg.pop("md", None)
-    cfg["md"] = {"models": []}
+    cfg["md"] = {  # a few steps of the meta of lowest val RMSE from a Ni test cell
+        "models": ["best_meta"],
+        "replicas": 1,
+        "start_elements": ["Ni"],
+        "settings": {"steps": 10, "record_every": 5, "nve_probe_steps": 0, "temperature_K": 300},
+    }
     cfg["subsets"] = {"metas": []}
     path = tmp / "materials.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
     cmd += ["--configfile", str(path), "--directory", str(tmp), "--cores", "2"]
-    targets = ["results/emt/table2.md", "results/emt/eos.md"]
+    targets = ["results/emt/table2.md", "results/emt/eos.md", "results/emt/md_summary.csv"]
     r = subprocess.run([*cmd, *targets], capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return tmp / "results" / "emt"
@@ -154,6 +159,16 @@ def test_metrics_have_stress_and_per_element_groups_with_paired_comparisons(camp
     assert (cmp.ci_low <= cmp.value).all() and (cmp.value <= cmp.ci_high).all()
 
 
+def test_md_of_best_meta_starts_from_a_cell_of_the_chosen_element(campaign):
+    info = json.loads((campaign / "md" / "best_meta" / "replica0.json").read_text())
+    assert info["requested"] == "best_meta" and info["model"] == "ensemble_direct"
+    assert info["start_formula"] == "Ni4"
+    split = json.loads((campaign / "split.json").read_text())
+    assert info["start_frame"] in split["roles"]["test"]
+    summary = pd.read_csv(campaign / "md_summary.csv")
+    assert set(summary.model) == {"ensemble_direct"}
+
+
 def test_train_zero_with_a_base_that_trains_is_refused_before_anything_runs(tmp_path):
     from elmlff.config import load_config
 
@@ -176,6 +191,15 @@ def test_table2_has_every_element_metric_and_model_and_says_how_energies_were_al
     assert "shifted by per-element offsets (eV/atom) fitted by least squares on the meta" in text
     assert "`chgnet`'s (`evaluation.stress_from: chgnet`)" in text
     assert re.search(r"^- Cu: ensemble_direct − best base \(\w+\) force MAE", text, re.M)
+    # inference cost: every frame has 4 atoms, so ms/structure = 4 x ms/atom
+    for b in ("chgnet", "sevennet"):
+        per_s, per_a, mem = re.search(
+            rf"^\| {b} \| ([\d.]+) \| ([\d.]+) \| \| (\d+) \|$", text, re.M
+        ).groups()
+        assert float(per_s) == pytest.approx(4 * float(per_a), rel=0.02, abs=0.1)
+        assert int(mem) > 100  # MiB: a pretrained model is loaded
+    direct = re.search(r"^\| ensemble_direct \| [\d.]+ \| [\d.]+ \| ([\d.]+) % \|", text, re.M)
+    assert direct and float(direct.group(1)) < 100
 
 
 def test_eos_of_pretrained_bases_is_near_wien2k_and_forces_only_models_are_left_out(campaign):

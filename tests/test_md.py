@@ -543,3 +543,46 @@ def test_nose_hoover_with_a_fixed_substrate_thermostats_the_mobile_atoms(tmp_pat
     assert 300 < np.mean(temps) < 500  # stock ASE: ~0 K
     still = slab.constraints[0].index
     assert np.abs(traj[-1].positions[still] - slab.positions[still]).max() < 1e-6  # extxyz
+
+
+def test_md_start_frames_of_chosen_elements_and_best_meta_on_val_not_test(tmp_path):
+    """``md.start_elements`` keeps the test frames made of exactly those elements (not those
+    that merely contain them); best_meta is the meta of lowest *val* force RMSE, whatever the
+    test RMSEs say, and unknown names or missing rows are one-line errors."""
+    import pandas as pd
+
+    from elmlff.md.campaign import best_meta, start_candidates
+
+    from conftest import random_frames
+
+    f = random_frames(n_frames=4, sizes=(2,))
+    f.numbers = np.array([3, 3, 3, 14, 14, 14, 3, 3])  # Li2, LiSi, Si2, Li2
+    pool = np.array([0, 1, 2, 3])
+    np.testing.assert_array_equal(start_candidates(f, pool), pool)
+    np.testing.assert_array_equal(start_candidates(f, pool, ["Li"]), [0, 3])
+    np.testing.assert_array_equal(start_candidates(f, pool, ["Si", "Li"]), [1])
+    np.testing.assert_array_equal(start_candidates(f, pool[:3], ["Si"]), [2])
+    f.n_atoms = np.array([1, 3, 2, 2])  # the same 8 atoms cut into frames of other sizes
+    np.testing.assert_array_equal(start_candidates(f, pool, min_atoms=2), [1, 2, 3])
+    with pytest.raises(ElmlffError, match=r"no test frame has that many atoms"):
+        start_candidates(f, pool, min_atoms=4)
+    with pytest.raises(ElmlffError, match=r"no test frame is made of exactly"):
+        start_candidates(f, pool, ["Ge"])
+    with pytest.raises(ElmlffError, match=r"unknown element"):
+        start_candidates(f, pool, ["Xx"])
+    rows = [
+        ("direct", "val", 0.20),
+        ("direct", "test", 0.05),
+        ("conserv", "val", 0.10),
+        ("conserv", "test", 0.30),
+        ("chgnet", "val", 0.01),  # a base: not a candidate
+    ]
+    csv = tmp_path / "metrics.csv"
+    pd.DataFrame(
+        [{"model": m, "split": s, "metric": "force_rmse", "value": v} for m, s, v in rows]
+        + [{"model": "direct", "split": "val", "metric": "force_mae", "value": 0.001}]
+    ).to_csv(csv, index=False)
+    assert best_meta(csv, ["direct", "conserv"]) == "conserv"
+    assert best_meta(csv, ["direct"]) == "direct"
+    with pytest.raises(ElmlffError, match=r"no val force RMSE for meta\(s\) \['amortized'\]"):
+        best_meta(csv, ["direct", "amortized"])

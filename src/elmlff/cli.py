@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--reference", choices=["test", "all"], default="test")
     s.add_argument("--reference-data", default=None, help="data spec of extra reference parts")
     s.add_argument("--start-elements", nargs="*", default=[], help="start from such frames")
+    s.add_argument("--start-min-atoms", type=int, default=0, help="... with this many atoms")
     s.add_argument("--choose-from", nargs="*", default=[], help="metas best_meta picks from")
     s.add_argument("--trajectory", required=True, type=Path)
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -443,6 +444,7 @@ def _run(a: argparse.Namespace) -> int:
             _device(a.device),
             a.start_elements,
             a.choose_from,
+            a.start_min_atoms,
         )
     elif a.cmd == "md-summary":
         from elmlff.md.campaign import summarize

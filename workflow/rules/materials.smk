@@ -12,6 +12,9 @@ if config.get("table2"):
             by_group=L.metrics_by_group,
             baselines=L.baselines,
             store=L.store,
+            # the inference time of the bases and metas
+            bases=lambda w: list(base_predictions(w).values()),
+            metas=lambda w: list(meta_predictions(w).values()),
         output:
             table=L.table("table2"),
             html=report(

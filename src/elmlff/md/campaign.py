@@ -126,11 +126,21 @@ def best_meta(metrics_csv: Path, metas: Sequence[str]) -> str:
     return chosen
 
 
-def start_candidates(frames, pool: np.ndarray, elements: Sequence[str] = ()) -> np.ndarray:
+def start_candidates(
+    frames, pool: np.ndarray, elements: Sequence[str] = (), min_atoms: int = 0
+) -> np.ndarray:
     """The frames of ``pool`` an MD run may start from: all, or those made of exactly the
-    chemical ``elements`` (symbols)."""
+    chemical ``elements`` (symbols), with at least ``min_atoms`` atoms."""
+    pool = np.asarray(pool)
+    if min_atoms:
+        pool = pool[np.asarray(frames.n_atoms)[pool] >= min_atoms]
+        if not len(pool):
+            raise ElmlffError(
+                f"md.start_min_atoms {min_atoms}: no test frame has that many atoms",
+                "lower md.start_min_atoms",
+            )
     if not len(elements):
-        return np.asarray(pool)
+        return pool
     from ase.data import atomic_numbers
 
     unknown = [e for e in elements if e not in atomic_numbers]
@@ -140,8 +150,8 @@ def start_candidates(frames, pool: np.ndarray, elements: Sequence[str] = ()) -> 
     keep = [f for f in pool if set(frames.numbers[frames.atom_index([f])].tolist()) == want]
     if not keep:
         raise ElmlffError(
-            f"md.start_elements {list(elements)}: no test frame is made of exactly these "
-            "elements",
+            f"md.start_elements {list(elements)}: no test frame is made of exactly these elements"
+            + (f" with at least {min_atoms} atoms" if min_atoms else ""),
             "name the elements of one of the data set's systems",
         )
     return np.asarray(keep)
@@ -161,13 +171,15 @@ def run_replica(
     device: str = "cpu",
     start_elements: Sequence[str] = (),
     choose_from: Sequence[str] = (),
+    start_min_atoms: int = 0,
 ) -> dict[str, Any]:
     """MD of ``model`` (its meta-model and bases on ``device``) from a seeded random test frame
-    (one made of exactly ``start_elements`` where given: one element's cells of a materials
-    set); observables against the reference frames (:func:`reference_positions`: the test
-    frames, or every frame of the data set as the benchmark does, plus any extra reference
-    parts). ``model`` :data:`BEST_META` is the meta of ``choose_from`` with the lowest val
-    force RMSE (:func:`best_meta`), recorded as ``model`` (``requested``: best_meta).
+    (one made of exactly ``start_elements`` where given, with at least ``start_min_atoms``
+    atoms: one element's bulk cells of a materials set); observables against the reference
+    frames (:func:`reference_positions`: the test frames, or every frame of the data set as
+    the benchmark does, plus any extra reference parts). ``model`` :data:`BEST_META` is the
+    meta of ``choose_from`` with the lowest val force RMSE (:func:`best_meta`), recorded as
+    ``model`` (``requested``: best_meta).
 
     The start frame decides molecule or condensed phase (:func:`is_molecule`, from the
     structure: methane in its periodic box is a molecule). A molecule gets the bond criterion
@@ -191,7 +203,7 @@ def run_replica(
     ds = store.open_store(lay.store)
     split = Split.load(lay.split)
     frames = store.frames_from_dataset(ds)
-    starts = start_candidates(frames, split.roles["test"], start_elements)
+    starts = start_candidates(frames, split.roles["test"], start_elements, start_min_atoms)
     start = int(np.random.default_rng(s.seed).choice(starts))
     atoms = frames.subset([start]).to_atoms()[0]
     molecule = is_molecule(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc)
@@ -215,9 +227,11 @@ def run_replica(
     ref_lengths = reference_bond_lengths(pairs, ref_pos, molecule)
     calc = EnsembleCalculator(load_ensemble(dataset_dir, model, subset, device))
     bases = [p.name for p in calc.ensemble.bases]
+    # the data's temperature from the val and test frames of the start frame's system
+    like = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
     temperature = data_temperature(
         most_accurate_first(calc.ensemble.bases, lay.metrics),
-        frames.subset(np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))),
+        frames.subset(start_candidates(frames, like, start_elements, start_min_atoms)),
         s.temperature_K,
         lay.dataset,
         seed=s.seed,
@@ -318,10 +332,12 @@ def data_temperature(
     seed: int = 0,
     max_frames: int = 128,
     n_probes: int = 4,
+    max_atoms: int = 2048,
 ) -> dict[str, Any]:
     """The configurational temperature of ``frames`` (the store's val and test frames, with
     their reference forces) through the first differentiable base of ``pots``
-    (:func:`elmlff.md.temperature.estimate_temperature`), as ``data_temperature_K`` and
+    (:func:`elmlff.md.temperature.estimate_temperature`; at most ``max_frames`` frames and
+    about ``max_atoms`` atoms, at least 8 frames), as ``data_temperature_K`` and
     ``data_temperature_base``; a warning line when the MD's ``target_K`` differs from it by
     more than a factor of 2. Nothing (and a log line saying why) where no base can tell."""
 
@@ -332,6 +348,7 @@ def data_temperature(
     if pot is None:
         log("no data temperature estimate: no base with a differentiable energy")
         return {"data_temperature_K": None}
+    max_frames = min(max_frames, max(8, int(max_atoms / np.mean(frames.n_atoms))))
     try:
         t = estimate_temperature(pot, frames, n_probes, max_frames, seed)
     except (ElmlffError, RuntimeError) as exc:  # advice only: the MD runs without it

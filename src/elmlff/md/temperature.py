@@ -26,7 +26,7 @@ KB_EV_PER_K = 8.617333262e-05
 
 
 def hessian_trace(
-    pot, frames: Frames, n_probes: int = 8, seed: int = 0, max_atoms: int = 4096
+    pot, frames: Frames, n_probes: int = 8, seed: int = 0, max_atoms: int = 1024
 ) -> np.ndarray:
     """(F,) Hutchinson estimates of tr H = ∇²E of every frame through ``pot.energy`` (eV/Å²):
     the mean of vᵀHv over ``n_probes`` seeded Rademacher vectors v, frames batched by at most
