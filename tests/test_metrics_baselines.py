@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from elmlff import baselines as bl
+from elmlff.errors import ElmlffError
 from elmlff.metrics import metrics, per_frame
 
 
@@ -86,6 +89,44 @@ def test_linear_stacking_recovers_known_weights_and_energy_offset():
     pe, pf = c.apply(e, f, n_atoms)
     np.testing.assert_allclose(pe, ref_e, atol=1e-9)
     np.testing.assert_allclose(pf, ref_f, atol=1e-10)
+
+
+def test_linear_stacking_on_several_elements_fits_an_energy_offset_per_element():
+    """Weights that do not sum to one leave Σ_Z n_Z (μ_Z − Σ_m w_m ε_mZ) in the energy: one
+    offset per element recovers the reference on frames of other compositions, one per atom
+    cannot; the offsets survive baselines.json."""
+    rng = np.random.default_rng(4)
+
+    def frames(n):  # Li/Si cells of random composition, 2-9 atoms
+        n_atoms = rng.integers(2, 10, size=n)
+        numbers = rng.choice([3, 14], size=int(n_atoms.sum()))
+        frame = np.repeat(np.arange(n), n_atoms)
+        counts = np.stack([np.bincount(frame, numbers == z, minlength=n) for z in (3, 14)], 1)
+        return n_atoms, numbers, counts
+
+    mu, eps = np.array([-1.9, -5.4]), np.array([[-1.0, -3.0], [-2.5, -4.0]])  # eV/atom
+    w = np.array([0.3, 0.3])  # sum 0.6: the element energies do not cancel
+
+    def labels(n):
+        n_atoms, numbers, counts = frames(n)
+        f = rng.normal(size=(2, int(n_atoms.sum()), 3))
+        return n_atoms, numbers, eps @ counts.T, f, counts  # base energies (2, F)
+
+    n_atoms, numbers, e, f, counts = labels(60)
+    ref_e, ref_f = counts @ mu, np.tensordot(w, f, axes=1)
+    c = bl.linear_stacking(["a", "b"], e, f, ref_e, ref_f, n_atoms, numbers)
+    np.testing.assert_allclose(c.weights, w, atol=1e-10)
+    np.testing.assert_allclose([c.energy_offsets[3], c.energy_offsets[14]], mu - w @ eps)
+    t_atoms, t_numbers, t_e, t_f, t_counts = labels(20)
+    again = bl.LinearCombiner.from_json(json.loads(json.dumps(c.to_json())))
+    pe, _ = again.apply(t_e, t_f, t_atoms, t_numbers)
+    np.testing.assert_allclose(pe, t_counts @ mu, atol=1e-9)
+    one = bl.linear_stacking(["a", "b"], e, f, ref_e, ref_f, n_atoms)  # one offset per atom
+    assert np.abs(one.apply(t_e, t_f, t_atoms)[0] - t_counts @ mu).mean() > 0.1
+    with pytest.raises(ElmlffError, match=r"per-element energy offsets but no elements"):
+        c.apply(t_e, t_f, t_atoms)
+    with pytest.raises(ElmlffError, match=r"no energy offset for element\(s\) \[32\]"):
+        c.apply(t_e, t_f, t_atoms, np.where(t_numbers == 3, 32, t_numbers))
 
 
 def test_stacking_beats_mean_when_one_base_is_biased():

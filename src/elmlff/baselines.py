@@ -6,7 +6,9 @@ out-of-fold predictions under K-fold cross-fitting):
 * ``mean``: plain mean;
 * ``weighted_mean``: weights ∝ 1 / force RMSE of each base on the fit frames;
 * ``linear_stacking``: least-squares per-base weights on the fit frames' forces, plus a per-atom
-  energy offset (the same weights combine energies, so the blend stays conservative).
+  energy offset (the same weights combine energies, so the blend stays conservative): one per
+  element where the fit frames hold several, by least squares on their composition (weights
+  that do not sum to one leave a per-element residual, which one offset cannot absorb).
 """
 
 from __future__ import annotations
@@ -27,25 +29,51 @@ BASELINES = ("best_base", "mean", "weighted_mean", "linear_stacking")
 
 @dataclass
 class LinearCombiner:
-    """E = Σ_m w_m E_m + b·N, F = Σ_m w_m F_m over bases ``models``."""
+    """E = Σ_m w_m E_m + b·N + Σ_Z c_Z N_Z, F = Σ_m w_m F_m over bases ``models``."""
 
     name: str
     models: list[str]
     weights: np.ndarray
     energy_offset_per_atom: float = 0.0
     info: dict = field(default_factory=dict)
+    #: eV/atom per element (atomic number): c_Z
+    energy_offsets: dict[int, float] = field(default_factory=dict)
 
     def apply(
-        self, energy: np.ndarray, forces: np.ndarray, n_atoms: np.ndarray
+        self,
+        energy: np.ndarray,
+        forces: np.ndarray,
+        n_atoms: np.ndarray,
+        numbers: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Combine ``energy (M, F)`` and ``forces (M, A, 3)``."""
+        """Combine ``energy (M, F)`` and ``forces (M, A, 3)`` (``numbers (A,)``: the atoms'
+        elements, needed with per-element offsets)."""
         w = np.asarray(self.weights)
-        e = np.tensordot(w, energy, axes=1) + self.energy_offset_per_atom * np.asarray(n_atoms)
+        n_atoms = np.asarray(n_atoms)
+        e = np.tensordot(w, energy, axes=1) + self.energy_offset_per_atom * n_atoms
+        if self.energy_offsets:
+            if numbers is None:
+                raise ElmlffError(
+                    f"baseline '{self.name}' has per-element energy offsets but no elements "
+                    "were given",
+                    "pass the atoms' numbers to apply()",
+                )
+            unknown = sorted(set(np.unique(numbers).tolist()) - set(self.energy_offsets))
+            if unknown:
+                raise ElmlffError(
+                    f"baseline '{self.name}': no energy offset for element(s) {unknown} (absent "
+                    "from the frames it was fitted on)",
+                    "fit the baselines on frames that hold every element",
+                )
+            per_atom = np.vectorize(self.energy_offsets.__getitem__, otypes=[float])(numbers)
+            frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
+            e = e + np.bincount(frame, per_atom, minlength=len(n_atoms))
         return e, np.tensordot(w, forces, axes=1)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["weights"] = dict(zip(self.models, np.asarray(self.weights).tolist(), strict=True))
+        d["energy_offsets"] = {str(z): c for z, c in self.energy_offsets.items()}
         return d
 
     @classmethod
@@ -58,6 +86,7 @@ class LinearCombiner:
             np.array([d["weights"][m] for m in models]),
             d.get("energy_offset_per_atom", 0.0),
             d.get("info", {}),
+            {int(z): float(c) for z, c in d.get("energy_offsets", {}).items()},
         )
 
 
@@ -112,13 +141,25 @@ def linear_stacking(
     ref_energy: np.ndarray,
     ref_forces: np.ndarray,
     n_atoms: np.ndarray,
+    numbers: np.ndarray | None = None,
 ) -> LinearCombiner:
-    """Least-squares weights on the force components, then the per-atom energy offset that
-    makes the mean energy residual zero."""
+    """Least-squares weights on the force components, then the energy offset: per atom, the
+    mean per-atom energy residual; with ``numbers`` holding several elements, per element, by
+    least squares of the residuals on the frames' composition."""
     _check(forces, ref_forces)
     x = forces.reshape(len(models), -1).T  # (3A, M)
     w, *_ = np.linalg.lstsq(x, ref_forces.reshape(-1), rcond=None)
-    b = float(np.mean((ref_energy - np.tensordot(w, energy, axes=1)) / n_atoms))
+    residual = ref_energy - np.tensordot(w, energy, axes=1)
+    species = np.unique(numbers) if numbers is not None else np.zeros(0)
+    if len(species) > 1:
+        n_atoms = np.asarray(n_atoms)
+        counts = np.zeros((len(n_atoms), len(species)))
+        frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
+        np.add.at(counts, (frame, np.searchsorted(species, numbers)), 1.0)
+        c, *_ = np.linalg.lstsq(counts, residual, rcond=None)
+        offsets = dict(zip(species.tolist(), c.tolist(), strict=True))
+        return LinearCombiner("linear_stacking", list(models), w, energy_offsets=offsets)
+    b = float(np.mean(residual / n_atoms))
     return LinearCombiner("linear_stacking", list(models), w, b)
 
 
@@ -138,6 +179,7 @@ def fit_all(
             fit["ref_energy"],
             fit["ref_forces"],
             fit["n_atoms"],
+            fit.get("numbers"),
         ),
     ]
 

@@ -345,7 +345,7 @@ def evaluate(
             (
                 c.name,
                 "baseline",
-                *c.apply(blk["energy"], blk["forces"], blk["n_atoms"]),
+                *c.apply(blk["energy"], blk["forces"], blk["n_atoms"], blk["numbers"]),
                 None if s_base is None else np.tensordot(c.weights, s_base, axes=1),
             )
             for c in combiners

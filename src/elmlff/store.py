@@ -381,7 +381,8 @@ def block(
     ds: xr.Dataset, frames: Frames, idx: np.ndarray, models: Sequence[str] | None = None
 ) -> dict[str, np.ndarray]:
     """Base predictions and labels of the store frames ``idx`` (bases ``models``, default all):
-    ``energy (M, F)``, ``forces (M, A, 3)``, ``ref_energy``, ``ref_forces``, ``n_atoms``.
+    ``energy (M, F)``, ``forces (M, A, 3)``, ``ref_energy``, ``ref_forces``, ``n_atoms``,
+    ``numbers (A,)``.
     ``frames`` is :func:`frames_from_dataset` of ``ds`` (read once by the caller)."""
     a = frames.atom_index(idx)
     names = ds["model"].values.astype(str).tolist()
@@ -392,6 +393,7 @@ def block(
         "ref_energy": frames.energy[idx],
         "ref_forces": frames.forces[a],
         "n_atoms": frames.n_atoms[idx],
+        "numbers": frames.numbers[a],
     }
 
 

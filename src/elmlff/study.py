@@ -308,7 +308,7 @@ def subset_table(
                 for c in fit_all(models, of(fit_block, m), of(blocks["val"], m)):
                     for role in roles:
                         b = blocks[role]
-                        e, f = c.apply(b["energy"][m], b["forces"][m], b["n_atoms"])
+                        e, f = c.apply(b["energy"][m], b["forces"][m], b["n_atoms"], b["numbers"])
                         add(subset, models, c.name, "baseline", role, e, f)
     df = pd.DataFrame(rows)
     if df.empty:

@@ -185,5 +185,5 @@ class LinearEnsemble:
     def predict_all(self, frames: Frames, batch_size: int = 64) -> Prediction:
         check_species(self.bases, self.species, frames.numbers)
         em, fm = base_predictions(self.bases, frames, batch_size)
-        e, f = self.combiner.apply(em, fm, frames.n_atoms)
+        e, f = self.combiner.apply(em, fm, frames.n_atoms, frames.numbers)
         return Prediction(e, f, em, fm)
