@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from elmlff import store
+from elmlff.alignment import composition
 from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.metrics import force_rmse
@@ -152,10 +153,7 @@ def linear_stacking(
     residual = ref_energy - np.tensordot(w, energy, axes=1)
     species = np.unique(numbers) if numbers is not None else np.zeros(0)
     if len(species) > 1:
-        n_atoms = np.asarray(n_atoms)
-        counts = np.zeros((len(n_atoms), len(species)))
-        frame = np.repeat(np.arange(len(n_atoms)), n_atoms)
-        np.add.at(counts, (frame, np.searchsorted(species, numbers)), 1.0)
+        counts = composition(numbers, np.asarray(n_atoms), species)
         c, *_ = np.linalg.lstsq(counts, residual, rcond=None)
         offsets = dict(zip(species.tolist(), c.tolist(), strict=True))
         return LinearCombiner("linear_stacking", list(models), w, energy_offsets=offsets)
