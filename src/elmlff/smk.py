@@ -25,6 +25,16 @@ def rule_environment(basedir: str | Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
 
 
+def _alive(pid: int | str) -> bool:
+    """Whether process ``pid`` runs: a zombie (killed, not yet reaped by an init that is slow
+    to reap orphans) still has its /proc entry but writes nothing more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _live_snakemakes(workdir: Path) -> list[int]:
     """PIDs of other snakemake processes running in ``workdir`` on this machine (this process
     and its parents excluded)."""
@@ -40,7 +50,7 @@ def _live_snakemakes(workdir: Path) -> list[int]:
     out = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if int(proc.name) in mine:
+            if int(proc.name) in mine or not _alive(proc.name):
                 continue
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if "snakemake" in cmd and Path(os.readlink(proc / "cwd")) == workdir:
@@ -72,7 +82,7 @@ def resume_after_kill(workdir: Path | str = ".", results: str = RESULTS) -> list
     root = workdir / results
     for tmp in sorted(root.rglob(".*.pid*.tmp")) if root.is_dir() else []:
         m = re.search(r"\.pid(\d+)\.", tmp.name)
-        if tmp.is_dir() and m and not Path(f"/proc/{m.group(1)}").exists():  # writer gone
+        if tmp.is_dir() and m and not _alive(m.group(1)):  # writer gone
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(str(tmp.relative_to(workdir)))
     return removed

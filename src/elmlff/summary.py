@@ -109,7 +109,12 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
         )
         pkg = B.distribution(infos[0]["family"])
         pkg = f"{pkg} {versions.get(pkg, '')}".strip()
-        epochs = "/".join(f"{i.get('epochs_run', '?')} / {i.get('best_epoch', '?')}" for i in infos)
+        epochs = "/".join(
+            "pretrained"
+            if i.get("pretrained")
+            else f"{i.get('epochs_run', '?')} / {i.get('best_epoch', '?')}"
+            for i in infos
+        )
         mark = " **(learned nothing)**" if model in flagged else ""
         rows.append(
             f"| {model}{mark} | base | {pkg} | {epochs} | {train:.0f} | {ms:.2f} | "

@@ -499,6 +499,7 @@ def summarize(
     percentage; ``collapse_time_ps`` (replica ``all``) is the mean over the replicas that
     collapsed only."""
     rows, radii, horizons, temps, data_temps, fixed = [], set(), set(), set(), [], set()
+    starts: dict[str, set] = {}
     for p in replica_jsons:
         if not Path(p).exists():
             raise ElmlffError(f"MD result {p} not found", "run the md_replica rule")
@@ -510,6 +511,7 @@ def summarize(
         horizons.add(d.get("horizon_ps"))
         temps.add(d.get("temperature_K"))
         fixed.add(int(d.get("fixed_atoms") or 0))
+        starts.setdefault(d["model"], set()).add(d.get("start_formula", "?"))
         if d.get("data_temperature_K") is not None:
             data_temps.append(float(d["data_temperature_K"]))
         for k in SUMMARY_KEYS:
@@ -581,10 +583,34 @@ def summarize(
             "",
             *lines,
             "",
+            *condensed_lines(a, starts),
         ]
     )
     atomic_write_text(out_md, text)
     return out
+
+
+def condensed_lines(a: pd.DataFrame, starts: Mapping[str, set]) -> list[str]:
+    """Markdown of the condensed-phase observables (RDF error, diffusivity) of the models
+    ``a`` (replica means by metric) that have them; none for molecules."""
+    if "rdf_mae" not in a or a["rdf_mae"].isna().all():
+        return []
+    lines = [
+        "Condensed phases: RDF error, the mean |g_MD(r) − g_ref(r)| over 0-6 Å against the "
+        "reference frames; self-diffusion coefficient D from the slope of the unwrapped "
+        "mean-squared displacement over lags of 1/5 to 1/2 of a stable run (1 Å²/ps = "
+        "10⁻⁴ cm²/s); means over replicas.",
+        "",
+        "| model | start cells | RDF error | D [Å²/ps] |",
+        "|---|---|---:|---:|",
+    ]
+    for model, r in a[a["rdf_mae"].notna()].iterrows():
+        d = r.get("diffusivity_A2_per_ps", np.nan)
+        lines.append(
+            f"| {model} | {', '.join(sorted(starts.get(model, {'?'})))} | "
+            f"{r['rdf_mae']:.3f} | {'-' if np.isnan(d) else f'{d:.3f}'} |"
+        )
+    return [*lines, ""]
 
 
 def _known(values: set, fmt: str, elsewhere: str) -> str:
@@ -634,7 +660,12 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
     ncol = min(len(models), 3)
     nrow = -(-len(models) // ncol)
     fig, axes = plt.subplots(
-        nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False, sharex=True, sharey=True
+        nrow,
+        ncol,
+        figsize=(max(4.2 * ncol, 6.5), 3.0 * nrow + (0.4 if ncol == 1 else 0.0)),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
     )
     for ax, model in zip(axes.flat, models, strict=False):
         trajs = lay.md_trajectories(model)
@@ -672,10 +703,11 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
     axes[0][0].legend(fontsize=8)
     hi = np.flatnonzero(ref_h > 0)
     axes[0][0].set_xlim(0, min(10.0, HR_BINS[hi[-1] + 1] + 0.5) if len(hi) else 10.0)
+    sep = " " if ncol > 1 else "\n"  # one narrow panel: the title on two lines
     fig.suptitle(
-        f"{lay.dataset}: distribution of interatomic distances in MD (∫|Δh| dr of the replicas "
-        "pooled; the MD table averages each replica's own)",
-        fontsize=10,
+        f"{lay.dataset}: distribution of interatomic distances in MD{sep}(∫|Δh| dr of the "
+        "replicas pooled; the MD table averages each replica's own)",
+        fontsize=10 if ncol > 1 else 9,
     )
     fig.tight_layout()
     with atomic_path(out) as tmp:
