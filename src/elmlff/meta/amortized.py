@@ -120,7 +120,7 @@ def predict_subsets(
         for s in range(0, len(idx), batch_size)
     ]
     for b in batches:
-        b.extra["edges"] = model.edges(b)
+        b.extra["edges"] = model.edges(b, sparse=True)
     n_atoms = int(data.frames.n_atoms[idx].sum())
     out = np.zeros((len(subsets), n_atoms, 3), dtype=np.float32)
     for i, c in enumerate(subsets):

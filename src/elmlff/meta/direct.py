@@ -26,6 +26,7 @@ It predicts forces only: it has no energy, and its forces need not be conservati
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -45,6 +46,12 @@ def folded_gat_conv(*args, **kwargs) -> torch.nn.Module:
     att_edge[h, c] lin_edge.weight[h, c]``: the same numbers (to float rounding), the same
     parameters and state dict, without the (edges x hidden) intermediate that dominated the
     layer's arithmetic on a dense graph (54-atom slabs: ~85 edges per atom).
+
+    Given its graph as a torch sparse CSR adjacency (rows: receiving atoms, as torch-geometric's
+    ``adj_t``; built by :meth:`EnsembleDirect.edges` for inference), torch-geometric takes its
+    fused path and the attention-weighted sum over neighbours is one sparse-dense product per
+    head (``message_and_aggregate``) instead of gathering, scaling and scattering an
+    (edges x heads x channels) tensor: the same sums, several times faster on a dense graph.
     """
     import torch.nn.functional as F
     from torch_geometric.nn import GATConv
@@ -65,14 +72,30 @@ def folded_gat_conv(*args, **kwargs) -> torch.nn.Module:
             alpha = softmax(alpha, index, ptr, dim_size)
             return F.dropout(alpha, p=self.dropout, training=self.training)
 
+        def message_and_aggregate(self, adj_t, x, alpha):
+            x_src = x[0] if isinstance(x, tuple) else x  # (N, heads, channels)
+            crow, col = adj_t.crow_indices(), adj_t.col_indices()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+                per_head = [
+                    torch.sparse_csr_tensor(
+                        crow, col, alpha[:, h].contiguous(), adj_t.shape, check_invariants=False
+                    )
+                    @ x_src[:, h]
+                    for h in range(self.heads)
+                ]
+            return torch.stack(per_head, dim=1)
+
     return _FoldedGATConv(*args, **kwargs)
 
 
 def gaussian_rbf(d: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
-    """(E, n) Gaussian smearing of distances on [0, cutoff]."""
+    """(E, n) Gaussian smearing of distances on [0, cutoff]. Values below e^-80 (~1e-35) are
+    exactly zero: as float32 they would be denormal numbers, which made every product with the
+    edge features ten times slower on a CPU."""
     mu = torch.linspace(0.0, cutoff, n, dtype=d.dtype, device=d.device)
-    gamma = (n / cutoff) ** 2
-    return torch.exp(-gamma * (d[:, None] - mu) ** 2)
+    arg = (n / cutoff) ** 2 * (d[:, None] - mu) ** 2
+    return torch.exp(-arg).masked_fill(arg > 80.0, 0.0)
 
 
 class EnsembleDirect(nn.Module):
@@ -108,8 +131,9 @@ class EnsembleDirect(nn.Module):
             self.register_buffer("blend", torch.zeros(n_models))
 
     def forward(self, b: MetaBatch) -> torch.Tensor:
-        """Forces (A, 3) in eV/Å."""
+        """Forces (A, 3) in eV/Å (without autograd: through the sparse aggregation)."""
         s = self.stats
+        inference = not torch.is_grad_enabled()
         f = b.base_forces / s.force_rms  # (A, M, 3)
         e = (b.base_energy / b.n_atoms[:, None] - s.energy_mu) / s.energy_sigma  # (F, M)
         z = self.z_to_index[b.numbers]
@@ -123,7 +147,7 @@ class EnsembleDirect(nn.Module):
             [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z), *extra],
             dim=1,
         )
-        edge_index, edge_attr = b.extra.get("edges") or self.edges(b)
+        edge_index, edge_attr = b.extra.get("edges") or self.edges(b, sparse=inference)
         h = self.inp(x)
         outs = [h]
         for conv in self.convs:
@@ -137,11 +161,14 @@ class EnsembleDirect(nn.Module):
             mixed = torch.einsum("m,amk->ak", self.blend, b.base_forces)
         return mixed + s.force_rms * corr
 
-    def edges(self, b: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def edges(self, b: MetaBatch, sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph every layer reads: edge index and features (distance RBFs, unit vector)
         with one self-loop per atom carrying the mean of its incoming edges' features, as
         stock ``GATConv`` adds them in each layer. It depends on the positions alone, so
-        :func:`elmlff.meta.amortized.predict_subsets` builds it once for every subset."""
+        :func:`elmlff.meta.amortized.predict_subsets` builds it once for every subset.
+        ``sparse``: the edges as a CSR adjacency (rows: receiving atoms; an atom pair reached
+        through several periodic images keeps one entry per image) and their features in its
+        order, for the layers' fused sparse aggregation (inference only: no autograd)."""
         from torch_geometric.utils import add_self_loops, remove_self_loops
 
         vec = b.positions[b.src] - b.positions[b.dst] + b.shift
@@ -151,7 +178,21 @@ class EnsembleDirect(nn.Module):
             [gaussian_rbf(d, self.params["cutoff"], self.params["n_rbf"]), vec / d[:, None]], dim=1
         ).to(dtype)
         edge_index, edge_attr = remove_self_loops(torch.stack([b.src, b.dst]), edge_attr)
-        return add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=len(b.numbers))
+        n = len(b.numbers)
+        edge_index, edge_attr = add_self_loops(
+            edge_index, edge_attr, fill_value="mean", num_nodes=n
+        )
+        if not sparse:
+            return edge_index, edge_attr
+        src, dst = edge_index
+        order = torch.argsort(dst, stable=True)
+        crow = torch.zeros(n + 1, dtype=torch.long, device=dst.device)
+        crow[1:] = torch.cumsum(torch.bincount(dst, minlength=n), 0)
+        ones = torch.ones(len(order), dtype=dtype, device=dst.device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+            adj_t = torch.sparse_csr_tensor(crow, src[order], ones, (n, n), check_invariants=False)
+        return adj_t, edge_attr[order]
 
     def mask_of(self, b: MetaBatch) -> torch.Tensor:
         """(F, M) bool: the bases present in each frame of ``b`` (all when none is given)."""

@@ -100,19 +100,45 @@ class ConservEnsemble:
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
         return self.outputs(positions, numbers, n_atoms, cell, pbc)[0]
 
+    @property
+    def chain_rule(self) -> bool:
+        """Whether forces can come from one backward pass per base (Eq. 7 over bases whose
+        forces are −dE_m/dx): θ reads no base forces, so −dE/dx = Σ_m (∂θ/∂E_m) F_m − ∂θ/∂x."""
+        return not self.theta.params["use_forces"] and not any(
+            B.has_direct_forces(p) for p in self.bases
+        )
+
+    def _chain_rule_forces(self, pos, numbers, n_atoms, cell, pbc):
+        """(E, F, E_m, F_m) of Eq. 7 by the chain rule: each base's own energy and forces (one
+        forward and one backward pass, as its own MD step), then θ with the base energies as
+        leaves; the same −dE/dx as differentiating E through every base, without a second
+        backward pass through the bases."""
+        b = self._structure(pos, numbers, n_atoms, cell, pbc)
+        em, fm = base_outputs(self.bases, pos, numbers, n_atoms, cell, pbc, create_graph=False)
+        em = em.detach().requires_grad_(True)
+        x = pos.detach().requires_grad_(True)
+        e = self.theta(b, x, em, fm.detach())
+        g_x, g_e = torch.autograd.grad(e.sum(), (x, em))  # ∂θ/∂x (explicit), ∂E/∂E_m
+        f = torch.einsum("am,amk->ak", g_e[b.batch], fm) - g_x
+        return e.detach(), f, em.detach(), fm.detach()
+
     def predict_all(self, frames: Frames, batch_size: int = 64) -> Prediction:
         parts = []
         dev = next(self.theta.parameters()).device  # the bases were loaded on it too
         for fr in _batched(frames, batch_size):
             pos = torch.as_tensor(fr.positions, dtype=torch.float64, device=dev)
             pos.requires_grad_(True)
-            rest = (t.to(dev) for t in B.frame_tensors(fr))
-            e, em, fm = self.outputs(pos, *rest, create_graph=False)
-            (g,) = torch.autograd.grad(e.sum(), pos)
+            rest = [t.to(dev) for t in B.frame_tensors(fr)]
+            if self.chain_rule:
+                e, f, em, fm = self._chain_rule_forces(pos, *rest)
+            else:
+                e, em, fm = self.outputs(pos, *rest, create_graph=False)
+                (g,) = torch.autograd.grad(e.sum(), pos)
+                f = -g
             parts.append(
                 Prediction(
                     e.detach().cpu().numpy(),
-                    -g.cpu().numpy(),
+                    f.detach().cpu().numpy(),
                     em.detach().cpu().numpy().T,
                     fm.detach().cpu().numpy().transpose(1, 0, 2),
                 )

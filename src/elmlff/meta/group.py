@@ -175,6 +175,8 @@ def fit_direct_group(
         data.batch(i).to(device, dtype)
         for i in fold_batches(val_idx, fold_of, settings.batch_size, rng, False)
     ]
+    for b in val_batches:  # built once; edge-list form, which vmap can batch over
+        b.extra["edges"] = models[0].edges(b)
 
     @torch.no_grad()
     def validate(act: torch.Tensor) -> np.ndarray:
