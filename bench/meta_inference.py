@@ -5,7 +5,9 @@ For a methane batch and a methanol/Cu(100) batch, with the eight bases of config
 * Ensemble-direct: time of the GAT forward on the bases' predictions / summed base inference
   time (target < 1 %);
 * Ensemble-conserv: time of its forces (every base live with create_graph, θ, and the
-  backward pass through θ and the bases) / summed base inference time (target < 3x).
+  backward pass through θ and the bases) / summed base inference time (target < 3x);
+* Ensemble-direct's forward on a large batch of the largest system through the edge list (as
+  in training) and through the sparse CSR adjacency (as at inference): the time of each.
 
 Base inference = each base's own energy + forces (``predict``). Bases come from
 ``results/{dataset}/bases`` when a campaign has trained them; otherwise each architecture is
@@ -120,6 +122,40 @@ def bench(name: str, frames, pots, device: str = "cpu") -> None:
     )
 
 
+def aggregation(name: str, frames, device: str = "cpu") -> None:
+    """Ensemble-direct's forward (graph and edge features prebuilt, as the amortized study
+    predicts its subsets) through the edge list, as in training, and through the sparse CSR
+    adjacency that inference uses; random weights and base forces (the cost depends on
+    neither)."""
+    from elmlff import meta
+    from elmlff.meta.data import Stats, batch_from_frames
+
+    rng = np.random.default_rng(0)
+    m = 8
+    em = frames.energy[None] + rng.normal(size=(m, len(frames)))
+    fm = frames.forces[None] + 0.1 * rng.normal(size=(m, len(frames.numbers), 3))
+    torch.manual_seed(0)
+    model = meta.build("direct", m, frames.species, Stats.fit(frames), {}).to(device).eval()
+    with torch.no_grad():
+        model.head[-1].weight.normal_(0.0, 0.1)  # a correction that is not zero
+        b = batch_from_frames(frames, em, fm, model.params["cutoff"]).to(device, torch.float32)
+        out, sec = {}, {}
+        for path, sparse in (("edge list", False), ("sparse CSR", True)):
+            b.extra["edges"] = model.edges(b, sparse=sparse)
+            out[path] = model(b).cpu().numpy()
+            sec[path] = timed(lambda b=b: model(b))
+    n_edges = len(b.src) + len(b.numbers)
+    diff = np.abs(out["edge list"] - out["sparse CSR"]).max()
+    head = f"{name}: Ensemble-direct's forward on {len(frames)} frames ({n_edges} edges)"
+    print(f"\n{head}, {device}")
+    for path, t in sec.items():
+        print(f"  {path:>10s}  {1e3 * t:8.1f} ms")
+    print(
+        f"  edge list / sparse: {sec['edge list'] / sec['sparse CSR']:.2f}x; "
+        f"largest force difference {diff:.1e} eV/Å (float32)"
+    )
+
+
 def main() -> None:
     from elmlff.config import load_config
     from elmlff.data import read
@@ -128,6 +164,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache")
     ap.add_argument("--methane-frames", type=int, default=64)
     ap.add_argument("--slab-frames", type=int, default=8)
+    ap.add_argument("--aggregation-frames", type=int, default=256, help="of the largest system")
     ap.add_argument("--device", default="cpu", help="torch device of the bases and metas")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -139,6 +176,7 @@ def main() -> None:
         frames = read("deepmd", path, energy_unit="eV", length_unit="angstrom")
         pots = bases_for(name, frames.subset(range(16)), cfg, a.cache, a.device)
         bench(name, frames.subset(range(n)), pots, a.device)
+    aggregation(name, frames.subset(range(a.aggregation_frames)), a.device)
 
 
 if __name__ == "__main__":
