@@ -7,7 +7,7 @@ For a methane batch and a methanol/Cu(100) batch, with the eight bases of config
 * Ensemble-conserv: time of its forces (every base live with create_graph, θ, and the
   backward pass through θ and the bases) / summed base inference time (target < 3x);
 * Ensemble-direct's forward on a large batch of the largest system through the edge list (as
-  in training) and through the sparse CSR adjacency (as at inference): the time of each.
+  in training) and through the fused CSR path (as at inference): the time of each.
 
 Base inference = each base's own energy + forces (``predict``). Bases come from
 ``results/{dataset}/bases`` when a campaign has trained them; otherwise each architecture is
@@ -124,8 +124,8 @@ def bench(name: str, frames, pots, device: str = "cpu") -> None:
 
 def aggregation(name: str, frames, device: str = "cpu") -> None:
     """Ensemble-direct's forward (graph and edge features prebuilt, as the amortized study
-    predicts its subsets) through the edge list, as in training, and through the sparse CSR
-    adjacency that inference uses; random weights and base forces (the cost depends on
+    predicts its subsets) through the edge list, as in training, and through the fused CSR
+    path that inference uses (edge logits cached with the graph); random weights and base forces (the cost depends on
     neither)."""
     from elmlff import meta
     from elmlff.meta.data import Stats, batch_from_frames
@@ -140,18 +140,18 @@ def aggregation(name: str, frames, device: str = "cpu") -> None:
         model.head[-1].weight.normal_(0.0, 0.1)  # a correction that is not zero
         b = batch_from_frames(frames, em, fm, model.params["cutoff"]).to(device, torch.float32)
         out, sec = {}, {}
-        for path, sparse in (("edge list", False), ("sparse CSR", True)):
+        for path, sparse in (("edge list", False), ("fused CSR", True)):
             b.extra["edges"] = model.edges(b, sparse=sparse)
             out[path] = model(b).cpu().numpy()
             sec[path] = timed(lambda b=b: model(b))
     n_edges = len(b.src) + len(b.numbers)
-    diff = np.abs(out["edge list"] - out["sparse CSR"]).max()
+    diff = np.abs(out["edge list"] - out["fused CSR"]).max()
     head = f"{name}: Ensemble-direct's forward on {len(frames)} frames ({n_edges} edges)"
     print(f"\n{head}, {device}")
     for path, t in sec.items():
         print(f"  {path:>10s}  {1e3 * t:8.1f} ms")
     print(
-        f"  edge list / sparse: {sec['edge list'] / sec['sparse CSR']:.2f}x; "
+        f"  edge list / fused: {sec['edge list'] / sec['fused CSR']:.2f}x; "
         f"largest force difference {diff:.1e} eV/Å (float32)"
     )
 

@@ -554,37 +554,67 @@ def test_subset_choice_counts_and_groups_by_size():
         choose("some", ens)
 
 
-def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added_once(mixed):
+def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added_once(
+    mixed, monkeypatch
+):
     """Ensemble-direct's layers are torch-geometric ``GATConv`` computed in a cheaper order
-    (edge logits from the folded edge weights; self-loops built once for every layer): loading
-    the same weights into stock ``GATConv`` layers that add their own self-loops gives the
-    same forces."""
+    (edge logits from the folded edge weights; self-loops built once for every layer; at
+    inference, the fused CSR path with its softmax bound): loading the same weights into stock
+    ``GATConv`` layers that add their own self-loops gives the same forces. Attention logits
+    spread so widely that the bound could underflow an atom's weights take the exact maxima
+    (the fallback runs, and still agrees), and a graph's cached edge logits follow the
+    weights."""
     from torch_geometric.nn import GATConv
+
+    from elmlff.meta import direct
 
     fr, e, f = mixed
     b = batch_from_frames(fr, e, f, 4.0).to("cpu", torch.float64)
     model = _direct(fr.species).double()
-    stock = copy.deepcopy(model)
-    stock.convs = torch.nn.ModuleList()
     for conv in model.convs:
         with torch.no_grad():
             conv.att_edge.normal_(0, 1.0)  # edge attention that matters
-        s = GATConv(16, 4, heads=4, edge_dim=model.params["n_rbf"] + 3).double()
-        s.load_state_dict(conv.state_dict())
-        stock.convs.append(s)
     vec = b.positions[b.src] - b.positions[b.dst] + b.shift
     d = vec.norm(dim=1)
     raw = torch.cat(
         [gaussian_rbf(d, model.params["cutoff"], model.params["n_rbf"]), vec / d[:, None]], 1
     )
-    # no self-loops here: stock GATConv adds them, and aggregates by gather and scatter
-    stock.edges = lambda _b, sparse=False: (torch.stack([b.src, b.dst]), raw)
+
+    def stock_forces() -> np.ndarray:
+        stock = copy.deepcopy(model)
+        stock.convs = torch.nn.ModuleList()
+        for conv in model.convs:
+            s = GATConv(16, 4, heads=4, edge_dim=model.params["n_rbf"] + 3).double()
+            s.load_state_dict(conv.state_dict())
+            stock.convs.append(s)
+        # no self-loops here: stock GATConv adds them, and aggregates by gather and scatter
+        stock.edges = lambda _b, sparse=False: (torch.stack([b.src, b.dst]), raw)
+        plain = copy.copy(b)
+        plain.extra = {}
+        with torch.no_grad():
+            return stock(plain).numpy()
+
+    calls = []
+    csr_sums = direct._csr_sums
+    monkeypatch.setattr(direct, "_csr_sums", lambda *a: calls.append(1) or csr_sums(*a))
+    graph = model.edges(b, sparse=True)
+    ref = stock_forces()
     with torch.no_grad():
-        ref = stock(b)
-        inference = model(b)  # the fused sparse aggregation (CSR adjacency)
-    training = model(b)  # with autograd: edge-list message passing, as in training
-    assert ref.abs().max() > 1e-2
-    np.testing.assert_allclose(training.detach().numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(inference.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+        inference = model(b)  # the fused CSR path
+    training = model(b)  # with autograd: torch-geometric's edge-list message passing
+    assert np.abs(ref).max() > 1e-2
+    np.testing.assert_allclose(training.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(inference.numpy(), ref, rtol=1e-10, atol=1e-12)
+    assert len(calls) == len(model.convs)  # the bound held: one aggregation per layer
     edge_index, _ = model.edges(b)
     assert edge_index.shape[1] == len(b.src) + len(b.numbers)  # one self-loop per atom
+
+    b.extra["edges"] = graph  # built before, its edge logits cached by the first call
+    with torch.no_grad():
+        model(b)
+        model.convs[0].att_src.mul_(400.0)  # sender logits hundreds apart
+        model.convs[1].att_edge.mul_(3.0)  # the cached edge logits must follow
+        calls.clear()
+        loose = model(b)
+    assert len(calls) == len(model.convs) + 1  # the first layer fell back to exact maxima
+    np.testing.assert_allclose(loose.numpy(), stock_forces(), rtol=1e-9, atol=1e-11)

@@ -63,7 +63,7 @@ def fit_amortized(
         _with_mask(data.batch(i).to(device, dtype), random_masks(len(i), m, val_rng))
         for i in fold_batches(val_idx, fold_of, settings.batch_size, rng, False)
     ]
-    for b in val_batches:  # built once, for the sparse aggregation of no-autograd validation
+    for b in val_batches:  # built once (with their edge logits) for no-autograd validation
         b.extra["edges"] = model.edges(b, sparse=True)
 
     @torch.no_grad()

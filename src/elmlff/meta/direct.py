@@ -26,8 +26,9 @@ It predicts forces only: it has no energy, and its forces need not be conservati
 
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -37,7 +38,59 @@ from elmlff.meta.data import MetaBatch, Stats, species_index
 from elmlff.meta.params import DirectParams
 
 
-def folded_gat_conv(*args, **kwargs) -> torch.nn.Module:
+@dataclass
+class CSRGraph:
+    """The cutoff graph for inference (no autograd), edges ordered by receiving atom: ``crow``
+    (N + 1) row offsets, ``col`` (E,) sending atoms, ``row`` (E,) receiving atoms,
+    ``edge_attr`` (E, F) in that order. An atom pair reached through several periodic images
+    keeps one edge per image. ``cache`` holds each layer's edge-attention logits, which depend
+    on the graph and that layer's weights alone, so a graph reused for many inputs (the subset
+    study's predictions, validation) computes them once."""
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    row: torch.Tensor
+    edge_attr: torch.Tensor
+    n: int
+    cache: dict = field(default_factory=dict, repr=False)
+
+    def edge_logits(self, conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, E) edge-attention logits of the layer ``conv`` and (H, N) the largest of each
+        receiving atom (cached while the layer's weights are unchanged)."""
+        key = (conv.lin_edge.weight._version, conv.att_edge._version)
+        hit = self.cache.get(id(conv))
+        if hit is None or hit[0] != key:
+            w = conv.lin_edge.weight.view(conv.heads, conv.out_channels, -1)
+            fold = (w * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1)  # (H, F)
+            logits = fold @ self.edge_attr.T
+            offsets = self.crow.expand(len(logits), -1)
+            hit = (key, logits, torch.segment_reduce(logits, "max", offsets=offsets, axis=1))
+            self.cache[id(conv)] = hit
+        return hit[1], hit[2]
+
+
+_SOFTMAX_FLOOR = math.exp(-60.0)  # a denominator below it: the shifted weights may underflow
+
+
+def _csr_sums(g: CSRGraph, shifted: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """(N, H, C + 1): per head, the sum over each atom's edges of exp(shifted) times the
+    sender's features (their last, a one: the softmax's denominator)."""
+    weight = shifted.exp_()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+        return torch.stack(
+            [
+                torch.sparse_csr_tensor(
+                    g.crow, g.col, weight[k], (g.n, g.n), check_invariants=False
+                )
+                @ feats[k]
+                for k in range(len(weight))
+            ],
+            dim=1,
+        )
+
+
+def folded_gat_conv(*args, **kwargs) -> nn.Module:
     """torch-geometric's ``GATConv`` whose edge attention is computed in folded form.
 
     Stock ``GATConv`` projects every edge's features to ``heads x channels`` (``lin_edge``)
@@ -47,11 +100,15 @@ def folded_gat_conv(*args, **kwargs) -> torch.nn.Module:
     parameters and state dict, without the (edges x hidden) intermediate that dominated the
     layer's arithmetic on a dense graph (54-atom slabs: ~85 edges per atom).
 
-    Given its graph as a torch sparse CSR adjacency (rows: receiving atoms, as torch-geometric's
-    ``adj_t``; built by :meth:`EnsembleDirect.edges` for inference), torch-geometric takes its
-    fused path and the attention-weighted sum over neighbours is one sparse-dense product per
-    head (``message_and_aggregate``) instead of gathering, scaling and scattering an
-    (edges x heads x channels) tensor: the same sums, several times faster on a dense graph.
+    Given a :class:`CSRGraph` (inference: no autograd), :meth:`fused` computes the same layer
+    in a few passes over (heads x edges) arrays, without torch-geometric's message passing:
+    the edge logits come from the graph's cache; the softmax subtracts, instead of each
+    atom's exact largest logit (a segment max and a gather), an upper bound of it (the leaky
+    ReLU is monotonic: the largest sender term of the batch plus the atom's own terms); the
+    attention-weighted sum and the softmax's denominator are one sparse-dense product per head
+    (a column of ones beside the features), so no weight is normalised edge by edge. Where the
+    bound is so loose that an atom's weights may have underflowed (denominator below e^-60),
+    the layer is recomputed with the exact maxima.
     """
     import torch.nn.functional as F
     from torch_geometric.nn import GATConv
@@ -72,19 +129,26 @@ def folded_gat_conv(*args, **kwargs) -> torch.nn.Module:
             alpha = softmax(alpha, index, ptr, dim_size)
             return F.dropout(alpha, p=self.dropout, training=self.training)
 
-        def message_and_aggregate(self, adj_t, x, alpha):
-            x_src = x[0] if isinstance(x, tuple) else x  # (N, heads, channels)
-            crow, col = adj_t.crow_indices(), adj_t.col_indices()
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-                per_head = [
-                    torch.sparse_csr_tensor(
-                        crow, col, alpha[:, h].contiguous(), adj_t.shape, check_invariants=False
-                    )
-                    @ x_src[:, h]
-                    for h in range(self.heads)
-                ]
-            return torch.stack(per_head, dim=1)
+        def fused(self, x: torch.Tensor, g: CSRGraph) -> torch.Tensor:
+            """The layer's output (N, heads * channels) on graph ``g`` (no autograd)."""
+            if torch.is_grad_enabled() or not self.concat or self.res is not None:
+                raise RuntimeError("the fused GAT layer is for inference (no autograd) only")
+            h, c, slope = self.heads, self.out_channels, self.negative_slope
+            xs = self.lin(x).view(-1, h, c)
+            a_src = (xs * self.att_src).sum(-1).T.contiguous()  # (H, N)
+            a_dst = (xs * self.att_dst).sum(-1).T  # (H, N)
+            e_logits, e_top = g.edge_logits(self)  # (H, E), (H, N)
+            top = F.leaky_relu(a_dst + a_src.amax(dim=1, keepdim=True) + e_top, slope)
+            at_row = torch.cat([a_dst, top]).index_select(1, g.row)  # (2H, E)
+            z = a_src.index_select(1, g.col).add_(e_logits).add_(at_row[:h])
+            z = F.leaky_relu(z, slope, inplace=True)  # (H, E): the attention logits
+            feats = torch.cat([xs, xs.new_ones(len(xs), h, 1)], 2).transpose(0, 1).contiguous()
+            sums = _csr_sums(g, z - at_row[h:], feats)  # (N, H, C + 1)
+            if not bool((sums[..., c] >= _SOFTMAX_FLOOR).all()):  # the bound was too loose
+                top = torch.segment_reduce(z, "max", offsets=g.crow.expand(h, -1), axis=1)
+                sums = _csr_sums(g, z.sub_(top.index_select(1, g.row)), feats)
+            out = (sums[..., :c] / sums[..., c:]).reshape(-1, h * c)
+            return out if self.bias is None else out + self.bias
 
     return _FoldedGATConv(*args, **kwargs)
 
@@ -131,7 +195,7 @@ class EnsembleDirect(nn.Module):
             self.register_buffer("blend", torch.zeros(n_models))
 
     def forward(self, b: MetaBatch) -> torch.Tensor:
-        """Forces (A, 3) in eV/Å (without autograd: through the sparse aggregation)."""
+        """Forces (A, 3) in eV/Å (without autograd: the layers' fused CSR path)."""
         s = self.stats
         inference = not torch.is_grad_enabled()
         f = b.base_forces / s.force_rms  # (A, M, 3)
@@ -147,11 +211,14 @@ class EnsembleDirect(nn.Module):
             [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z), *extra],
             dim=1,
         )
-        edge_index, edge_attr = b.extra.get("edges") or self.edges(b, sparse=inference)
+        graph = b.extra.get("edges") or self.edges(b, sparse=inference)
         h = self.inp(x)
         outs = [h]
         for conv in self.convs:
-            h = h + nn.functional.silu(conv(h, edge_index, edge_attr))
+            if isinstance(graph, CSRGraph):
+                h = h + nn.functional.silu(conv.fused(h, graph))
+            else:
+                h = h + nn.functional.silu(conv(h, *graph))
             outs.append(h)
         corr = self.head(torch.cat(outs, dim=1))
         if self.amortized and self.params["blend"]:  # softmax over the present bases
@@ -161,14 +228,15 @@ class EnsembleDirect(nn.Module):
             mixed = torch.einsum("m,amk->ak", self.blend, b.base_forces)
         return mixed + s.force_rms * corr
 
-    def edges(self, b: MetaBatch, sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def edges(
+        self, b: MetaBatch, sparse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | CSRGraph:
         """The graph every layer reads: edge index and features (distance RBFs, unit vector)
         with one self-loop per atom carrying the mean of its incoming edges' features, as
         stock ``GATConv`` adds them in each layer. It depends on the positions alone, so
         :func:`elmlff.meta.amortized.predict_subsets` builds it once for every subset.
-        ``sparse``: the edges as a CSR adjacency (rows: receiving atoms; an atom pair reached
-        through several periodic images keeps one entry per image) and their features in its
-        order, for the layers' fused sparse aggregation (inference only: no autograd)."""
+        ``sparse``: a :class:`CSRGraph` (edges ordered by receiving atom), for the layers'
+        fused inference path (no autograd)."""
         from torch_geometric.utils import add_self_loops, remove_self_loops
 
         vec = b.positions[b.src] - b.positions[b.dst] + b.shift
@@ -188,11 +256,7 @@ class EnsembleDirect(nn.Module):
         order = torch.argsort(dst, stable=True)
         crow = torch.zeros(n + 1, dtype=torch.long, device=dst.device)
         crow[1:] = torch.cumsum(torch.bincount(dst, minlength=n), 0)
-        ones = torch.ones(len(order), dtype=dtype, device=dst.device)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-            adj_t = torch.sparse_csr_tensor(crow, src[order], ones, (n, n), check_invariants=False)
-        return adj_t, edge_attr[order]
+        return CSRGraph(crow, src[order], dst[order], edge_attr[order].contiguous(), n)
 
     def mask_of(self, b: MetaBatch) -> torch.Tensor:
         """(F, M) bool: the bases present in each frame of ``b`` (all when none is given)."""
