@@ -125,8 +125,8 @@ def bench(name: str, frames, pots, device: str = "cpu") -> None:
 def aggregation(name: str, frames, device: str = "cpu") -> None:
     """Ensemble-direct's forward (graph and edge features prebuilt, as the amortized study
     predicts its subsets) through the edge list, as in training, and through the fused CSR
-    path that inference uses (edge logits cached with the graph); random weights and base forces (the cost depends on
-    neither)."""
+    path that inference uses (edge logits cached with the graph); random weights and base
+    forces (the cost depends on neither)."""
     from elmlff import meta
     from elmlff.meta.data import Stats, batch_from_frames
 
