@@ -595,8 +595,8 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
             return stock(plain).numpy()
 
     calls = []
-    csr_sums = direct._csr_sums
-    monkeypatch.setattr(direct, "_csr_sums", lambda *a: calls.append(1) or csr_sums(*a))
+    weighted_sums = direct._weighted_sums
+    monkeypatch.setattr(direct, "_weighted_sums", lambda *a: calls.append(1) or weighted_sums(*a))
     graph = model.edges(b, sparse=True)
     ref = stock_forces()
     with torch.no_grad():

@@ -40,12 +40,15 @@ from elmlff.meta.params import DirectParams
 
 @dataclass
 class CSRGraph:
-    """The cutoff graph for inference (no autograd), edges ordered by receiving atom: ``crow``
-    (N + 1) row offsets, ``col`` (E,) sending atoms, ``row`` (E,) receiving atoms,
-    ``edge_attr`` (E, F) in that order. An atom pair reached through several periodic images
-    keeps one edge per image. ``cache`` holds each layer's edge-attention logits, which depend
-    on the graph and that layer's weights alone, so a graph reused for many inputs (the subset
-    study's predictions, validation) computes them once."""
+    """The cutoff graph for inference (no autograd), edges ordered by receiving atom and
+    without self-loops: ``crow`` (N + 1) row offsets, ``col`` (E,) sending atoms, ``row``
+    (E,) receiving atoms, ``edge_attr`` (E, F) in that order. An atom pair reached through
+    several periodic images keeps one edge per image. Each atom's self-loop (the features'
+    mean over its incoming edges, as stock ``GATConv`` adds it) enters the attention only
+    through its logit, which is linear in the features: the mean of the atom's incoming edge
+    logits. ``cache`` holds each layer's logits, which depend on the graph and that layer's
+    weights alone, so a graph reused for many inputs (the subset study's predictions,
+    validation) computes them once."""
 
     crow: torch.Tensor
     col: torch.Tensor
@@ -54,9 +57,10 @@ class CSRGraph:
     n: int
     cache: dict = field(default_factory=dict, repr=False)
 
-    def edge_logits(self, conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(H, E) edge-attention logits of the layer ``conv`` and (H, N) the largest of each
-        receiving atom (cached while the layer's weights are unchanged)."""
+    def edge_logits(self, conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge-attention logits of the layer ``conv``: (H, E) of the edges, (H, N) of the
+        self-loops and (H, N) the largest of each atom's (cached while the weights are
+        unchanged)."""
         key = (conv.lin_edge.weight._version, conv.att_edge._version)
         hit = self.cache.get(id(conv))
         if hit is None or hit[0] != key:
@@ -64,30 +68,43 @@ class CSRGraph:
             fold = (w * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1)  # (H, F)
             logits = fold @ self.edge_attr.T
             offsets = self.crow.expand(len(logits), -1)
-            hit = (key, logits, torch.segment_reduce(logits, "max", offsets=offsets, axis=1))
-            self.cache[id(conv)] = hit
-        return hit[1], hit[2]
+            count = (self.crow[1:] - self.crow[:-1]).clamp_min(1).to(logits.dtype)
+            loop = torch.segment_reduce(logits, "sum", offsets=offsets, axis=1) / count
+            top = torch.segment_reduce(logits, "max", offsets=offsets, axis=1, initial=-math.inf)
+            hit = self.cache[id(conv)] = (key, logits, loop, torch.maximum(top, loop))
+        return hit[1], hit[2], hit[3]
+
+    def blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row offsets and columns of the block-diagonal adjacency of ``heads`` copies of the
+        graph (one sparse product aggregates every head), cached."""
+        if ("blocks", heads) not in self.cache:
+            e = len(self.col)
+            k = torch.arange(heads, device=self.col.device)
+            crow = torch.cat([(self.crow[:-1] + e * k[:, None]).view(-1), self.crow[-1:] * heads])
+            col = (self.col + self.n * k[:, None]).view(-1)
+            self.cache["blocks", heads] = (crow, col)
+        return self.cache["blocks", heads]
 
 
 _SOFTMAX_FLOOR = math.exp(-60.0)  # a denominator below it: the shifted weights may underflow
 
 
-def _csr_sums(g: CSRGraph, shifted: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """(N, H, C + 1): per head, the sum over each atom's edges of exp(shifted) times the
-    sender's features (their last, a one: the softmax's denominator)."""
-    weight = shifted.exp_()
+def _weighted_sums(
+    g: CSRGraph, z: torch.Tensor, z_loop: torch.Tensor, top: torch.Tensor, feats: torch.Tensor
+) -> torch.Tensor:
+    """(H, N, C + 1): per head, the sum over each atom's edges and its self-loop of
+    exp(logit - top) times the sender's features (their last, a one: the softmax's
+    denominator); one sparse-dense product for all heads (block-diagonal adjacency)."""
+    h, n = z_loop.shape
+    crow, col = g.blocks(h)
+    weight = (z - top.index_select(1, g.row)).exp_()  # (H, E)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
         warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-        return torch.stack(
-            [
-                torch.sparse_csr_tensor(
-                    g.crow, g.col, weight[k], (g.n, g.n), check_invariants=False
-                )
-                @ feats[k]
-                for k in range(len(weight))
-            ],
-            dim=1,
+        adj = torch.sparse_csr_tensor(
+            crow, col, weight.view(-1), (h * n, h * n), check_invariants=False
         )
+        sums = (adj @ feats.view(h * n, -1)).view(h, n, -1)
+    return sums.addcmul_((z_loop - top).exp_()[..., None], feats)
 
 
 def folded_gat_conv(*args, **kwargs) -> nn.Module:
@@ -102,13 +119,14 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
 
     Given a :class:`CSRGraph` (inference: no autograd), :meth:`fused` computes the same layer
     in a few passes over (heads x edges) arrays, without torch-geometric's message passing:
-    the edge logits come from the graph's cache; the softmax subtracts, instead of each
-    atom's exact largest logit (a segment max and a gather), an upper bound of it (the leaky
-    ReLU is monotonic: the largest sender term of the batch plus the atom's own terms); the
-    attention-weighted sum and the softmax's denominator are one sparse-dense product per head
-    (a column of ones beside the features), so no weight is normalised edge by edge. Where the
-    bound is so loose that an atom's weights may have underflowed (denominator below e^-60),
-    the layer is recomputed with the exact maxima.
+    the edge logits come from the graph's cache, the self-loops are added per atom; the
+    softmax subtracts, instead of each atom's exact largest logit (a segment max and a
+    gather), an upper bound of it (the leaky ReLU is monotonic: the largest sender term of the
+    batch plus the atom's own terms); the attention-weighted sum and the softmax's denominator
+    are one sparse-dense product (a block-diagonal adjacency of all heads; a column of ones
+    beside the features), so no weight is normalised edge by edge. Where the bound is so
+    loose that an atom's weights may have underflowed (denominator below e^-60), the layer is
+    recomputed with the exact maxima.
     """
     import torch.nn.functional as F
     from torch_geometric.nn import GATConv
@@ -137,17 +155,19 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             xs = self.lin(x).view(-1, h, c)
             a_src = (xs * self.att_src).sum(-1).T.contiguous()  # (H, N)
             a_dst = (xs * self.att_dst).sum(-1).T  # (H, N)
-            e_logits, e_top = g.edge_logits(self)  # (H, E), (H, N)
+            e_edge, e_loop, e_top = g.edge_logits(self)  # (H, E), (H, N), (H, N)
+            z = a_src.index_select(1, g.col).add_(e_edge).add_(a_dst.index_select(1, g.row))
+            z = F.leaky_relu(z, slope, inplace=True)  # (H, E): the edges' attention logits
+            z_loop = F.leaky_relu(a_src + e_loop + a_dst, slope)  # (H, N): the self-loops'
+            # >= every logit of the atom (the leaky ReLU is monotonic)
             top = F.leaky_relu(a_dst + a_src.amax(dim=1, keepdim=True) + e_top, slope)
-            at_row = torch.cat([a_dst, top]).index_select(1, g.row)  # (2H, E)
-            z = a_src.index_select(1, g.col).add_(e_logits).add_(at_row[:h])
-            z = F.leaky_relu(z, slope, inplace=True)  # (H, E): the attention logits
             feats = torch.cat([xs, xs.new_ones(len(xs), h, 1)], 2).transpose(0, 1).contiguous()
-            sums = _csr_sums(g, z - at_row[h:], feats)  # (N, H, C + 1)
+            sums = _weighted_sums(g, z, z_loop, top, feats)  # (H, N, C + 1)
             if not bool((sums[..., c] >= _SOFTMAX_FLOOR).all()):  # the bound was too loose
-                top = torch.segment_reduce(z, "max", offsets=g.crow.expand(h, -1), axis=1)
-                sums = _csr_sums(g, z.sub_(top.index_select(1, g.row)), feats)
-            out = (sums[..., :c] / sums[..., c:]).reshape(-1, h * c)
+                offsets = g.crow.expand(h, -1)
+                top = torch.segment_reduce(z, "max", offsets=offsets, axis=1, initial=-math.inf)
+                sums = _weighted_sums(g, z, z_loop, torch.maximum(top, z_loop), feats)
+            out = (sums[..., :c] / sums[..., c:]).transpose(0, 1).reshape(-1, h * c)
             return out if self.bias is None else out + self.bias
 
     return _FoldedGATConv(*args, **kwargs)
@@ -155,11 +175,12 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
 
 def gaussian_rbf(d: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
     """(E, n) Gaussian smearing of distances on [0, cutoff]. Values below e^-80 (~1e-35) are
-    exactly zero: as float32 they would be denormal numbers, which slow every product with the
-    edge features on a CPU (bench/meta_inference.py times the GAT's forward)."""
+    exactly zero, and the exponential never sees a larger argument: as float32 they would be
+    denormal numbers, slow to compute and slow in every product with the edge features on a
+    CPU (bench/meta_inference.py times the GAT's forward)."""
     mu = torch.linspace(0.0, cutoff, n, dtype=d.dtype, device=d.device)
     arg = (n / cutoff) ** 2 * (d[:, None] - mu) ** 2
-    return torch.exp(-arg).masked_fill(arg > 80.0, 0.0)
+    return torch.exp(-arg.clamp_max(80.0)).masked_fill(arg > 80.0, 0.0)
 
 
 class EnsembleDirect(nn.Module):
@@ -235,28 +256,31 @@ class EnsembleDirect(nn.Module):
         with one self-loop per atom carrying the mean of its incoming edges' features, as
         stock ``GATConv`` adds them in each layer. It depends on the positions alone, so
         :func:`elmlff.meta.amortized.predict_subsets` builds it once for every subset.
-        ``sparse``: a :class:`CSRGraph` (edges ordered by receiving atom), for the layers'
-        fused inference path (no autograd)."""
-        from torch_geometric.utils import add_self_loops, remove_self_loops
-
-        vec = b.positions[b.src] - b.positions[b.dst] + b.shift
+        ``sparse``: a :class:`CSRGraph` (edges ordered by receiving atom, self-loops implied),
+        for the layers' fused inference path (no autograd)."""
+        src, dst, shift = b.src, b.dst, b.shift
+        keep = src != dst  # an atom's own periodic images: stock GATConv removes them too
+        if not bool(keep.all()):
+            src, dst, shift = src[keep], dst[keep], shift[keep]
+        vec = b.positions.index_select(0, src) - b.positions.index_select(0, dst) + shift
         d = vec.norm(dim=1).clamp_min(1e-9)
         dtype = self.inp.weight.dtype
         edge_attr = torch.cat(
             [gaussian_rbf(d, self.params["cutoff"], self.params["n_rbf"]), vec / d[:, None]], dim=1
         ).to(dtype)
-        edge_index, edge_attr = remove_self_loops(torch.stack([b.src, b.dst]), edge_attr)
         n = len(b.numbers)
-        edge_index, edge_attr = add_self_loops(
-            edge_index, edge_attr, fill_value="mean", num_nodes=n
-        )
         if not sparse:
-            return edge_index, edge_attr
-        src, dst = edge_index
-        order = torch.argsort(dst, stable=True)
+            from torch_geometric.utils import add_self_loops
+
+            return add_self_loops(
+                torch.stack([src, dst]), edge_attr, fill_value="mean", num_nodes=n
+            )
+        if len(dst) > 1 and not bool((dst[1:] >= dst[:-1]).all()):  # by receiving atom
+            order = torch.argsort(dst, stable=True)
+            src, dst, edge_attr = src[order], dst[order], edge_attr.index_select(0, order)
         crow = torch.zeros(n + 1, dtype=torch.long, device=dst.device)
         crow[1:] = torch.cumsum(torch.bincount(dst, minlength=n), 0)
-        return CSRGraph(crow, src[order], dst[order], edge_attr[order].contiguous(), n)
+        return CSRGraph(crow, src, dst, edge_attr, n)
 
     def mask_of(self, b: MetaBatch) -> torch.Tensor:
         """(F, M) bool: the bases present in each frame of ``b`` (all when none is given)."""
