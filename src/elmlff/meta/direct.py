@@ -62,7 +62,7 @@ class CSRGraph:
         self-loops and (H, N) the largest of each atom's (cached while the weights are
         unchanged)."""
         key = (conv.lin_edge.weight._version, conv.att_edge._version)
-        hit = self.cache.get(id(conv))
+        hit = self.cache.get(conv)  # keyed by the layer itself (kept alive: no id reuse)
         if hit is None or hit[0] != key:
             w = conv.lin_edge.weight.view(conv.heads, conv.out_channels, -1)
             fold = (w * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1)  # (H, F)
@@ -71,7 +71,7 @@ class CSRGraph:
             count = (self.crow[1:] - self.crow[:-1]).clamp_min(1).to(logits.dtype)
             loop = torch.segment_reduce(logits, "sum", offsets=offsets, axis=1) / count
             top = torch.segment_reduce(logits, "max", offsets=offsets, axis=1, initial=-math.inf)
-            hit = self.cache[id(conv)] = (key, logits, loop, torch.maximum(top, loop))
+            hit = self.cache[conv] = (key, logits, loop, torch.maximum(top, loop))
         return hit[1], hit[2], hit[3]
 
     def blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
