@@ -563,13 +563,25 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     ``GATConv`` layers that add their own self-loops gives the same forces. Attention logits
     spread so widely that the bound could underflow an atom's weights take the exact maxima
     (the fallback runs, and still agrees), and a graph's cached edge logits follow the
-    weights."""
+    weights. The frames: molecules, a slab whose atom pairs recur through several images,
+    and a small bulk cell where atoms see their own images."""
     from torch_geometric.nn import GATConv
 
     from elmlff.meta import direct
 
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    cu = bulk("Cu", cubic=True)  # 3.61 Å wide: each atom sees its own periodic images
+    cu.rattle(0.05, seed=2)
+    cu.calc = SinglePointCalculator(cu, energy=-15.0, forces=np.zeros((4, 3)))
     fr, e, f = mixed
+    fr = Frames.concatenate([fr, Frames.from_atoms([cu], name="bulk")], name="mixed+bulk")
+    rng = np.random.default_rng(3)
+    e = np.concatenate([e, rng.normal(size=(3, 1)) - 40], axis=1)
+    f = np.concatenate([f, rng.normal(size=(3, 4, 3))], axis=1)
     b = batch_from_frames(fr, e, f, 4.0).to("cpu", torch.float64)
+    assert bool((b.src == b.dst).any())  # self-images: stock GATConv drops them, so must we
     model = _direct(fr.species).double()
     for conv in model.convs:
         with torch.no_grad():
@@ -607,7 +619,8 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     np.testing.assert_allclose(inference.numpy(), ref, rtol=1e-10, atol=1e-12)
     assert len(calls) == len(model.convs)  # the bound held: one aggregation per layer
     edge_index, _ = model.edges(b)
-    assert edge_index.shape[1] == len(b.src) + len(b.numbers)  # one self-loop per atom
+    # own images dropped, one self-loop per atom
+    assert edge_index.shape[1] == int((b.src != b.dst).sum()) + len(b.numbers)
 
     b.extra["edges"] = graph  # built before, its edge logits cached by the first call
     with torch.no_grad():
