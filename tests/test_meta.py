@@ -565,12 +565,11 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     (the fallback runs, and still agrees), and a graph's cached edge logits follow the
     weights. The frames: molecules, a slab whose atom pairs recur through several images,
     and a small bulk cell where atoms see their own images."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
     from torch_geometric.nn import GATConv
 
     from elmlff.meta import direct
-
-    from ase.build import bulk
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     cu = bulk("Cu", cubic=True)  # 3.61 Å wide: each atom sees its own periodic images
     cu.rattle(0.05, seed=2)
