@@ -558,9 +558,10 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     mixed, monkeypatch
 ):
     """Ensemble-direct's layers are torch-geometric ``GATConv`` computed in a cheaper order
-    (edge logits from the folded edge weights; self-loops built once for every layer; at
-    inference, the fused CSR path with its softmax bound): loading the same weights into stock
-    ``GATConv`` layers that add their own self-loops gives the same forces. Attention logits
+    (edge logits from the folded edge weights; self-loops built once for every layer; the
+    fused CSR path with its softmax bound): loading the same weights into stock ``GATConv``
+    layers that add their own self-loops gives the same forces, and training through the fused
+    path (its own sparse backward) the same gradients as torch-geometric's message passing. Attention logits
     spread so widely that the bound could underflow an atom's weights take the exact maxima
     (the fallback runs, and still agrees), and a graph's cached edge logits follow the
     weights. The frames: molecules, a slab whose atom pairs recur through several images,
@@ -612,11 +613,26 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     ref = stock_forces()
     with torch.no_grad():
         inference = model(b)  # the fused CSR path
-    training = model(b)  # with autograd: torch-geometric's edge-list message passing
-    assert np.abs(ref).max() > 1e-2
-    np.testing.assert_allclose(training.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(inference.numpy(), ref, rtol=1e-10, atol=1e-12)
     assert len(calls) == len(model.convs)  # the bound held: one aggregation per layer
+    assert np.abs(ref).max() > 1e-2
+    np.testing.assert_allclose(inference.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+    # training: the fused path's gradients (its own sparse backward) against torch-geometric's
+    # edge-list message passing, as a vmapped group trains, for every parameter
+    weights = torch.randn(ref.shape, dtype=torch.float64)
+    grads = {}
+    for path in ("fused", "edge list"):
+        plain = copy.copy(b)
+        plain.extra = {} if path == "fused" else {"edges": model.edges(b)}
+        model.zero_grad()
+        forces = model(plain)
+        np.testing.assert_allclose(forces.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+        (forces * weights).sum().backward()
+        grads[path] = {k: p.grad.clone() for k, p in model.named_parameters()}
+    for k, g in grads["edge list"].items():
+        assert g.abs().max() > 0, k  # every parameter matters
+        np.testing.assert_allclose(grads["fused"][k], g, rtol=1e-9, atol=1e-12, err_msg=k)
+    model.zero_grad()
     edge_index, _ = model.edges(b)
     # own images dropped, one self-loop per atom
     assert edge_index.shape[1] == int((b.src != b.dst).sum()) + len(b.numbers)

@@ -40,7 +40,7 @@ from elmlff.meta.params import DirectParams
 
 @dataclass
 class CSRGraph:
-    """The cutoff graph for inference (no autograd), edges ordered by receiving atom and
+    """The cutoff graph for the fused GAT layers, edges ordered by receiving atom and
     without self-loops: ``crow`` (N + 1) row offsets, ``col`` (E,) sending atoms, ``row``
     (E,) receiving atoms, ``edge_attr`` (E, F) in that order. An atom pair reached through
     several periodic images keeps one edge per image. Each atom's self-loop (the features'
@@ -59,31 +59,91 @@ class CSRGraph:
 
     def edge_logits(self, conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Edge-attention logits of the layer ``conv``: (H, E) of the edges, (H, N) of the
-        self-loops and (H, N) the largest of each atom's (cached while the weights are
-        unchanged)."""
+        self-loops and (H, N) the largest of each atom's (a constant for autograd: the
+        softmax does not depend on it). Without autograd they are cached while the layer's
+        weights are unchanged."""
         key = (conv.lin_edge.weight._version, conv.att_edge._version)
         hit = self.cache.get(conv)  # keyed by the layer itself (kept alive: no id reuse)
-        if hit is None or hit[0] != key:
+        if hit is None or hit[0] != key or torch.is_grad_enabled():
             w = conv.lin_edge.weight.view(conv.heads, conv.out_channels, -1)
             fold = (w * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1)  # (H, F)
             logits = fold @ self.edge_attr.T
             offsets = self.crow.expand(len(logits), -1)
             count = (self.crow[1:] - self.crow[:-1]).clamp_min(1).to(logits.dtype)
             loop = torch.segment_reduce(logits, "sum", offsets=offsets, axis=1) / count
-            top = torch.segment_reduce(logits, "max", offsets=offsets, axis=1, initial=-math.inf)
-            hit = self.cache[conv] = (key, logits, loop, torch.maximum(top, loop))
+            with torch.no_grad():
+                top = torch.segment_reduce(
+                    logits, "max", offsets=offsets, axis=1, initial=-math.inf
+                )
+                top = torch.maximum(top, loop)
+            hit = (key, logits, loop, top)
+            if not torch.is_grad_enabled():
+                self.cache[conv] = hit
         return hit[1], hit[2], hit[3]
 
-    def blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row offsets and columns of the block-diagonal adjacency of ``heads`` copies of the
-        graph (one sparse product aggregates every head), cached."""
+    def blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row offsets, columns and rows of the block-diagonal adjacency of ``heads`` copies of
+        the graph (one sparse product aggregates every head), cached."""
         if ("blocks", heads) not in self.cache:
             e = len(self.col)
             k = torch.arange(heads, device=self.col.device)
             crow = torch.cat([(self.crow[:-1] + e * k[:, None]).view(-1), self.crow[-1:] * heads])
             col = (self.col + self.n * k[:, None]).view(-1)
-            self.cache["blocks", heads] = (crow, col)
+            row = (self.row + self.n * k[:, None]).view(-1)
+            self.cache["blocks", heads] = (crow, col, row)
         return self.cache["blocks", heads]
+
+    def transposed_blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The transpose of :meth:`blocks` as CSR (row offsets, columns) and the order that
+        takes its values from the block adjacency's, cached (for the product's backward)."""
+        if ("transposed", heads) not in self.cache:
+            e, dev = len(self.col), self.col.device
+            order = torch.argsort(self.col, stable=True)  # by sending atom
+            crow = torch.zeros(self.n + 1, dtype=torch.long, device=dev)
+            crow[1:] = torch.cumsum(torch.bincount(self.col, minlength=self.n), 0)
+            k = torch.arange(heads, device=dev)[:, None]
+            self.cache["transposed", heads] = (
+                torch.cat([(crow[:-1] + e * k).view(-1), crow[-1:] * heads]),
+                (self.row[order] + self.n * k).view(-1),
+                (order + e * k).view(-1),
+            )
+        return self.cache["transposed", heads]
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, (n, n), check_invariants=False)
+
+
+class _BlockProduct(torch.autograd.Function):
+    """``A(weight) @ feats`` for the block adjacency of :meth:`CSRGraph.blocks`, differentiable
+    in both: d weight_e = <grad_row(e), feats_col(e)> (a sampled dense-dense product on the
+    graph's pattern), d feats = A^T @ grad (a sparse product with the cached transpose), so no
+    (edges x channels) tensor is formed."""
+
+    @staticmethod
+    def forward(ctx, weight, feats, g: CSRGraph, heads: int):
+        crow, col, _ = g.blocks(heads)
+        ctx.save_for_backward(weight, feats)
+        ctx.g, ctx.heads = g, heads
+        return _csr(crow, col, weight, len(feats)) @ feats
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        weight, feats = ctx.saved_tensors
+        g, heads = ctx.g, ctx.heads
+        grad = grad.contiguous()
+        d_weight = d_feats = None
+        if ctx.needs_input_grad[0]:  # <grad_row, feats_col> on the graph's pattern (SDDMM)
+            crow, col, _ = g.blocks(heads)
+            pattern = _csr(crow, col, weight, len(feats))
+            d_weight = torch.sparse.sampled_addmm(pattern, grad, feats.T, beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            crow_t, col_t, order = g.transposed_blocks(heads)
+            d_feats = _csr(crow_t, col_t, weight[order], len(feats)) @ grad
+        return d_weight, d_feats, None, None
 
 
 _SOFTMAX_FLOOR = math.exp(-60.0)  # a denominator below it: the shifted weights may underflow
@@ -96,15 +156,9 @@ def _weighted_sums(
     exp(logit - top) times the sender's features (their last, a one: the softmax's
     denominator); one sparse-dense product for all heads (block-diagonal adjacency)."""
     h, n = z_loop.shape
-    crow, col = g.blocks(h)
-    weight = (z - top.index_select(1, g.row)).exp_()  # (H, E)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-        adj = torch.sparse_csr_tensor(
-            crow, col, weight.view(-1), (h * n, h * n), check_invariants=False
-        )
-        sums = (adj @ feats.view(h * n, -1)).view(h, n, -1)
-    return sums.addcmul_((z_loop - top).exp_()[..., None], feats)
+    weight = (z - top.index_select(1, g.row)).exp()  # (H, E)
+    sums = _BlockProduct.apply(weight.view(-1), feats.view(h * n, -1), g, h).view(h, n, -1)
+    return sums + (z_loop - top).exp()[..., None] * feats
 
 
 def folded_gat_conv(*args, **kwargs) -> nn.Module:
@@ -117,16 +171,19 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
     parameters and state dict, without the (edges x hidden) intermediate that dominated the
     layer's arithmetic on a dense graph (54-atom slabs: ~85 edges per atom).
 
-    Given a :class:`CSRGraph` (inference: no autograd), :meth:`fused` computes the same layer
-    in a few passes over (heads x edges) arrays, without torch-geometric's message passing:
-    the edge logits come from the graph's cache, the self-loops are added per atom; the
+    Given a :class:`CSRGraph`, :meth:`fused` computes the same layer in a few passes over
+    (heads x edges) arrays, without torch-geometric's message passing: the edge logits come
+    from the graph (cached there without autograd), the self-loops are added per atom; the
     softmax subtracts, instead of each atom's exact largest logit (a segment max and a
     gather), an upper bound of it (the leaky ReLU is monotonic: the largest sender term of the
-    batch plus the atom's own terms); the attention-weighted sum and the softmax's denominator
-    are one sparse-dense product (a block-diagonal adjacency of all heads; a column of ones
-    beside the features), so no weight is normalised edge by edge. Where the bound is so
+    batch plus the atom's own terms; a constant for autograd, as the softmax does not depend
+    on it); the attention-weighted sum and the softmax's denominator are one sparse-dense
+    product (a block-diagonal adjacency of all heads; a column of ones beside the features),
+    with its own backward (:class:`_BlockProduct`), so no weight is normalised edge by edge
+    and no (edges x channels) tensor is formed in the forward pass. Where the bound is so
     loose that an atom's weights may have underflowed (denominator below e^-60), the layer is
-    recomputed with the exact maxima.
+    recomputed with the exact maxima. torch-geometric's edge-list path stays for groups of
+    models trained under ``vmap``, which cannot batch sparse tensors.
     """
     import torch.nn.functional as F
     from torch_geometric.nn import GATConv
@@ -148,9 +205,12 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             return F.dropout(alpha, p=self.dropout, training=self.training)
 
         def fused(self, x: torch.Tensor, g: CSRGraph) -> torch.Tensor:
-            """The layer's output (N, heads * channels) on graph ``g`` (no autograd)."""
-            if torch.is_grad_enabled() or not self.concat or self.res is not None:
-                raise RuntimeError("the fused GAT layer is for inference (no autograd) only")
+            """The layer's output (N, heads * channels) on graph ``g``."""
+            if not self.concat or self.res is not None or (self.training and self.dropout):
+                raise RuntimeError(
+                    "the fused GAT layer has no mean over heads, no residual "
+                    "and no attention dropout"
+                )
             h, c, slope = self.heads, self.out_channels, self.negative_slope
             xs = self.lin(x).view(-1, h, c)
             a_src = (xs * self.att_src).sum(-1).T.contiguous()  # (H, N)
@@ -159,14 +219,16 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             z = a_src.index_select(1, g.col).add_(e_edge).add_(a_dst.index_select(1, g.row))
             z = F.leaky_relu(z, slope, inplace=True)  # (H, E): the edges' attention logits
             z_loop = F.leaky_relu(a_src + e_loop + a_dst, slope)  # (H, N): the self-loops'
-            # >= every logit of the atom (the leaky ReLU is monotonic)
-            top = F.leaky_relu(a_dst + a_src.amax(dim=1, keepdim=True) + e_top, slope)
+            with torch.no_grad():  # >= every logit of the atom (the leaky ReLU is monotonic)
+                top = F.leaky_relu(a_dst + a_src.amax(dim=1, keepdim=True) + e_top, slope)
             feats = torch.cat([xs, xs.new_ones(len(xs), h, 1)], 2).transpose(0, 1).contiguous()
             sums = _weighted_sums(g, z, z_loop, top, feats)  # (H, N, C + 1)
             if not bool((sums[..., c] >= _SOFTMAX_FLOOR).all()):  # the bound was too loose
-                offsets = g.crow.expand(h, -1)
-                top = torch.segment_reduce(z, "max", offsets=offsets, axis=1, initial=-math.inf)
-                sums = _weighted_sums(g, z, z_loop, torch.maximum(top, z_loop), feats)
+                with torch.no_grad():
+                    offsets = g.crow.expand(h, -1)
+                    top = torch.segment_reduce(z, "max", offsets=offsets, axis=1, initial=-math.inf)
+                    top = torch.maximum(top, z_loop)
+                sums = _weighted_sums(g, z, z_loop, top, feats)
             out = (sums[..., :c] / sums[..., c:]).transpose(0, 1).reshape(-1, h * c)
             return out if self.bias is None else out + self.bias
 
@@ -216,9 +278,9 @@ class EnsembleDirect(nn.Module):
             self.register_buffer("blend", torch.zeros(n_models))
 
     def forward(self, b: MetaBatch) -> torch.Tensor:
-        """Forces (A, 3) in eV/Å (without autograd: the layers' fused CSR path)."""
+        """Forces (A, 3) in eV/Å, through the layers' fused CSR path unless ``b.extra["edges"]``
+        holds an edge list (torch-geometric's message passing, which ``vmap`` can batch)."""
         s = self.stats
-        inference = not torch.is_grad_enabled()
         f = b.base_forces / s.force_rms  # (A, M, 3)
         e = (b.base_energy / b.n_atoms[:, None] - s.energy_mu) / s.energy_sigma  # (F, M)
         z = self.z_to_index[b.numbers]
@@ -232,7 +294,7 @@ class EnsembleDirect(nn.Module):
             [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z), *extra],
             dim=1,
         )
-        graph = b.extra.get("edges") or self.edges(b, sparse=inference)
+        graph = b.extra.get("edges") or self.edges(b, sparse=True)
         h = self.inp(x)
         outs = [h]
         for conv in self.convs:
@@ -257,7 +319,8 @@ class EnsembleDirect(nn.Module):
         stock ``GATConv`` adds them in each layer. It depends on the positions alone, so
         :func:`elmlff.meta.amortized.predict_subsets` builds it once for every subset.
         ``sparse``: a :class:`CSRGraph` (edges ordered by receiving atom, self-loops implied),
-        for the layers' fused inference path (no autograd)."""
+        for the layers' fused path; otherwise an edge list with the self-loops, for
+        torch-geometric's message passing (a vmapped group of models)."""
         src, dst, shift = b.src, b.dst, b.shift
         keep = src != dst  # an atom's own periodic images: stock GATConv removes them too
         if not bool(keep.all()):

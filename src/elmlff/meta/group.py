@@ -175,8 +175,8 @@ def fit_direct_group(
         data.batch(i).to(device, dtype)
         for i in fold_batches(val_idx, fold_of, settings.batch_size, rng, False)
     ]
-    for b in val_batches:  # built once; edge-list form, which vmap can batch over
-        b.extra["edges"] = models[0].edges(b)
+    for b in val_batches:  # built once; a group's in edge-list form, which vmap can batch
+        b.extra["edges"] = models[0].edges(b, sparse=n == 1)
 
     @torch.no_grad()
     def validate(act: torch.Tensor) -> np.ndarray:
@@ -212,6 +212,7 @@ def fit_direct_group(
             b = data.batch(idx).to(device, dtype)
             if settings.augment_rotations:
                 b = rotate(b, rotation(rng))
+            b.extra["edges"] = models[0].edges(b, sparse=len(act) == 1)  # vmap: edge list
             f = forward(b, act)
             per_model = ((f - b.ref_forces) ** 2).mean(dim=(1, 2)) / stats.force_rms**2
             loss = settings.force_weight * per_model
