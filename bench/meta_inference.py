@@ -6,8 +6,9 @@ For a methane batch and a methanol/Cu(100) batch, with the eight bases of config
   time (target < 1 %);
 * Ensemble-conserv: time of its forces (every base live with create_graph, θ, and the
   backward pass through θ and the bases) / summed base inference time (target < 3x);
-* Ensemble-direct's forward on a large batch of the largest system through the edge list (as
-  in training) and through the fused CSR path (as at inference): the time of each.
+* Ensemble-direct's forward on a large batch of the largest system, and one training step on a
+  training batch of it, through torch-geometric's edge list (as a vmapped group of models
+  trains) and through the fused CSR path (as everything else runs): the time of each.
 
 Base inference = each base's own energy + forces (``predict``). Bases come from
 ``results/{dataset}/bases`` when a campaign has trained them; otherwise each architecture is
@@ -19,6 +20,7 @@ in one run, not a test: ``make bench`` (or ``python bench/meta_inference.py``).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from pathlib import Path
@@ -122,11 +124,12 @@ def bench(name: str, frames, pots, device: str = "cpu") -> None:
     )
 
 
-def aggregation(name: str, frames, device: str = "cpu") -> None:
+def aggregation(name: str, frames, device: str = "cpu", train_frames: int = 32) -> None:
     """Ensemble-direct's forward (graph and edge features prebuilt, as the amortized study
-    predicts its subsets) through the edge list, as in training, and through the fused CSR
-    path that inference uses (edge logits cached with the graph); random weights and base
-    forces (the cost depends on neither)."""
+    predicts its subsets) through torch-geometric's edge list and through the fused CSR path
+    (edge logits cached with the graph), and one training step (forward and backward, graph
+    built inside, ``train_frames`` frames as a training batch) through each; random weights
+    and base forces (the cost depends on neither)."""
     from elmlff import meta
     from elmlff.meta.data import Stats, batch_from_frames
 
@@ -136,14 +139,15 @@ def aggregation(name: str, frames, device: str = "cpu") -> None:
     fm = frames.forces[None] + 0.1 * rng.normal(size=(m, len(frames.numbers), 3))
     torch.manual_seed(0)
     model = meta.build("direct", m, frames.species, Stats.fit(frames), {}).to(device).eval()
+    paths = (("edge list", False), ("fused CSR", True))
     with torch.no_grad():
         model.head[-1].weight.normal_(0.0, 0.1)  # a correction that is not zero
         b = batch_from_frames(frames, em, fm, model.params["cutoff"]).to(device, torch.float32)
         out, sec = {}, {}
-        for path, sparse in (("edge list", False), ("fused CSR", True)):
+        for path, sparse in paths:
             b.extra["edges"] = model.edges(b, sparse=sparse)
             out[path] = model(b).cpu().numpy()
-            sec[path] = timed(lambda b=b: model(b))
+            sec[path] = timed(lambda b=b: (model(b), _sync(device)))
     n_edges = len(b.src) + len(b.numbers)
     diff = np.abs(out["edge list"] - out["fused CSR"]).max()
     head = f"{name}: Ensemble-direct's forward on {len(frames)} frames ({n_edges} edges)"
@@ -154,6 +158,29 @@ def aggregation(name: str, frames, device: str = "cpu") -> None:
         f"  edge list / fused: {sec['edge list'] / sec['fused CSR']:.2f}x; "
         f"largest force difference {diff:.1e} eV/Å (float32)"
     )
+    few = frames.subset(range(train_frames))
+    tb = batch_from_frames(
+        few, em[:, :train_frames], fm[:, : len(few.numbers)], model.params["cutoff"]
+    ).to(device, torch.float32)
+    model.train()
+
+    def step(sparse: bool) -> None:
+        c = copy.copy(tb)
+        c.extra = {"edges": model.edges(c, sparse=sparse)}
+        model.zero_grad()
+        ((model(c) - c.ref_forces) ** 2).mean().backward()
+        _sync(device)
+
+    train = {path: timed(lambda s=sparse: step(s)) for path, sparse in paths}
+    print(f"  training step on {train_frames} frames (forward + backward, graph built):")
+    for path, t in train.items():
+        print(f"  {path:>10s}  {1e3 * t:8.1f} ms")
+    print(f"  edge list / fused: {train['edge list'] / train['fused CSR']:.2f}x")
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
