@@ -560,12 +560,12 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     """Ensemble-direct's layers are torch-geometric ``GATConv`` computed in a cheaper order
     (edge logits from the folded edge weights; self-loops built once for every layer; the
     fused CSR path with its softmax bound): loading the same weights into stock ``GATConv``
-    layers that add their own self-loops gives the same forces, and training through the fused
-    path (its own sparse backward) the same gradients as torch-geometric's message passing. Attention logits
-    spread so widely that the bound could underflow an atom's weights take the exact maxima
-    (the fallback runs, and still agrees), and a graph's cached edge logits follow the
-    weights. The frames: molecules, a slab whose atom pairs recur through several images,
-    and a small bulk cell where atoms see their own images."""
+    layers that add their own self-loops gives the same forces, and training through the
+    fused path (its own sparse backward) the same gradients as torch-geometric's message
+    passing. Attention logits spread so widely that the bound could underflow an atom's
+    weights take the exact maxima (the fallback runs, and still agrees), and a graph's cached
+    edge logits follow the weights. The frames: molecules, a slab whose atom pairs recur
+    through several images, and a small bulk cell where atoms see their own images."""
     from ase.build import bulk
     from ase.calculators.singlepoint import SinglePointCalculator
     from torch_geometric.nn import GATConv
@@ -646,3 +646,33 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
         loose = model(b)
     assert len(calls) == len(model.convs) + 1  # the first layer fell back to exact maxima
     np.testing.assert_allclose(loose.numpy(), stock_forces(), rtol=1e-9, atol=1e-11)
+
+
+def test_direct_fused_training_on_a_cell_with_more_edges_than_atom_pairs():
+    """A tiny periodic cell at a long cutoff has more edges (periodic images) than atom pairs,
+    where torch's sampled dense-dense product fails: the fused path's backward falls back to
+    gathers and still gives torch-geometric's edge-list gradients."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    cu = bulk("Cu", cubic=True)
+    cu.rattle(0.05, seed=4)
+    cu.calc = SinglePointCalculator(cu, energy=-15.0, forces=np.zeros((4, 3)))
+    fr = Frames.from_atoms([cu], name="bulk")
+    rng = np.random.default_rng(5)
+    e, f = rng.normal(size=(3, 1)) - 15, rng.normal(size=(3, 4, 3))
+    b = batch_from_frames(fr, e, f, 6.0).to("cpu", torch.float64)
+    model = _direct(fr.species).double().train()
+    heads = model.convs[0].heads
+    g = model.edges(b, sparse=True)
+    assert len(g.col) * heads > (heads * g.n) ** 2  # the case torch's SDDMM cannot take
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    grads = []
+    for edges in (g, model.edges(b)):
+        c = copy.copy(b)
+        c.extra = {"edges": edges}
+        model.zero_grad()
+        (model(c) * weights).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k, ref in grads[1].items():
+        np.testing.assert_allclose(grads[0][k], ref, rtol=1e-9, atol=1e-12, err_msg=k)

@@ -137,9 +137,12 @@ class _BlockProduct(torch.autograd.Function):
         grad = grad.contiguous()
         d_weight = d_feats = None
         if ctx.needs_input_grad[0]:  # <grad_row, feats_col> on the graph's pattern (SDDMM)
-            crow, col, _ = g.blocks(heads)
-            pattern = _csr(crow, col, weight, len(feats))
-            d_weight = torch.sparse.sampled_addmm(pattern, grad, feats.T, beta=0.0).values()
+            crow, col, row = g.blocks(heads)
+            if len(col) <= len(feats) ** 2:
+                pattern = _csr(crow, col, weight, len(feats))
+                d_weight = torch.sparse.sampled_addmm(pattern, grad, feats.T, beta=0.0).values()
+            else:  # more edges than atom pairs (a tiny cell's images): torch's SDDMM fails
+                d_weight = (grad.index_select(0, row) * feats.index_select(0, col)).sum(1)
         if ctx.needs_input_grad[1]:
             crow_t, col_t, order = g.transposed_blocks(heads)
             d_feats = _csr(crow_t, col_t, weight[order], len(feats)) @ grad
