@@ -97,9 +97,11 @@ def rotation(rng: np.random.Generator) -> torch.Tensor:
 
 
 def rotate(b: MetaBatch, rot: torch.Tensor) -> MetaBatch:
-    """The batch with every Cartesian quantity rotated (x -> R x)."""
+    """The batch with every Cartesian quantity rotated (x -> R x); a prebuilt graph (its edge
+    features hold unit vectors) is dropped, not rotated."""
     r = rot.to(b.positions.device, b.positions.dtype).T
     out = copy.copy(b)
+    out.extra = {k: v for k, v in b.extra.items() if k != "edges"}
     out.positions, out.shift, out.cell = b.positions @ r, b.shift @ r, b.cell @ r
     out.base_forces, out.ref_forces = b.base_forces @ r, b.ref_forces @ r
     return out
