@@ -198,6 +198,18 @@ def _copper_slab() -> Frames:
     return Frames.from_atoms([slab], name="slab")
 
 
+def _copper_bulk(seed: int) -> Frames:
+    """A rattled 4-atom cubic Cu cell, 3.61 Å wide: at a 4 Å cutoff each atom sees its own
+    periodic images."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    cu = bulk("Cu", cubic=True)
+    cu.rattle(0.05, seed=seed)
+    cu.calc = SinglePointCalculator(cu, energy=-15.0, forces=np.zeros((4, 3)))
+    return Frames.from_atoms([cu], name="bulk")
+
+
 def test_neighbour_graph_counts_fcc_neighbours_through_periodic_images():
     slab = _copper_slab()
     g = neighbour_graph(slab, cutoff=2.8)  # Cu nearest-neighbour distance 2.55 Å
@@ -566,17 +578,12 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     weights take the exact maxima (the fallback runs, and still agrees), and a graph's cached
     edge logits follow the weights. The frames: molecules, a slab whose atom pairs recur
     through several images, and a small bulk cell where atoms see their own images."""
-    from ase.build import bulk
-    from ase.calculators.singlepoint import SinglePointCalculator
     from torch_geometric.nn import GATConv
 
     from elmlff.meta import direct
 
-    cu = bulk("Cu", cubic=True)  # 3.61 Å wide: each atom sees its own periodic images
-    cu.rattle(0.05, seed=2)
-    cu.calc = SinglePointCalculator(cu, energy=-15.0, forces=np.zeros((4, 3)))
     fr, e, f = mixed
-    fr = Frames.concatenate([fr, Frames.from_atoms([cu], name="bulk")], name="mixed+bulk")
+    fr = Frames.concatenate([fr, _copper_bulk(seed=2)], name="mixed+bulk")
     rng = np.random.default_rng(3)
     e = np.concatenate([e, rng.normal(size=(3, 1)) - 40], axis=1)
     f = np.concatenate([f, rng.normal(size=(3, 4, 3))], axis=1)
@@ -652,13 +659,7 @@ def test_direct_fused_training_on_a_cell_with_more_edges_than_atom_pairs():
     """A tiny periodic cell at a long cutoff has more edges (periodic images) than atom pairs,
     where torch's sampled dense-dense product fails: the fused path's backward falls back to
     gathers and still gives torch-geometric's edge-list gradients."""
-    from ase.build import bulk
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    cu = bulk("Cu", cubic=True)
-    cu.rattle(0.05, seed=4)
-    cu.calc = SinglePointCalculator(cu, energy=-15.0, forces=np.zeros((4, 3)))
-    fr = Frames.from_atoms([cu], name="bulk")
+    fr = _copper_bulk(seed=4)
     rng = np.random.default_rng(5)
     e, f = rng.normal(size=(3, 1)) - 15, rng.normal(size=(3, 4, 3))
     b = batch_from_frames(fr, e, f, 6.0).to("cpu", torch.float64)
