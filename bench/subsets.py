@@ -3,7 +3,8 @@
 Trains the default campaign's Ensemble-direct (config/config.yaml) on the methane frames
 1. on all eight bases, alone, as the ``train_meta`` rule does, and
 2. on all 255 non-empty subsets, grouped by size k as the ``train_subsets`` rule does
-   (one vmapped group per k, graphs and batches shared),
+   (graphs and batches shared; one vmapped group per k where that pays, otherwise one model
+   after another: :func:`elmlff.meta.group.fit_direct_models`),
 both for the same fixed number of epochs (no early stopping, so both do the same work per
 model), and prints the wall-time ratio (issue target: < 10) and the naive ratio (255 separate
 trainings, each building its own graphs, estimated from one).
@@ -89,7 +90,7 @@ def main() -> None:
     from elmlff import meta
     from elmlff.config import load_config, meta_spec
     from elmlff.meta.data import MetaData, Stats
-    from elmlff.meta.group import fit_direct_group
+    from elmlff.meta.group import fit_direct_models, vmap_pays
     from elmlff.subsets import choose, resolve
     from elmlff.subsets import seed as subset_seed
 
@@ -113,7 +114,7 @@ def main() -> None:
         ]
         _sync(a.device)
         t = time.perf_counter()
-        fit_direct_group(models, subsets, data, fit_idx, val_idx, settings, log=quiet)
+        fit_direct_models(models, subsets, data, fit_idx, val_idx, settings, log=quiet)
         _sync(a.device)
         return time.perf_counter() - t
 
@@ -149,8 +150,9 @@ def main() -> None:
     for k in sizes:
         t = train(groups[k])
         total, count = total + t, count + len(groups[k])
+        how = "in one group" if vmap_pays(len(groups[k]), data, settings, a.device) else "one by one"
         print(
-            f"  k={k}: {len(groups[k]):3d} subsets in one group {t:7.1f} s "
+            f"  k={k}: {len(groups[k]):3d} subsets {how:>12s} {t:7.1f} s "
             f"({1e3 * t / len(groups[k]) / settings.max_epochs:.0f} ms per model-epoch)"
         )
     n_all = sum(len(g) for g in groups.values())  # 2^M - 1: 255 for the eight bases

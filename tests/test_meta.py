@@ -4,6 +4,7 @@ training that beats the plain mean on a biased ensemble, the ASE calculator, lea
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -499,7 +500,7 @@ def test_stacked_adam_and_plateau_match_torch():
 
 
 def test_subsets_trained_together_equal_subsets_trained_one_by_one(biased_problem):
-    from elmlff.meta.group import fit_direct_group
+    from elmlff.meta.group import fit_direct_group, fit_direct_models, vmap_pays
     from elmlff.subsets import seed
 
     data = biased_problem
@@ -515,15 +516,20 @@ def test_subsets_trained_together_equal_subsets_trained_one_by_one(biased_proble
             for c in subsets
         ]
 
-    together = models()
-    infos = fit_direct_group(together, subsets, data, fit_idx, val_idx, s, log=lambda m: None)
+    together, quiet = models(), lambda m: None
+    infos = fit_direct_group(together, subsets, data, fit_idx, val_idx, s, log=quiet)
     assert [i["trained_with"] for i in infos] == [3, 3, 3]
     # one model stops early and leaves the group (training and validation) while others go on
     assert len({i["epochs_run"] for i in infos}) > 1
     test = data.frames.subset(np.arange(200, 240))
     a = data.frames.atom_index(np.arange(200, 240))
-    for c, model, info in zip(subsets, models(), infos, strict=True):
-        alone = fit_direct_group([model], [c], data, fit_idx, val_idx, s, log=lambda m: None)[0]
+    # three models on a CPU: the job trains them one after another, not as one vmapped group
+    assert not vmap_pays(3, data, s, "cpu") and vmap_pays(3, data, s, "cuda")
+    assert vmap_pays(30, data, s, "cpu")  # many models on small graphs: one group
+    assert not vmap_pays(30, data, replace(s, batch_size=10**4), "cpu")  # large batches: not
+    one_by_one = models()
+    alone_infos = fit_direct_models(one_by_one, subsets, data, fit_idx, val_idx, s, log=quiet)
+    for c, model, info, alone in zip(subsets, one_by_one, infos, alone_infos, strict=True):
         assert alone["epochs_run"] == info["epochs_run"] and alone["trained_with"] == 1
         assert alone["best_val_force_rmse"] == pytest.approx(info["best_val_force_rmse"], rel=1e-4)
         m = data.model_index(c)

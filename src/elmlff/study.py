@@ -12,9 +12,10 @@ its files named in :mod:`elmlff.layout`):
   ``forces (S, A, 3)`` eV/Å and ``energy (S, F)`` eV (NaN for Ensemble-direct), ``seconds``.
 
 The job is :mod:`elmlff.meta.jobs`' (the same as ``train_meta``'s with one subset):
-Ensemble-direct subsets train together (:func:`elmlff.meta.group.fit_direct_group`), sharing
-the graphs, the batches and the process; Ensemble-conserv runs its bases live, so its subsets
-train one after another in the job, still sharing the data and the loaded bases.
+Ensemble-direct subsets share the graphs, the batches and the process, and train as one
+vmapped group where that is faster than one after another
+(:func:`elmlff.meta.group.fit_direct_models`); Ensemble-conserv runs its bases live, so its
+subsets train one after another in the job, still sharing the data and the loaded bases.
 :func:`subset_table` then writes ``subsets.csv``.
 """
 

@@ -16,6 +16,9 @@ models stay independent:
 * early stopping and the choice of checkpoint are per model (a stopped model is frozen and
   leaves the forward pass).
 
+Where a group would be slower than its models one after another (few models, or large graphs,
+on a CPU), :func:`fit_direct_models` trains them one by one through this same code.
+
 One model trained alone goes through this same code (``S = 1``, no vmap), and batches,
 rotations and each model's initial weights do not depend on which models share the group. So a
 subset gives the same model whether it is trained in a group or on its own
@@ -119,6 +122,52 @@ def fold_batches(
         out += [order[i : i + size] for i in range(0, len(g), size)]
     if shuffle:
         out = [out[i] for i in rng.permutation(len(out))]
+    return out
+
+
+#: On a CPU a vmapped group beats training its models one after another (each through the
+#: fused CSR path) only for many models on small graphs; measured on 2 cores, 2 epochs, 32-frame
+#: batches: 70 methane models (~640 edges a batch) 8.6 s vmapped against 13.7 s one after
+#: another, 28 models 7.4 against 6.9 s, 3 models 3.4 against 1.0 s; 3 methanol/Cu models
+#: (~47,000 edges a batch) 6.5 against 1.1 s. On a GPU one model's step is launch-bound, so a
+#: group costs about what one model does (bench/measured/subsets_cuda_h200.md).
+VMAP_MIN_MODELS = 24
+VMAP_MAX_BATCH_EDGES = 4096
+
+
+def vmap_pays(n_models: int, data: MetaData, settings: TrainSettings, device) -> bool:
+    """Whether ``n_models`` models on ``data`` train faster as one vmapped group than one after
+    another (see :data:`VMAP_MIN_MODELS`)."""
+    if n_models < 2:
+        return False
+    if torch.device(device).type == "cuda":
+        return True
+    batch_edges = len(data.graph) / max(len(data.frames), 1) * settings.batch_size
+    return n_models >= VMAP_MIN_MODELS and batch_edges <= VMAP_MAX_BATCH_EDGES
+
+
+def fit_direct_models(
+    models: Sequence[torch.nn.Module],
+    subsets: Sequence[Sequence[str]],
+    data: MetaData,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    settings: TrainSettings,
+    fold_of: np.ndarray | None = None,
+    log: Callable[[str], None] = log,
+) -> list[dict]:
+    """:func:`fit_direct_group` on all ``models`` at once where a vmapped group pays
+    (:func:`vmap_pays`), otherwise on each model alone, one after another. Batches, rotations
+    and initial weights do not depend on the group, so both give the same models (to float
+    rounding: the two paths sum in different orders)."""
+    device = next(models[0].parameters()).device if models else "cpu"
+    if len(models) < 2 or vmap_pays(len(models), data, settings, device):
+        return fit_direct_group(models, subsets, data, fit_idx, val_idx, settings, fold_of, log)
+    log(f"{len(models)} models one after another (faster here than one vmapped group)")
+    out = []
+    for i, (model, c) in enumerate(zip(models, subsets, strict=True)):
+        log(f"model {i + 1}/{len(models)}: bases {list(c)}")
+        out += fit_direct_group([model], [c], data, fit_idx, val_idx, settings, fold_of, log)
     return out
 
 

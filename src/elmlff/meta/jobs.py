@@ -4,7 +4,8 @@ or many subsets of the bases, with everything they share prepared once.
 :func:`prepare` reads the store and split, picks the frames the meta learns from, runs the leak
 guards, builds the graphs and scales and loads the live bases where the spec needs them;
 :func:`train` then trains one model per subset (Ensemble-direct's subsets together in one
-vmapped group, Ensemble-conserv's one after another through the shared live bases). The
+vmapped group where that pays, Ensemble-conserv's one after another through the shared live
+bases). The
 ``train_meta`` stage is a job with one subset, the subset study a job per size k, so both give
 the same model for the same subset.
 """
@@ -138,7 +139,7 @@ def train(job: MetaJob, device: str = "cpu") -> tuple[list, list[dict]]:
     name, trained on ``device`` (the live bases' device: :func:`prepare`'s) with early stopping
     and the checkpoint chosen on val; returned on the CPU."""
     from elmlff import meta
-    from elmlff.meta.group import fit_direct_group
+    from elmlff.meta.group import fit_direct_models
     from elmlff.meta.train import fit
 
     spec, settings = job.spec, job.spec.settings
@@ -155,7 +156,7 @@ def train(job: MetaJob, device: str = "cpu") -> tuple[list, list[dict]]:
     ]
     if spec.kind == "direct":
         group = [m.to(device) for m in models]
-        infos = fit_direct_group(group, job.subsets, job.data, job.fit_idx, job.val_idx, settings)
+        infos = fit_direct_models(group, job.subsets, job.data, job.fit_idx, job.val_idx, settings)
         return [m.cpu() for m in group], infos
     infos = []
     for i, (model, c) in enumerate(zip(models, job.subsets, strict=True)):
