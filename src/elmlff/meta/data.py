@@ -80,26 +80,27 @@ def batch_from_frames(
     cutoff: float,
     graph: Graph | None = None,
     index: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> MetaBatch:
-    """A :class:`MetaBatch` of all ``frames`` (graph built here unless given); base arrays are
-    ``(M, F)`` and ``(M, A, 3)`` as in the store."""
+    """A :class:`MetaBatch` of all ``frames`` (graph built here unless given), its floats as
+    ``dtype``; base arrays are ``(M, F)`` and ``(M, A, 3)`` as in the store."""
     g = graph if graph is not None else neighbour_graph(frames, cutoff)
     t = torch.as_tensor
     return MetaBatch(
         frames=np.arange(len(frames)) if index is None else np.asarray(index),
         numbers=t(frames.numbers, dtype=torch.long),
-        positions=t(frames.positions, dtype=torch.float64),
+        positions=t(frames.positions, dtype=dtype),
         n_atoms=t(frames.n_atoms, dtype=torch.long),
         batch=t(frames.frame_of_atom, dtype=torch.long),
-        cell=t(frames.cell, dtype=torch.float64),
+        cell=t(frames.cell, dtype=dtype),
         pbc=t(frames.pbc, dtype=torch.bool),
         src=t(g.src, dtype=torch.long),
         dst=t(g.dst, dtype=torch.long),
-        shift=t(g.shift, dtype=torch.float64),
-        base_energy=t(np.asarray(base_energy, dtype=np.float64).T.copy()),
-        base_forces=t(np.ascontiguousarray(np.asarray(base_forces, np.float64).transpose(1, 0, 2))),
-        ref_energy=t(frames.energy, dtype=torch.float64),
-        ref_forces=t(frames.forces, dtype=torch.float64),
+        shift=t(g.shift, dtype=dtype),
+        base_energy=t(np.asarray(base_energy).T, dtype=dtype).contiguous(),
+        base_forces=t(np.asarray(base_forces).transpose(1, 0, 2), dtype=dtype).contiguous(),
+        ref_energy=t(frames.energy, dtype=dtype),
+        ref_forces=t(frames.forces, dtype=dtype),
     )
 
 

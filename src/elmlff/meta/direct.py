@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from elmlff.errors import ElmlffError
@@ -46,9 +48,9 @@ class CSRGraph:
     several periodic images keeps one edge per image. Each atom's self-loop (the features'
     mean over its incoming edges, as stock ``GATConv`` adds it) enters the attention only
     through its logit, which is linear in the features: the mean of the atom's incoming edge
-    logits. ``cache`` holds each layer's logits, which depend on the graph and that layer's
-    weights alone, so a graph reused for many inputs (the subset study's predictions,
-    validation) computes them once."""
+    logits. ``cache`` holds the layers' edge logits, which depend on the graph and the
+    layers' weights alone, so a graph reused for many inputs (the subset study's
+    predictions, validation) computes them once."""
 
     crow: torch.Tensor
     col: torch.Tensor
@@ -57,29 +59,41 @@ class CSRGraph:
     n: int
     cache: dict = field(default_factory=dict, repr=False)
 
-    def edge_logits(self, conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Edge-attention logits of the layer ``conv``: (H, E) of the edges, (H, N) of the
-        self-loops and (H, N) the largest of each atom's (a constant for autograd: the
-        softmax does not depend on it). Without autograd they are cached while the layer's
-        weights are unchanged."""
-        key = (conv.lin_edge.weight._version, conv.att_edge._version)
-        hit = self.cache.get(conv)  # keyed by the layer itself (kept alive: no id reuse)
-        if hit is None or hit[0] != key or torch.is_grad_enabled():
-            w = conv.lin_edge.weight.view(conv.heads, conv.out_channels, -1)
-            fold = (w * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1)  # (H, F)
-            logits = fold @ self.edge_attr.T
-            offsets = self.crow.expand(len(logits), -1)
-            count = (self.crow[1:] - self.crow[:-1]).clamp_min(1).to(logits.dtype)
-            loop = torch.segment_reduce(logits, "sum", offsets=offsets, axis=1) / count
-            with torch.no_grad():
-                top = torch.segment_reduce(
-                    logits, "max", offsets=offsets, axis=1, initial=-math.inf
-                )
-                top = torch.maximum(top, loop)
-            hit = (key, logits, loop, top)
-            if not torch.is_grad_enabled():
-                self.cache[conv] = hit
-        return hit[1], hit[2], hit[3]
+    def mean_attr(self) -> torch.Tensor:
+        """(N, F) each atom's mean incoming edge features (zeros without edges): the features
+        stock ``GATConv`` gives its self-loop (``fill_value="mean"``), cached."""
+        if "mean_attr" not in self.cache:
+            a, e = self.edge_attr, len(self.col)
+            count = (self.crow[1:] - self.crow[:-1]).clamp_min(1).to(a.dtype)
+            ones = a.new_ones(e)  # a sparse sum over each atom's edges: faster than a segment sum
+            total = _csr(self.crow, torch.arange(e, device=a.device), ones, self.n, e) @ a
+            self.cache["mean_attr"] = total / count[:, None]
+        return self.cache["mean_attr"]
+
+    def attention_logits(
+        self, convs: Sequence[nn.Module]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer of ``convs``, the edge-attention logits' edge terms: (H, E) of the edges,
+        (H, N) of the self-loops and (H, 1) the largest of them (a constant for autograd: the
+        softmax does not depend on it); one product for all layers. The self-loop's term is
+        the layer's folded edge weights on :meth:`mean_attr` (linear: the mean of the atom's
+        edge terms). Without autograd they are cached while the layers' weights are
+        unchanged."""
+        key = tuple(_version_key(c.lin_edge.weight, c.att_edge) for c in convs)
+        slot = ("logits", *convs)  # keyed by the layers themselves (kept alive: no id reuse)
+        hit = self.cache.get(slot)
+        if hit is not None and hit[0] == key and not torch.is_grad_enabled():
+            return hit[1]
+        fold = torch.cat([c.edge_fold() for c in convs])  # (L * H, F)
+        edge = fold @ self.edge_attr.T  # (L * H, E)
+        loop = fold @ self.mean_attr().T  # (L * H, N)
+        with torch.no_grad():
+            top = torch.maximum(edge.amax(1, keepdim=True), loop.amax(1, keepdim=True))
+        sizes = [c.heads for c in convs]
+        out = list(zip(edge.split(sizes), loop.split(sizes), top.split(sizes), strict=True))
+        if not torch.is_grad_enabled():
+            self.cache[slot] = (key, out)
+        return out
 
     def blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Row offsets, columns and rows of the block-diagonal adjacency of ``heads`` copies of
@@ -110,10 +124,19 @@ class CSRGraph:
         return self.cache["transposed", heads]
 
 
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+def _version_key(*tensors: torch.Tensor) -> tuple:
+    """What identifies the current values of ``tensors`` (storage and in-place version)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def _csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int, m: int | None = None
+) -> torch.Tensor:
+    """The (n, m) (default square) CSR matrix of the given structure and values."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
         warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, (n, n), check_invariants=False)
+        shape = (n, n if m is None else m)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 class _BlockProduct(torch.autograd.Function):
@@ -161,7 +184,7 @@ def _weighted_sums(
     h, n = z_loop.shape
     weight = (z - top.index_select(1, g.row)).exp()  # (H, E)
     sums = _BlockProduct.apply(weight.view(-1), feats.view(h * n, -1), g, h).view(h, n, -1)
-    return sums + (z_loop - top).exp()[..., None] * feats
+    return torch.addcmul(sums, (z_loop - top).exp()[..., None], feats)
 
 
 def folded_gat_conv(*args, **kwargs) -> nn.Module:
@@ -175,24 +198,53 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
     layer's arithmetic on a dense graph (54-atom slabs: ~85 edges per atom).
 
     Given a :class:`CSRGraph`, :meth:`fused` computes the same layer in a few passes over
-    (heads x edges) arrays, without torch-geometric's message passing: the edge logits come
-    from the graph (cached there without autograd), the self-loops are added per atom; the
-    softmax subtracts, instead of each atom's exact largest logit (a segment max and a
-    gather), an upper bound of it (the leaky ReLU is monotonic: the largest sender term of the
-    batch plus the atom's own terms; a constant for autograd, as the softmax does not depend
-    on it); the attention-weighted sum and the softmax's denominator are one sparse-dense
-    product (a block-diagonal adjacency of all heads; a column of ones beside the features),
-    with its own backward (:class:`_BlockProduct`), so no weight is normalised edge by edge
-    and no (edges x channels) tensor is formed in the forward pass. Where the bound is so
-    loose that an atom's weights may have underflowed (denominator below e^-60), the layer is
+    (heads x edges) arrays, without torch-geometric's message passing: the edge terms of the
+    logits come from the graph (every layer's in one product, cached there without
+    autograd), the self-loops are added per atom; one product of the node features gives
+    the projected features, a column of ones and both attention terms (``att_src`` and
+    ``att_dst`` folded into ``lin``; cached without autograd); the softmax subtracts,
+    instead of each atom's exact largest logit (a segment max and a gather), an upper bound
+    of it (the leaky ReLU is monotonic: the atom's own target term plus the batch's largest
+    sender and edge terms; a constant for autograd, as the softmax does not depend on it);
+    the attention-weighted sum and the softmax's denominator are one sparse-dense product (a
+    block-diagonal adjacency of all heads, the ones column beside the features), with its
+    own backward (:class:`_BlockProduct`), so no weight is normalised edge by edge and no
+    (edges x channels) tensor is formed in the forward pass. Where the bound is so loose that
+    an atom's weights may have underflowed (denominator below e^-60), the layer is
     recomputed with the exact maxima. torch-geometric's edge-list path stays for groups of
     models trained under ``vmap``, which cannot batch sparse tensors.
     """
-    import torch.nn.functional as F
     from torch_geometric.nn import GATConv
     from torch_geometric.utils import softmax
 
     class _FoldedGATConv(GATConv):
+        def edge_fold(self) -> torch.Tensor:
+            """(H, F): ``lin_edge`` contracted with ``att_edge`` (one edge logit per head)."""
+            w = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
+            return (w * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1)
+
+        def node_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """(W, b) of one product ``x @ W.T + b`` giving, per head, the projected features
+            and a one (the softmax's denominator: a zero row, bias one), then the source and
+            the target attention logits (``att_src``, ``att_dst`` folded into ``lin``);
+            cached without autograd while the weights are unchanged."""
+            key = _version_key(self.lin.weight, self.att_src, self.att_dst)
+            hit = self.__dict__.get("_node_weights")
+            if hit is not None and hit[0] == key and not torch.is_grad_enabled():
+                return hit[1]
+            h, c = self.heads, self.out_channels
+            w = self.lin.weight.view(h, c, -1)
+            ones = w.new_zeros(h, 1, w.shape[-1])
+            rows = torch.cat(
+                [torch.cat([w, ones], 1).view(h * (c + 1), -1)]
+                + [(w * att.view(h, c, 1)).sum(1) for att in (self.att_src, self.att_dst)]
+            )
+            bias = torch.zeros(len(rows), dtype=w.dtype, device=w.device)
+            bias[c : h * (c + 1) : c + 1] = 1.0
+            if not torch.is_grad_enabled():
+                self.__dict__["_node_weights"] = (key, (rows, bias))
+            return rows, bias
+
         def edge_update(self, alpha_j, alpha_i, edge_attr, index, ptr, dim_size):
             alpha = alpha_j if alpha_i is None else alpha_j + alpha_i
             if index.numel() == 0:
@@ -200,31 +252,36 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             if edge_attr is not None and self.lin_edge is not None:
                 if edge_attr.dim() == 1:
                     edge_attr = edge_attr.view(-1, 1)
-                w = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
-                fold = (w * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1)
-                alpha = alpha + edge_attr @ fold.T
+                alpha = alpha + edge_attr @ self.edge_fold().T
             alpha = F.leaky_relu(alpha, self.negative_slope)
             alpha = softmax(alpha, index, ptr, dim_size)
             return F.dropout(alpha, p=self.dropout, training=self.training)
 
-        def fused(self, x: torch.Tensor, g: CSRGraph) -> torch.Tensor:
-            """The layer's output (N, heads * channels) on graph ``g``."""
+        def fused(
+            self,
+            x: torch.Tensor,
+            g: CSRGraph,
+            logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        ) -> torch.Tensor:
+            """The layer's output (N, heads * channels) on graph ``g``; ``logits``: its edge
+            terms from :meth:`CSRGraph.attention_logits` (computed here if not given)."""
             if not self.concat or self.res is not None or (self.training and self.dropout):
                 raise RuntimeError(
                     "the fused GAT layer has no mean over heads, no residual "
                     "and no attention dropout"
                 )
             h, c, slope = self.heads, self.out_channels, self.negative_slope
-            xs = self.lin(x).view(-1, h, c)
-            a_src = (xs * self.att_src).sum(-1).T.contiguous()  # (H, N)
-            a_dst = (xs * self.att_dst).sum(-1).T  # (H, N)
-            e_edge, e_loop, e_top = g.edge_logits(self)  # (H, E), (H, N), (H, N)
+            e_edge, e_loop, e_top = logits or g.attention_logits([self])[0]
+            w, b = self.node_weights()
+            y = torch.addmm(b, x, w.T)  # (N, H (C + 1) + 2 H)
+            feats = y[:, : h * (c + 1)].view(-1, h, c + 1).transpose(0, 1).contiguous()
+            a = y[:, h * (c + 1) :].T.contiguous()  # (2 H, N)
+            a_src, a_dst = a[:h], a[h:]
             z = a_src.index_select(1, g.col).add_(e_edge).add_(a_dst.index_select(1, g.row))
             z = F.leaky_relu(z, slope, inplace=True)  # (H, E): the edges' attention logits
             z_loop = F.leaky_relu(a_src + e_loop + a_dst, slope)  # (H, N): the self-loops'
             with torch.no_grad():  # >= every logit of the atom (the leaky ReLU is monotonic)
-                top = F.leaky_relu(a_dst + a_src.amax(dim=1, keepdim=True) + e_top, slope)
-            feats = torch.cat([xs, xs.new_ones(len(xs), h, 1)], 2).transpose(0, 1).contiguous()
+                top = F.leaky_relu(a_dst + (a_src.amax(dim=1, keepdim=True) + e_top), slope)
             sums = _weighted_sums(g, z, z_loop, top, feats)  # (H, N, C + 1)
             if not bool((sums[..., c] >= _SOFTMAX_FLOOR).all()):  # the bound was too loose
                 with torch.no_grad():
@@ -232,20 +289,23 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
                     top = torch.segment_reduce(z, "max", offsets=offsets, axis=1, initial=-math.inf)
                     top = torch.maximum(top, z_loop)
                 sums = _weighted_sums(g, z, z_loop, top, feats)
-            out = (sums[..., :c] / sums[..., c:]).transpose(0, 1).reshape(-1, h * c)
-            return out if self.bias is None else out + self.bias
+            num, den = sums[..., :c].transpose(0, 1), sums[..., c:].transpose(0, 1)
+            if self.bias is None:
+                return (num / den).reshape(-1, h * c)
+            return torch.addcdiv(self.bias.view(h, c), num, den).reshape(-1, h * c)
 
     return _FoldedGATConv(*args, **kwargs)
 
 
 def gaussian_rbf(d: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
-    """(E, n) Gaussian smearing of distances on [0, cutoff]. Values below e^-80 (~1e-35) are
-    exactly zero, and the exponential never sees a larger argument: as float32 they would be
-    denormal numbers, slow to compute and slow in every product with the edge features on a
-    CPU (bench/meta_inference.py times the GAT's forward)."""
+    """(E, n) Gaussian smearing of distances on [0, cutoff] (not differentiable: Ensemble-direct
+    reads positions, it does not differentiate them). Values below 1e-30 are exactly zero, and
+    the exponential never sees an argument below -80: as float32 they would be denormal
+    numbers, slow to compute and slow in every product with the edge features on a CPU
+    (bench/meta_inference.py times the GAT's forward). In place after the first difference."""
     mu = torch.linspace(0.0, cutoff, n, dtype=d.dtype, device=d.device)
-    arg = (n / cutoff) ** 2 * (d[:, None] - mu) ** 2
-    return torch.exp(-arg.clamp_max(80.0)).masked_fill(arg > 80.0, 0.0)
+    x = (d.detach()[:, None] - mu).mul_(n / cutoff).square_().clamp_max_(80.0).neg_().exp_()
+    return F.threshold_(x, 1e-30, 0.0)
 
 
 class EnsembleDirect(nn.Module):
@@ -300,19 +360,21 @@ class EnsembleDirect(nn.Module):
         graph = b.extra.get("edges") or self.edges(b, sparse=True)
         h = self.inp(x)
         outs = [h]
-        for conv in self.convs:
-            if isinstance(graph, CSRGraph):
-                h = h + nn.functional.silu(conv.fused(h, graph))
-            else:
+        if isinstance(graph, CSRGraph):  # every layer's edge terms in one product
+            for conv, logits in zip(self.convs, graph.attention_logits(self.convs), strict=True):
+                h = h + nn.functional.silu(conv.fused(h, graph, logits))
+                outs.append(h)
+        else:
+            for conv in self.convs:
                 h = h + nn.functional.silu(conv(h, *graph))
-            outs.append(h)
+                outs.append(h)
         corr = self.head(torch.cat(outs, dim=1))
         if self.amortized and self.params["blend"]:  # softmax over the present bases
             w = torch.softmax(self.blend.masked_fill(~present, float("-inf")), dim=1)  # (F, M)
             mixed = torch.einsum("am,amk->ak", w[b.batch], b.base_forces)
         else:
-            mixed = torch.einsum("m,amk->ak", self.blend, b.base_forces)
-        return mixed + s.force_rms * corr
+            mixed = torch.matmul(self.blend, b.base_forces)  # (A, 3)
+        return torch.add(mixed, corr, alpha=s.force_rms)
 
     def edges(
         self, b: MetaBatch, sparse: bool = False

@@ -187,12 +187,14 @@ class DirectEnsemble:
             full_e[at], full_f[at] = base_energy, base_forces
             base_energy, base_forces = full_e, full_f
             mask = S.mask([p.name for p in self.bases], self.inputs)
-        b = batch_from_frames(frames, base_energy, base_forces, self.cutoff)
-        if mask is not None:
-            b.extra["mask"] = torch.as_tensor(mask)
         w = next(self.model.parameters())
+        b = batch_from_frames(frames, base_energy, base_forces, self.cutoff, dtype=w.dtype)
+        if w.device.type != "cpu":
+            b = b.to(w.device)
+        if mask is not None:
+            b.extra["mask"] = torch.as_tensor(mask, device=w.device)
         with torch.no_grad():
-            return self.model(b.to(w.device, w.dtype)).double().cpu().numpy()
+            return self.model(b).double().cpu().numpy()
 
     def predict_all(self, frames: Frames, batch_size: int = 64) -> Prediction:
         check_species(self.bases, self.species, frames.numbers)

@@ -41,8 +41,11 @@ def neighbour_graph(frames: Frames, cutoff: float) -> Graph:
     src = np.concatenate([p[0] for p in parts])
     dst = np.concatenate([p[1] for p in parts])
     shift = np.concatenate([p[2] for p in parts])
-    order = np.argsort(frames.frame_of_atom[dst], kind="stable")
-    return Graph(src[order], dst[order], shift[order])
+    frame = frames.frame_of_atom[dst]
+    if len(frame) > 1 and bool((frame[1:] < frame[:-1]).any()):  # frames mixed: reorder
+        order = np.argsort(frame, kind="stable")
+        src, dst, shift = src[order], dst[order], shift[order]
+    return Graph(src, dst, shift)
 
 
 def _minimum_image_ok(frames: Frames, cutoff: float) -> np.ndarray:
@@ -56,21 +59,34 @@ def _minimum_image_ok(frames: Frames, cutoff: float) -> np.ndarray:
 
 
 def _pairs_vectorised(frames: Frames, which: np.ndarray, cutoff: float):
-    """Edges of the frames ``which`` by dense distance matrices, per atom count."""
+    """Edges of the frames ``which`` by dense distance matrices, per atom count (one Cartesian
+    axis at a time: numpy is slow on a trailing axis of three)."""
     out = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)))]
     for n in np.unique(frames.n_atoms[which]):
         fs = which[frames.n_atoms[which] == n]
-        idx = frames.offsets[fs][:, None] + np.arange(n)  # (G, n) global atom indices
-        x = frames.positions[idx]  # (G, n, 3)
-        d = x[:, None, :, :] - x[:, :, None, :]  # d[g, i, j] = x_j - x_i
+        start = frames.offsets[fs]
+        x = frames.positions[start[:, None] + np.arange(n)]  # (G, n, 3)
         pbc = frames.pbc[fs].astype(bool)
-        box = np.einsum("fii->fi", frames.cell[fs])  # orthorhombic here
-        box = np.where(pbc, box, 1.0)[:, None, None, :]
-        image = d - np.where(pbc[:, None, None, :], np.round(d / box) * box, 0.0)
-        close = (image**2).sum(-1) < cutoff**2
-        close &= ~np.eye(n, dtype=bool)
-        g, i, j = np.nonzero(close)
-        out.append((idx[g, j], idx[g, i], image[g, i, j] - d[g, i, j]))
+        box = np.einsum("fii->fi", frames.cell[fs])  # (G, 3), orthorhombic here
+        inv = np.where(pbc, 1.0 / np.where(box == 0, 1.0, box), 0.0)
+        r2 = np.zeros((len(fs), n, n))
+        images = []  # (axis, whole boxes subtracted (G, n, n)) along periodic axes
+        for k in range(3):
+            dk = x[:, None, :, k] - x[:, :, None, k]  # dk[g, i, j] = x_j - x_i along k
+            if pbc[:, k].any():  # minimum image
+                im = np.rint(dk * inv[:, k, None, None])
+                dk -= im * box[:, k, None, None]
+                images.append((k, im))
+            r2 += np.square(dk, out=dk)
+        close = r2 < cutoff**2
+        close[:, np.arange(n), np.arange(n)] = False
+        flat = np.flatnonzero(close)  # ordered by frame, then receiving atom i
+        g, rest = np.divmod(flat, n * n)
+        i, j = np.divmod(rest, n)
+        shift = np.zeros((len(flat), 3))
+        for k, im in images:
+            shift[:, k] = -im.reshape(-1)[flat] * box[g, k]
+        out.append((start[g] + j, start[g] + i, shift))
     return tuple(np.concatenate(z) for z in zip(*out, strict=True))
 
 
