@@ -5,8 +5,9 @@
 
 
 rule train_subsets:
-    """Every chosen subset of size k: Ensemble-direct grouped (shared graphs and batches, one
-    vmapped step for all), Ensemble-conserv one after another; val + test predictions."""
+    """Every chosen subset of size k: Ensemble-direct grouped (shared graphs and batches; one
+    vmapped step for all where that pays), Ensemble-conserv one after another; val + test
+    predictions."""
     input:
         store=L.store,
         split=L.split,
