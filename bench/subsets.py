@@ -150,7 +150,8 @@ def main() -> None:
     for k in sizes:
         t = train(groups[k])
         total, count = total + t, count + len(groups[k])
-        how = "in one group" if vmap_pays(len(groups[k]), data, settings, a.device) else "one by one"
+        grouped = vmap_pays(len(groups[k]), data, settings, a.device)
+        how = "in one group" if grouped else "one by one"
         print(
             f"  k={k}: {len(groups[k]):3d} subsets {how:>12s} {t:7.1f} s "
             f"({1e3 * t / len(groups[k]) / settings.max_epochs:.0f} ms per model-epoch)"
