@@ -572,6 +572,21 @@ def test_subset_choice_counts_and_groups_by_size():
         choose("some", ens)
 
 
+def test_gaussian_rbf_is_the_closed_form_with_its_far_tail_exactly_zero():
+    """Gaussians exp(-((d - mu) n / cutoff)^2) on [0, cutoff]; values below 1e-30 are exact
+    zeros (float32 denormals would slow every product with them), the others unchanged."""
+    d = torch.linspace(0.3, 5.0, 200, dtype=torch.float32)
+    got = gaussian_rbf(d, 5.0, 16)
+    mu = torch.linspace(0.0, 5.0, 16, dtype=torch.float64)
+    ref = torch.exp(-(((d.double()[:, None] - mu) * 16 / 5.0) ** 2))
+    big = ref >= 1e-29
+    assert got.shape == (200, 16) and got.dtype == torch.float32
+    np.testing.assert_allclose(got[big].double(), ref[big], rtol=1e-4)  # float32 arguments
+    assert bool((got[ref < 1e-31] == 0).all()) and int((ref < 1e-31).sum()) > 100
+    tiny = got[got != 0]
+    assert float(tiny.min()) >= 1e-30  # no denormal (nor any value below the floor) is left
+
+
 def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added_once(
     mixed, monkeypatch
 ):

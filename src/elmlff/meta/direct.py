@@ -229,7 +229,7 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             the target attention logits (``att_src``, ``att_dst`` folded into ``lin``);
             cached without autograd while the weights are unchanged."""
             key = _version_key(self.lin.weight, self.att_src, self.att_dst)
-            hit = self.__dict__.get("_node_weights")
+            hit = getattr(self, "_node_weights", None)
             if hit is not None and hit[0] == key and not torch.is_grad_enabled():
                 return hit[1]
             h, c = self.heads, self.out_channels
@@ -242,7 +242,7 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             bias = torch.zeros(len(rows), dtype=w.dtype, device=w.device)
             bias[c : h * (c + 1) : c + 1] = 1.0
             if not torch.is_grad_enabled():
-                self.__dict__["_node_weights"] = (key, (rows, bias))
+                self._node_weights = (key, (rows, bias))
             return rows, bias
 
         def edge_update(self, alpha_j, alpha_i, edge_attr, index, ptr, dim_size):
