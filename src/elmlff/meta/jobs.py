@@ -5,9 +5,8 @@ or many subsets of the bases, with everything they share prepared once.
 guards, builds the graphs and scales and loads the live bases where the spec needs them;
 :func:`train` then trains one model per subset (Ensemble-direct's subsets together in one
 vmapped group where that pays, Ensemble-conserv's one after another through the shared live
-bases). The
-``train_meta`` stage is a job with one subset, the subset study a job per size k, so both give
-the same model for the same subset.
+bases). The ``train_meta`` stage is a job with one subset, the subset study a job per size k,
+so both give the same model for the same subset.
 """
 
 from __future__ import annotations
