@@ -5,7 +5,7 @@
 #   store     merge every base's predictions       -> results/{dataset}/predictions.zarr
 #   metas     meta-models over a subset of bases   -> results/{dataset}/metas/{meta}/{subset}/
 #   subsets   the k-subset study (one job per k)   -> results/{dataset}/subsets/, subsets.csv
-#   evaluate  four baselines + tidy metrics        -> results/{dataset}/metrics.csv, baselines.json
+#   evaluate  baselines (bases only) + metrics     -> results/{dataset}/baselines.json, metrics.csv
 #   figures   Fig. 2a-style chart + Markdown table -> results/{dataset}/figures/, metrics_table.md
 #   md        MD of chosen models + Table 1        -> results/{dataset}/md/, md_summary.csv
 #   materials Table 2 + equations of state         -> results/{dataset}/table2.md, eos.csv

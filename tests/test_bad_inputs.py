@@ -98,7 +98,7 @@ ensemble: {ensemble}
 
 
 def _store(tmp: Path, damage: Callable[[Path], None]) -> list[str]:
-    """``elmlff evaluate`` (the rule after merge_store) of a store damaged by ``damage``."""
+    """``elmlff baselines`` (the rule after merge_store) of a store damaged by ``damage``."""
     from elmlff import store
     from elmlff.data import Split
 
@@ -117,9 +117,9 @@ def _store(tmp: Path, damage: Callable[[Path], None]) -> list[str]:
     split.save(tmp / "split.json")
     damage(path)
     return [
-        "evaluate",
+        "baselines",
         *("--store", str(path), "--split", str(tmp / "split.json"), "--dataset", "toy"),
-        *("--metrics", str(tmp / "metrics.csv"), "--baselines", str(tmp / "baselines.json")),
+        *("--out", str(tmp / "baselines.json")),
     ]
 
 

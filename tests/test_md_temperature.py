@@ -125,21 +125,13 @@ def test_the_data_temperature_goes_through_the_most_accurate_base(tmp_path):
     """A base that learned little gives a meaningless configurational temperature (the
     methanol/Cu ensembles reported ~1400 K through their first base, flagged, against ~370 K
     through PaiNN): the ensemble's bases are tried by val force RMSE, lowest first."""
+    import json
     from types import SimpleNamespace
-
-    import pandas as pd
 
     from elmlff.md.campaign import most_accurate_first
 
-    rows = [("a", 0.3), ("b", 0.1), ("c", 0.2), ("b", 0.05)]
-    pd.DataFrame(
-        {
-            "model": [m for m, _ in rows],
-            "split": ["val", "val", "val", "test"],
-            "metric": "force_rmse",
-            "value": [v for _, v in rows],
-        }
-    ).to_csv(tmp_path / "metrics.csv", index=False)
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps({"val_force_rmse": {"a": 0.3, "b": 0.1, "c": 0.2}}))
     pots = [SimpleNamespace(name=n) for n in "abc"]
-    assert [p.name for p in most_accurate_first(pots, tmp_path / "metrics.csv")] == ["b", "c", "a"]
-    assert most_accurate_first(pots[:1], tmp_path / "nowhere.csv") == pots[:1]
+    assert [p.name for p in most_accurate_first(pots, path)] == ["b", "c", "a"]
+    assert most_accurate_first(pots[:1], tmp_path / "nowhere.json") == pots[:1]

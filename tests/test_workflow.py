@@ -114,6 +114,7 @@ def test_dry_run_lists_the_default_campaign():
         "merge_store": "1",
         "train_meta": "6",
         "predict_meta": "6",
+        "baselines": "1",
         "evaluate": "1",
         "train_subsets": "8",  # one job per k: the calibration sample, 3 per k (1 for k = 8)
         "train_subsets_amortized": "1",  # one model over random subsets predicts all 255
@@ -134,8 +135,41 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "10",
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "70",
+        "total": "71",
     }
+
+
+def test_md_of_bases_mean_and_direct_does_not_wait_for_ensemble_conserv():
+    """The critical path: MD of the bases, the baselines and Ensemble-direct needs the bases'
+    val RMSEs (the baselines rule), not evaluate, so it runs while Ensemble-conserv trains."""
+    md = "results/methane/md/{}/replica0.json"
+    models = ["painn", "mean", "ensemble_direct", "ensemble_conserv"]
+    r = smk("--dag", "--forceall", *(md.format(m) for m in models))
+    label = dict(re.findall(r'^\s*(\d+)\[label = "([^"]*)"', r.stdout, re.M))
+    parents: dict[str, set[str]] = {}
+    for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", r.stdout, re.M):
+        parents.setdefault(b, set()).add(a)
+
+    def upstream(node: str) -> set[str]:
+        seen, todo = set(), [node]
+        while todo:
+            for p in parents.get(todo.pop(), ()):
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return {label[n].replace("\\n", " ") for n in seen}
+
+    # a label names only wildcards new against the job's inputs: painn's MD (whose model
+    # wildcard its train job has) is the md_replica without one
+    md_jobs = {n: t for n, t in label.items() if t.startswith("md_replica")}
+    roots = {(re.findall(r"model: (\w+)", t) or ["painn"])[0]: n for n, t in md_jobs.items()}
+    assert set(roots) == set(models)
+    conserv = "train_meta meta: ensemble_conserv subset: all"
+    for m in ["painn", "mean", "ensemble_direct"]:
+        up = upstream(roots[m])
+        assert "baselines" in up and "merge_store" in up
+        assert not {"evaluate", conserv} & up, (m, sorted(up))
+    assert conserv in upstream(roots["ensemble_conserv"])
 
 
 def test_settings_reach_only_the_rules_they_steer(tmp_path):
@@ -501,6 +535,12 @@ def test_tiny_campaign_end_to_end(tmp_path):
     # the baselines were fitted on the meta split only
     bl = json.loads((res / "baselines.json").read_text())
     assert bl["fit_on"] == "meta" and bl["n_fit_frames"] == 24
+    # the bases' val force RMSEs MD weights by (baselines rule) are evaluate's (metrics.csv)
+    m = pd.read_csv(res / "metrics.csv")
+    v = m[(m.kind == "base") & (m.split == "val") & (m.metric == "force_rmse")]
+    assert set(bl["val_force_rmse"]) == set(v.model)
+    for _, r in v.iterrows():
+        assert bl["val_force_rmse"][r.model] == pytest.approx(r.value, rel=1e-6)
     png = res / "figures" / "force_rmse.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "linear stacking" in (res / "metrics_table.md").read_text()

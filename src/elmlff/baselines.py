@@ -13,8 +13,10 @@ out-of-fold predictions under K-fold cross-fitting):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from elmlff import store
 from elmlff.alignment import composition
 from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
+from elmlff.io import atomic_write_text
 from elmlff.metrics import force_rmse
 
 BASELINES = ("best_base", "mean", "weighted_mean", "linear_stacking")
@@ -191,3 +194,37 @@ def fit_baselines(ds, split: Split, models: list[str]) -> list[LinearCombiner]:
         store.block(ds, frames, split.meta_fit(), models),
         store.block(ds, frames, split.roles["val"], models),
     )
+
+
+def write_baselines(
+    path: Path, dataset: str, combiners: list[LinearCombiner], split: Split
+) -> None:
+    """``baselines.json``: the four fitted baselines, and every base's pooled val force RMSE
+    (eV/Å; the uncertainty monitor's and the MD stage's weights and ordering)."""
+    by_name = {c.name: c for c in combiners}
+    body = {
+        "dataset": dataset,
+        "fit_on": "out-of-fold (K-fold)" if split.kfold else "meta",
+        "n_fit_frames": len(split.meta_fit()),
+        "n_val_frames": len(split.roles["val"]),
+        "val_force_rmse": by_name["best_base"].info["val_force_rmse"],
+        "baselines": {c.name: c.to_json() for c in combiners},
+    }
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+
+
+def _read(path: Path) -> dict:
+    if not Path(path).exists():
+        raise ElmlffError(f"{path} not found", "run the baselines rule (snakemake ... baselines)")
+    return json.loads(Path(path).read_text())
+
+
+def read_baselines(path: Path) -> list[LinearCombiner]:
+    """The baselines of a ``baselines.json`` written by :func:`write_baselines`."""
+    return [LinearCombiner.from_json(d) for d in _read(path)["baselines"].values()]
+
+
+def base_val_force_rmse(path: Path) -> dict[str, float]:
+    """Every base's pooled val force RMSE (eV/Å) from ``baselines.json``."""
+    d = _read(path)
+    return dict(d.get("val_force_rmse") or d["baselines"]["best_base"]["info"]["val_force_rmse"])

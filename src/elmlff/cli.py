@@ -186,14 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--out", required=True, type=Path)
 
-    s = sub.add_parser("evaluate", help="baselines and tidy metrics")
+    s = sub.add_parser("baselines", help="the four baselines fitted on the meta frames")
+    s.add_argument("--store", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True, type=Path, help="baselines.json")
+
+    s = sub.add_parser("evaluate", help="tidy metrics of bases, baselines and metas")
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--dataset", required=True)
     s.add_argument("--bootstrap", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--metrics", required=True, type=Path)
-    s.add_argument("--baselines", required=True, type=Path)
+    s.add_argument("--baselines", required=True, type=Path, help="the baselines stage's JSON")
     s.add_argument("--metas", nargs="*", default=[], help="NAME=meta predictions.npz")
     s.add_argument("--comparisons", type=Path, default=None, help="paired comparisons CSV")
     s.add_argument("--learned-ratio", type=float, default=0.5, help="flag bases above this")
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     u = uq.add_parser("stage", help="uncertainty.csv of a campaign's test frames")
     u.add_argument("--store", required=True, type=Path)
     u.add_argument("--split", required=True, type=Path)
-    u.add_argument("--metrics", required=True, type=Path)
+    u.add_argument("--baselines", required=True, type=Path, help="baselines.json: val RMSEs")
     u.add_argument("--pair", nargs="*", default=[], help="direct=PATH conserv=PATH predictions")
     u.add_argument(
         "--direct", nargs="*", default=[], help="BASE=DIR of each direct-force base (its U_Δ)"
@@ -455,6 +461,8 @@ def _run(a: argparse.Namespace) -> int:
         from elmlff.md.campaign import h_of_r_figure
 
         h_of_r_figure(a.dataset_dir, a.models, a.out)
+    elif a.cmd == "baselines":
+        pipeline.baselines_stage(a.store, a.split, a.out, a.dataset)
     elif a.cmd == "evaluate":
         metas = dict(_keyvalue(m) for m in a.metas)
         pipeline.evaluate(
@@ -570,7 +578,7 @@ def _run_uq(a: argparse.Namespace) -> None:
         score.score_store(
             a.store,
             a.split,
-            a.metrics,
+            a.baselines,
             a.out,
             a.summary,
             a.coverage,

@@ -16,13 +16,13 @@ import pandas as pd
 
 from elmlff import bases as B
 from elmlff import keys, store
-from elmlff.baselines import fit_baselines
+from elmlff.baselines import fit_baselines, read_baselines, write_baselines
 from elmlff.data import Frames, Split, make_split
 from elmlff.data.source import load_dataset
 from elmlff.data.split import ROLES
 from elmlff.errors import ElmlffError
 from elmlff.guards import check_no_leak
-from elmlff.io import atomic_path, atomic_write_text
+from elmlff.io import atomic_path
 from elmlff.log import log, warn
 from elmlff.meta.params import MetaSpec
 from elmlff.metrics import UNITS, PerFrame, force_rmse, metrics, paired_differences, per_frame
@@ -284,11 +284,24 @@ def merge(
 
 
 # -- evaluation ---------------------------------------------------------------------------
+def baselines_stage(store_path: Path, split_path: Path, out: Path, dataset: str) -> None:
+    """Fit the four baselines on the store's out-of-sample (meta) predictions, the best base
+    chosen on val, into ``baselines.json`` with every base's val force RMSE. It needs the bases
+    only, so MD of the bases and baselines need not wait for the meta-models."""
+    ds = store.open_store(store_path)
+    split = Split.load(split_path)
+    check_no_leak(ds, split)
+    combiners = fit_baselines(ds, split, ds["model"].values.astype(str).tolist())
+    write_baselines(out, dataset, combiners, split)
+    chosen = next(c for c in combiners if c.name == "best_base").info["chosen"]
+    log(f"{dataset}: baselines fitted on {len(split.meta_fit())} frames; best base (val) {chosen}")
+
+
 def evaluate(
     store_path: Path,
     split_path: Path,
     metrics_out: Path,
-    baselines_out: Path,
+    baselines_path: Path,
     dataset: str,
     bootstrap: int = 1000,
     seed: int = 0,
@@ -298,8 +311,8 @@ def evaluate(
     by_group_out: Path | None = None,
     stress_from: str = "best_base",
 ) -> pd.DataFrame:
-    """Fit the four baselines on out-of-sample (meta) predictions and write tidy metrics for
-    every base, baseline and meta-model (``metas``: name -> val/test predictions) on every
+    """Tidy metrics for every base, baseline (``baselines_path``: :func:`baselines_stage`'s
+    ``baselines.json``) and meta-model (``metas``: name -> val/test predictions) on every
     split they cover (test holds the final numbers), and ``comparisons.csv``: every meta
     against the best base, linear stacking and the plain mean on the test frames, as paired
     bootstrap intervals of the difference (:func:`elmlff.metrics.paired_differences`).
@@ -316,8 +329,13 @@ def evaluate(
     check_no_leak(ds, split)
     frames = store.frames_from_dataset(ds)
     models = ds["model"].values.astype(str).tolist()
-    fit_idx, val_idx = split.meta_fit(), split.roles["val"]
-    combiners = fit_baselines(ds, split, models)
+    combiners = read_baselines(baselines_path)
+    stale = [c.name for c in combiners if c.models != models]
+    if stale:
+        raise ElmlffError(
+            f"{baselines_path}: baselines {stale} are over other bases than the store's {models}",
+            "rerun the baselines rule on this store",
+        )
     meta_preds = {name: read_predictions(name, p, frames) for name, p in (metas or {}).items()}
     rows = []
     test_errors: dict[str, tuple[str, PerFrame, bool]] = {}  # model -> (kind, errors, energy?)
@@ -389,20 +407,6 @@ def evaluate(
         groups = by_group(test_errors, frames, split.roles["test"], dataset, bootstrap, seed)
         with atomic_path(by_group_out) as tmp:
             groups.to_csv(tmp, index=False)
-    atomic_write_text(
-        baselines_out,
-        json.dumps(
-            {
-                "dataset": dataset,
-                "fit_on": "out-of-fold (K-fold)" if split.kfold else "meta",
-                "n_fit_frames": len(fit_idx),
-                "n_val_frames": len(val_idx),
-                "baselines": {c.name: c.to_json() for c in combiners},
-            },
-            indent=1,
-        )
-        + "\n",
-    )
     test = df[(df.split == "test") & (df.metric == "force_rmse_framemean")]
     for _, r in test.sort_values("value").iterrows():
         log(

@@ -285,26 +285,26 @@ def subset_table_outputs():
 
 
 def md_model_inputs(wildcards):
-    """What loading an MD model needs: its bases, plus baselines.json or the meta's model (and
-    the data set's files when it has extra MD reference parts)."""
+    """What loading an MD model needs: its bases, baselines.json (the bases' val RMSEs: the
+    uncertainty monitor's weights), the meta's model (and the data set's files when it has
+    extra MD reference parts). Only best_meta waits for evaluate (its metrics.csv)."""
     from elmlff.baselines import BASELINES
 
     name, d = wildcards.model, lay(wildcards.dataset)
     out = {
         "store": d.store,
         "split": d.split,
-        "metrics": d.metrics,  # val RMSEs: the uncertainty monitor's weights
+        "baselines": d.baselines,
     }
     if md_spec(config, wildcards.dataset).get("reference_parts"):
         out["data"] = config["datasets"][wildcards.dataset]["path"]
     bases = base_models(wildcards)
     if name == "best_meta":  # chosen at run time on val: every meta of the run
         out["metas"] = [d.meta_model(m) for m in config["run_metas"]]
+        out["metrics"] = d.metrics
     elif name in config["metas"]:
         out["meta"] = d.meta_model(name)
-    elif name in BASELINES:
-        out["baselines"] = d.baselines
-    else:
+    elif name not in BASELINES:
         bases = {k: v for k, v in bases.items() if k.split("/")[0] == name}
     out["bases"] = list(bases.values())
     return out

@@ -1,13 +1,35 @@
-rule evaluate:
-    """Fit the four baselines on out-of-sample predictions; tidy metrics for every model
-    (bases, baselines, meta-models)."""
+rule baselines:
+    """Fit the four baselines (best base chosen on val, plain and inverse-RMSE weighted mean,
+    linear stacking) on the bases' out-of-sample predictions, with every base's val force RMSE:
+    all that MD of the bases and baselines needs, so it need not wait for the meta-models."""
     input:
         store=L.store,
         split=L.split,
+    output:
+        L.baselines,
+    log:
+        L.log("baselines"),
+    benchmark:
+        L.benchmark("baselines")
+    conda:
+        env_file("elmlff")
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m elmlff baselines --store {input.store} --split {input.split}"
+        " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    """Tidy metrics for every model (bases, baselines, meta-models) with paired comparisons."""
+    input:
+        store=L.store,
+        split=L.split,
+        baselines=L.baselines,
         metas=lambda w: list(meta_predictions(w).values()),
     output:
         metrics=L.metrics,
-        baselines=L.baselines,
         comparisons=L.comparisons,
         by_group=L.metrics_by_group,
     params:
@@ -28,7 +50,7 @@ rule evaluate:
     shell:
         "python -m elmlff evaluate --store {input.store} --split {input.split}"
         " --dataset {wildcards.dataset} --bootstrap {params.bootstrap} --seed {params.seed}"
-        " --metrics {output.metrics} --baselines {output.baselines} --metas {params.metas}"
+        " --metrics {output.metrics} --baselines {input.baselines} --metas {params.metas}"
         " --comparisons {output.comparisons} --learned-ratio {params.learned}"
         " --by-group {output.by_group} --stress-from {params.stress_from} > {log} 2>&1"
 
@@ -39,7 +61,7 @@ rule uncertainty:
     input:
         store=L.store,
         split=L.split,
-        metrics=L.metrics,
+        baselines=L.baselines,
         pair=lambda w: list(force_delta_pair(w).values()),
         direct=lambda w: list(direct_force_bases(w).values()),
     output:
@@ -57,7 +79,7 @@ rule uncertainty:
         env_file("meta")  # a direct-force base's U_Δ loads it (orb-models)
     shell:
         "python -m elmlff uq stage --store {input.store} --split {input.split}"
-        " --metrics {input.metrics} --pair {params.pair} --direct {params.direct}"
+        " --baselines {input.baselines} --pair {params.pair} --direct {params.direct}"
         " --dataset {wildcards.dataset}"
         " --bootstrap {params.bootstrap} --rmse {params.rmse:q} --out {output.table}"
         " --summary {output.summary}"
@@ -70,7 +92,7 @@ rule adversarial:
     input:
         store=L.store,
         split=L.split,
-        metrics=L.metrics,
+        baselines=L.baselines,
         bases=lambda w: list(base_models(w).values()),
     output:
         frames=L.adversarial("extxyz"),

@@ -230,7 +230,7 @@ def run_replica(
     # the data's temperature from the val and test frames of the start frame's system
     like = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
     temperature = data_temperature(
-        most_accurate_first(calc.ensemble.bases, lay.metrics),
+        most_accurate_first(calc.ensemble.bases, lay.baselines),
         frames.subset(start_candidates(frames, like, start_elements, start_min_atoms)),
         s.temperature_K,
         lay.dataset,
@@ -313,14 +313,14 @@ def structure_observables(
     return out
 
 
-def most_accurate_first(pots: Sequence[Any], metrics_csv: Path) -> list[Any]:
-    """The bases ``pots`` by val force RMSE (``metrics.csv``), lowest first; one base as is."""
+def most_accurate_first(pots: Sequence[Any], baselines_json: Path) -> list[Any]:
+    """The bases ``pots`` by val force RMSE (``baselines.json``), lowest first; one base as is."""
     pots = list(pots)
     if len(pots) < 2:
         return pots
     from elmlff.uq.metrics import val_rmse_weights
 
-    rmse, _ = val_rmse_weights(metrics_csv, [p.name for p in pots])
+    rmse, _ = val_rmse_weights(baselines_json, [p.name for p in pots])
     return [pots[i] for i in np.argsort(rmse, kind="stable")]
 
 
@@ -369,12 +369,12 @@ def data_temperature(
 def uncertainty_reference(
     dataset_dir: Path, ds, frames, split: Split, bases: Sequence[str]
 ) -> tuple[np.ndarray, float]:
-    """(U1 weights ∝ 1/val force RMSE of ``bases`` from metrics.csv, U_c = the largest U1 of
+    """(U1 weights ∝ 1/val force RMSE of ``bases`` from baselines.json, U_c = the largest U1 of
     those bases on the val frames of the store): U above anything seen on validation data."""
     from elmlff import keys
     from elmlff.uq.metrics import ensemble_uncertainty, val_rmse_weights
 
-    _, w = val_rmse_weights(DatasetLayout.of(dataset_dir).metrics, list(bases))
+    _, w = val_rmse_weights(DatasetLayout.of(dataset_dir).baselines, list(bases))
     idx = np.sort(split.roles["val"])
     names = ds["model"].values.astype(str).tolist()
     f = ds[keys.BASE_FORCES].values[[names.index(b) for b in bases]][:, frames.atom_index(idx)]

@@ -250,7 +250,7 @@ def adversarial_stage(
     ds = store.open_store(lay.store)
     split = Split.load(lay.split)
     models = ds["model"].values.astype(str).tolist()
-    _, w = val_rmse_weights(lay.metrics, models)
+    _, w = val_rmse_weights(lay.baselines, models)
     pots = load_bases(lay.trained_bases(models), models, device, store.energy_offsets(ds))
     test = np.sort(split.roles["test"])
     starts = np.sort(np.random.default_rng(seed).choice(test, min(n_starts, len(test)), False))

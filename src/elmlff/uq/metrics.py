@@ -48,21 +48,22 @@ def inverse_rmse_weights(rmse: Sequence[float], models: Sequence[str] | None = N
 
 
 def val_rmse_weights(
-    metrics_csv, models: Sequence[str], given: dict[str, float] | None = None
+    baselines_json, models: Sequence[str], given: dict[str, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(force RMSE, U1/U2 weights ∝ 1/RMSE) of ``models``: each base's val force RMSE from a
-    campaign's ``metrics.csv``, unless ``given`` names it (a pretrained model's published error)."""
+    campaign's ``baselines.json``, unless ``given`` names it (a pretrained model's published
+    error)."""
+    from elmlff.baselines import base_val_force_rmse
+
     given = dict(given or {})
     unknown = sorted(set(given) - set(models))
     if unknown:
         raise ElmlffError(f"force RMSEs given for {unknown}, not bases of the ensemble", "fix them")
-    metrics = pd.read_csv(metrics_csv)
-    val = metrics[(metrics.split == "val") & (metrics.metric == "force_rmse")]
-    val = val.set_index("model").value
-    missing = [m for m in models if m not in given and m not in val.index]
+    val = base_val_force_rmse(baselines_json) if set(models) - set(given) else {}
+    missing = [m for m in models if m not in given and m not in val]
     if missing:
         raise ElmlffError(
-            f"no val force RMSE for bases {missing} in {metrics_csv}", "rerun evaluate"
+            f"no val force RMSE for bases {missing} in {baselines_json}", "rerun the baselines rule"
         )
     rmse = np.array([given.get(m, val.get(m)) for m in models], dtype=float)
     return rmse, inverse_rmse_weights(rmse, models)

@@ -105,7 +105,7 @@ def _write(df: pd.DataFrame, out: Path) -> None:
 def score_store(
     store_path: Path,
     split_path: Path,
-    metrics_csv: Path,
+    baselines_json: Path,
     out: Path,
     summary_out: Path,
     coverage_out: Path,
@@ -117,7 +117,7 @@ def score_store(
     direct: Mapping[str, Path] | None = None,
 ) -> pd.DataFrame:
     """``uncertainty.csv`` for the test frames of a store: the bases are the ensemble, weights
-    from their val force RMSE in ``metrics.csv`` unless ``rmse_given`` names a base's RMSE (a
+    from their val force RMSE in ``baselines.json`` unless ``rmse_given`` names a base's RMSE (a
     pretrained model's published error, say). ``pair`` (``direct``, ``conserv``: meta
     ``predictions.npz``) adds the force delta between Ensemble-direct and Ensemble-conserv;
     ``direct`` (base name -> model directory of each direct-force base) adds each such base's
@@ -132,7 +132,7 @@ def score_store(
     idx = np.sort(split.roles["test"])
     atoms = frames.atom_index(idx)
     given = dict(rmse_given or {})
-    rmse, w = val_rmse_weights(metrics_csv, models, given)
+    rmse, w = val_rmse_weights(baselines_json, models, given)
     table = ensemble_uncertainty(
         ds[keys.BASE_FORCES].values[:, atoms], frames.n_atoms[idx], w, frames.forces[atoms]
     )
