@@ -7,13 +7,12 @@ or a meta-model (of the whole ensemble or of a subset), as an ensemble of
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from elmlff import meta, store
-from elmlff.baselines import BASELINES, LinearCombiner, fit_baselines
+from elmlff.baselines import BASELINES, LinearCombiner, fit_baselines, read_baselines
 from elmlff.data.split import Split
 from elmlff.errors import ElmlffError
 from elmlff.layout import DatasetLayout
@@ -24,9 +23,9 @@ from elmlff.subsets import resolve
 
 def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", device: str = "cpu"):
     """The trained model ``name`` of a campaign: a base; a baseline (over the whole ensemble
-    from ``baselines.json``, over another ``subset`` fitted here from the store, as evaluation
-    does); or a meta-model (``train_meta``'s, the subset study's dedicated model of that subset,
-    or else its amortized model run with that subset's bases only)."""
+    from ``baselines.json``, over another ``subset`` fitted here from the store as the baselines
+    rule does); or a meta-model (``train_meta``'s, the subset study's dedicated model of that
+    subset, or else its amortized model run with that subset's bases only)."""
     lay = DatasetLayout.of(dataset_dir)
     has_store = Path(lay.store).exists()
     offsets = store.energy_offsets(store.open_store(lay.store)) if has_store else None
@@ -53,8 +52,7 @@ def load_ensemble(dataset_dir: Path | str, name: str, subset: str = "all", devic
         return cls(model, pots, name)
     if name in BASELINES:
         if subset == "all" and Path(lay.baselines).exists():
-            entry = json.loads(Path(lay.baselines).read_text())["baselines"][name]
-            c = LinearCombiner.from_json(entry)
+            c = {b.name: b for b in read_baselines(lay.baselines)}[name]
         else:
             ds = store.open_store(lay.store)
             models = resolve(subset, ds["model"].values.astype(str).tolist())

@@ -25,6 +25,7 @@ rule md_replica:
     conda:
         env_file("meta")
     threads: 1
+    priority: 5  # before the subset study: Ensemble-conserv's MD ends the critical path
     resources:
         mem_mb=4000,
         runtime=240,

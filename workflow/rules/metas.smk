@@ -25,6 +25,9 @@ rule train_meta:
     conda:
         env_file("meta")
     threads: 1
+    # the critical path (Ensemble-conserv runs the live bases with second derivatives): first
+    # when a core frees, before the subset study and MD that fill the other core
+    priority: 10
     resources:
         mem_mb=8000,
         runtime=240,
@@ -58,6 +61,7 @@ rule predict_meta:
     conda:
         env_file("meta")
     threads: 1
+    priority: 10  # the critical path, as train_meta
     resources:
         mem_mb=8000,
         runtime=60,
