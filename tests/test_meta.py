@@ -101,6 +101,27 @@ class TestConservEnergyOnlyPhysics(PotentialPhysicsTests):
         return fr
 
 
+def test_conserv_prediction_batches_are_capped_in_atoms(ensemble_bases, methane, monkeypatch):
+    """The graph through the live bases grows with the atoms of a batch (128 slab frames ran
+    out of memory): a cap in atoms splits the batch, and the predictions do not change."""
+    pot = ConservEnsemble(theta(2, [1, 6]), ensemble_bases)
+    frames = methane.subset(np.arange(6))
+    whole = pot.predict_all(frames, batch_size=64)
+    seen = []
+    original = ConservEnsemble.outputs
+
+    def spy(self, positions, *args, **kw):
+        seen.append(len(positions))
+        return original(self, positions, *args, **kw)
+
+    monkeypatch.setattr(ConservEnsemble, "outputs", spy)
+    monkeypatch.setattr(ConservEnsemble, "max_batch_atoms", 2 * 5)  # two methane frames
+    split = pot.predict_all(frames, batch_size=64)
+    assert seen == [10, 10, 10]
+    np.testing.assert_allclose(split.forces, whole.forces, atol=1e-10)
+    np.testing.assert_allclose(split.energy, whole.energy, atol=1e-10)
+
+
 def test_conserv_forces_include_the_hessian_vector_term_through_the_bases(ensemble_bases, methane):
     """Eq. 6: our forces are −dE/dx of the ensemble's energy (central differences along a random
     direction); with the base forces detached (the reference code's shortcut) the

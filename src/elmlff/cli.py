@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--dataset", required=True)
-    s.add_argument("--out", required=True, type=Path, help="baselines.json")
+    s.add_argument("--out", required=True, type=Path, help="the baselines JSON to write")
 
     s = sub.add_parser("evaluate", help="tidy metrics of bases, baselines and metas")
     s.add_argument("--store", required=True, type=Path)
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     u = uq.add_parser("stage", help="uncertainty.csv of a campaign's test frames")
     u.add_argument("--store", required=True, type=Path)
     u.add_argument("--split", required=True, type=Path)
-    u.add_argument("--baselines", required=True, type=Path, help="baselines.json: val RMSEs")
+    u.add_argument("--baselines", required=True, type=Path, help="the baselines JSON: val RMSEs")
     u.add_argument("--pair", nargs="*", default=[], help="direct=PATH conserv=PATH predictions")
     u.add_argument(
         "--direct", nargs="*", default=[], help="BASE=DIR of each direct-force base (its U_Δ)"

@@ -13,6 +13,7 @@ rule baselines:
         L.benchmark("baselines")
     conda:
         env_file("elmlff")
+    priority: 5  # MD waits for it (md_replica has the same)
     resources:
         mem_mb=4000,
         runtime=10,

@@ -74,6 +74,9 @@ class ConservEnsemble:
     θ(E_m(x), F_m(x), x), so its forces, HVPs and MD are exact derivatives of one energy."""
 
     family = "meta"  # no base family's record: differentiable by the Protocol's contract
+    #: atoms per prediction batch at most: the graph through eight live bases kept for the
+    #: second derivatives took ~3 MB per atom (128 methanol/Cu frames: 22 GB, killed for memory)
+    max_batch_atoms = 1024
 
     def __init__(self, theta, bases: Sequence[B.Potential], name: str = "ensemble_conserv"):
         self.theta, self.bases, self.name = theta, list(bases), name
@@ -123,8 +126,12 @@ class ConservEnsemble:
         return e.detach(), f, em.detach(), fm.detach()
 
     def predict_all(self, frames: Frames, batch_size: int = 64) -> Prediction:
+        """Energies and forces of ``frames``, ``batch_size`` frames at a time and at most
+        :attr:`max_batch_atoms` atoms (one frame at least)."""
         parts = []
         dev = next(self.theta.parameters()).device  # the bases were loaded on it too
+        largest = int(np.max(frames.n_atoms)) if len(frames) else 1
+        batch_size = max(1, min(batch_size, self.max_batch_atoms // largest))
         for fr in _batched(frames, batch_size):
             pos = torch.as_tensor(fr.positions, dtype=torch.float64, device=dev)
             pos.requires_grad_(True)
