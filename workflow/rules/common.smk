@@ -61,6 +61,7 @@ L = DatasetLayout("{dataset}")
 localrules:
     all,
     merge_store,
+    baselines,
     evaluate,
     force_rmse_figure,
     force_rmse_campaign,
