@@ -366,6 +366,52 @@ def test_direct_meta_beats_the_plain_mean_with_a_biased_base(biased_problem, tmp
     assert _rmse(pred, test.forces) < 0.5 * _rmse(mean, test.forces)
 
 
+@pytest.mark.parametrize(
+    ("use_forces", "l_max", "vectors"),
+    [(True, 2, 4), (False, 2, 4), (True, 1, 3), (False, 3, 2)],
+    ids=["eq6", "eq7", "eq6_lmax1", "eq7_lmax3"],
+)
+def test_conserv_fused_form_equals_the_e3nn_modules(mixed, use_forces, l_max, vectors):
+    """θ's fused evaluation (dense linears, batched tensor product, gate order folded in) gives
+    the e3nn modules' energy, its derivatives in the inputs and, for Eq. 6 training, the
+    weights' gradient of a force loss (a second derivative), on a batch mixing a molecule
+    and a periodic slab; under ``frozen`` its cached matrices follow a weight update."""
+    fr, e, f = mixed
+    torch.manual_seed(1)
+    params = {"use_forces": use_forces, "cutoff": 4.0, "scalars": 6, "vectors": vectors}
+    th = build("conserv", 3, fr.species, Stats(0.5, -8.0, 0.05), {**params, "l_max": l_max})
+    with torch.no_grad():
+        for p in th.parameters():
+            p.normal_(0.0, 0.5)
+    b = batch_from_frames(fr, e, f, 4.0)
+    x = b.positions.clone().requires_grad_(True)
+    em = b.base_energy.clone().requires_grad_(True)
+    fm = b.base_forces.clone().requires_grad_(True)
+    inputs = (x, em, fm) if use_forces else (x, em)
+
+    def outputs(fused: bool):
+        e = th(b, x, em, fm, fused=fused)
+        grads = torch.autograd.grad(e.sum(), inputs, create_graph=True)
+        loss = (grads[0] ** 2).sum()  # a force loss: its weight gradient is a second derivative
+        return [e, *grads, *torch.autograd.grad(loss, list(th.parameters()), allow_unused=True)]
+
+    ref, got = outputs(False), outputs(True)
+    assert float(ref[1].detach().abs().max()) > 1e-3  # the energy depends on the positions
+    for r, g in zip(ref, got, strict=True):
+        if r is None:
+            assert g is None or float(g.abs().max()) == 0.0
+        else:
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+    with th.frozen():
+        first = th(b, x, em, fm).detach()
+        with torch.no_grad():
+            th.blocks[0].lin_up.weight.mul_(1.5)  # the cached matrices must follow
+        second = th(b, x, em, fm).detach()
+    torch.testing.assert_close(first, ref[0].detach(), rtol=1e-9, atol=1e-12)
+    assert float((second - first).abs().max()) > 1e-6
+    torch.testing.assert_close(second, th(b, x, em, fm, fused=False).detach(), rtol=1e-9, atol=0)
+
+
 @pytest.mark.parametrize("use_forces", [True, False], ids=["eq6_live", "eq7_store"])
 def test_conserv_meta_beats_the_plain_mean_with_a_biased_base(methane, use_forces):
     """Live analytic bases (one biased) on a Morse reference: θ learns to trust the good base."""

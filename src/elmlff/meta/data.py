@@ -24,6 +24,12 @@ from elmlff.errors import ElmlffError
 from elmlff.meta.graph import Graph, neighbour_graph
 
 
+def version_key(*tensors: torch.Tensor) -> tuple:
+    """What identifies the current values of ``tensors`` (storage and in-place version): a
+    model's cache of what it derives from its weights is valid while this is unchanged."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 @dataclass
 class Stats:
     """Scales fitted on the meta-training frames (stored with the model)."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmlff.errors import ElmlffError
-from elmlff.meta.data import MetaBatch, Stats, species_index
+from elmlff.meta.data import MetaBatch, Stats, species_index, version_key
 from elmlff.meta.params import DirectParams
 
 
@@ -79,7 +79,7 @@ class CSRGraph:
         the layer's folded edge weights on :meth:`mean_attr` (linear: the mean of the atom's
         edge terms). Without autograd they are cached while the layers' weights are
         unchanged."""
-        key = tuple(_version_key(c.lin_edge.weight, c.att_edge) for c in convs)
+        key = tuple(version_key(c.lin_edge.weight, c.att_edge) for c in convs)
         slot = ("logits", *convs)  # keyed by the layers themselves (kept alive: no id reuse)
         hit = self.cache.get(slot)
         if hit is not None and hit[0] == key and not torch.is_grad_enabled():
@@ -122,11 +122,6 @@ class CSRGraph:
                 (order + e * k).view(-1),
             )
         return self.cache["transposed", heads]
-
-
-def _version_key(*tensors: torch.Tensor) -> tuple:
-    """What identifies the current values of ``tensors`` (storage and in-place version)."""
-    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def _csr(
@@ -228,7 +223,7 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             and a one (the softmax's denominator: a zero row, bias one), then the source and
             the target attention logits (``att_src``, ``att_dst`` folded into ``lin``);
             cached without autograd while the weights are unchanged."""
-            key = _version_key(self.lin.weight, self.att_src, self.att_dst)
+            key = version_key(self.lin.weight, self.att_src, self.att_dst)
             hit = getattr(self, "_node_weights", None)
             if hit is not None and hit[0] == key and not torch.is_grad_enabled():
                 return hit[1]

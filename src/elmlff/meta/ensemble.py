@@ -98,7 +98,8 @@ class ConservEnsemble:
         b = self._structure(positions, numbers, n_atoms, cell, pbc)
         graph = create_graph or bool(self.theta.params["use_forces"])
         em, fm = base_outputs(self.bases, positions, numbers, n_atoms, cell, pbc, graph)
-        return self.theta(b, positions, em, fm), em, fm
+        with self.theta.frozen():  # inference: θ's weights are constants
+            return self.theta(b, positions, em, fm), em, fm
 
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
         return self.outputs(positions, numbers, n_atoms, cell, pbc)[0]
@@ -120,7 +121,8 @@ class ConservEnsemble:
         em, fm = base_outputs(self.bases, pos, numbers, n_atoms, cell, pbc, create_graph=False)
         em = em.detach().requires_grad_(True)
         x = pos.detach().requires_grad_(True)
-        e = self.theta(b, x, em, fm.detach())
+        with self.theta.frozen():
+            e = self.theta(b, x, em, fm.detach())
         g_x, g_e = torch.autograd.grad(e.sum(), (x, em))  # ∂θ/∂x (explicit), ∂E/∂E_m
         f = torch.einsum("am,amk->ak", g_e[b.batch], fm) - g_x
         return e.detach(), f, em.detach(), fm.detach()
