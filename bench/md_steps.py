@@ -11,11 +11,13 @@ ASE calculator (:class:`elmlff.calculator.EnsembleCalculator`, the MD stage's ow
 It prints each ensemble's step time over the summed single-base step times (target: at most
 1.1x for the mean, Ensemble-direct and Eq. 7, whose forces take one backward pass per base by
 the chain rule; Eq. 6 differentiates the base forces again, Hessian-vector products through
-every base, so its target is meta_inference.py's < 3x) and Ensemble-direct's GAT timed alone
-on one frame. The
-bases come from a trained campaign (``results/{dataset}``) or are trained briefly into
-``bench/.cache`` (timings do not depend on the weights; the metas are untrained). A benchmark
-that prints ratios measured in one run, not a test: ``python bench/md_steps.py [--device cuda]``.
+every base, so its target is meta_inference.py's < 3x), Ensemble-direct's GAT timed alone on
+one frame, and Eq. 7's θ alone, fused (as it runs) and through the e3nn modules one by one.
+Every model runs once per round, ``--repeats`` rounds, and its median is taken, so a drift in
+the machine's speed reaches the bases and the ensembles alike. The bases come from a trained
+campaign (``results/{dataset}``) or are trained briefly into ``bench/.cache`` (timings do not
+depend on the weights; the metas are untrained). A benchmark that prints ratios measured in
+one run, not a test: ``python bench/md_steps.py [--device cuda] [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def steps_per_second(ensemble, atoms, steps: int, warmup: int = 3) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def bench(name: str, frames, pots, steps: int, device: str) -> None:
+def bench(name: str, frames, pots, steps: int, device: str, repeats: int) -> None:
     from elmlff import meta
     from elmlff.baselines import LinearCombiner
     from elmlff.meta.data import Stats
@@ -74,8 +76,6 @@ def bench(name: str, frames, pots, steps: int, device: str) -> None:
     stats = Stats.fit(frames)
     names = [p.name for p in pots]
     one = {p.name: LinearEnsemble(LinearCombiner(p.name, [p.name], np.ones(1)), [p]) for p in pots}
-    alone = {n: 1.0 / steps_per_second(e, atoms, steps) for n, e in one.items()}
-    floor = sum(alone.values())
     mean = LinearEnsemble(LinearCombiner("mean", names, np.full(len(pots), 1 / len(pots))), pots)
     direct = DirectEnsemble(
         meta.build("direct", len(pots), frames.species, stats, {}).to(device), pots
@@ -87,17 +87,29 @@ def bench(name: str, frames, pots, steps: int, device: str) -> None:
         meta.build("conserv", len(pots), frames.species, stats, {"use_forces": False}).to(device),
         pots,
     )
-    sec = {
-        "mean": 1.0 / steps_per_second(mean, atoms, steps),
-        "ensemble_direct": 1.0 / steps_per_second(direct, atoms, steps),
-        "conserv_eq7": 1.0 / steps_per_second(energy_only, atoms, steps),
-        "conserv_eq6": 1.0 / steps_per_second(conserv, atoms, max(steps // 4, 5)),
+    ensembles = {
+        "mean": (mean, steps),
+        "ensemble_direct": (direct, steps),
+        "conserv_eq7": (energy_only, steps),
+        "conserv_eq6": (conserv, max(steps // 4, 5)),
     }
-    print(f"\n{name}: {len(atoms)} atoms, {len(pots)} bases, {steps} MD steps each, {device}")
+    runs = {n: (e, steps) for n, e in one.items()} | ensembles
+    times: dict[str, list[float]] = {n: [] for n in runs}
+    for _ in range(repeats):  # every model once per round: drifts hit all of them alike
+        for n, (e, k) in runs.items():
+            times[n].append(1.0 / steps_per_second(e, atoms, k))
+    sec = {n: float(np.median(t)) for n, t in times.items()}
+    alone = {n: sec[n] for n in one}
+    floor = sum(alone.values())
+    print(
+        f"\n{name}: {len(atoms)} atoms, {len(pots)} bases, {steps} MD steps each "
+        f"(Eq. 6: {ensembles['conserv_eq6'][1]}), median of {repeats} rounds, {device}"
+    )
     for n, t in alone.items():
         print(f"  {n:>16s}  {1e3 * t:8.2f} ms/step alone")
     print(f"  {'sum of bases':>16s}  {1e3 * floor:8.2f} ms/step")
-    for n, t in sec.items():
+    for n in ensembles:
+        t = sec[n]
         target = "target <= 1.1x" if n != "conserv_eq6" else "HVPs through every base"
         ratio = f"ratio to the bases {t / floor:5.2f}x"
         print(f"  {n:>16s}  {1e3 * t:8.2f} ms/step  {ratio}  ({target})")
@@ -108,6 +120,32 @@ def bench(name: str, frames, pots, steps: int, device: str) -> None:
         f"  Ensemble-direct's GAT alone on one frame: {1e3 * gat:.2f} ms = "
         f"{100 * gat / floor:.1f} % of the summed bases' steps"
     )
+    theta = {f: timed(theta_step(energy_only, one_frame, f), repeat=steps) for f in (True, False)}
+    print(
+        f"  Eq. 7's θ alone on one frame (forward + gradient): {1e3 * theta[True]:.2f} ms fused, "
+        f"{1e3 * theta[False]:.2f} ms through the e3nn modules one by one"
+    )
+
+
+def theta_step(ens, frames, fused: bool):
+    """One Eq. 7 θ evaluation and its gradient in the positions and base energies, as the
+    chain rule's MD step does it (base outputs fixed)."""
+    from elmlff import bases as B
+
+    dev = next(ens.theta.parameters()).device
+    pos = torch.as_tensor(frames.positions, dtype=torch.float64, device=dev)
+    rest = [t.to(dev) for t in B.frame_tensors(frames)]
+    b = ens._structure(pos, *rest)
+    em = torch.zeros(1, len(ens.bases), dtype=torch.float64, device=dev, requires_grad=True)
+    fm = torch.zeros(len(pos), len(ens.bases), 3, dtype=torch.float64, device=dev)
+    x = pos.clone().requires_grad_(True)
+
+    def step():
+        with ens.theta.frozen():
+            e = ens.theta(b, x, em, fm, fused=fused)
+            return torch.autograd.grad(e.sum(), (x, em))
+
+    return step
 
 
 def main() -> None:
@@ -117,6 +155,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over all models (median)")
     ap.add_argument("--device", default="cpu", help="torch device of the bases and metas")
     ap.add_argument("--only", default=None, help="one data set: methane or methanol_cu")
     a = ap.parse_args()
@@ -128,7 +167,7 @@ def main() -> None:
             continue
         frames = read("deepmd", path, energy_unit="eV", length_unit="angstrom")
         pots = bases_for(name, frames.subset(range(16)), cfg, a.cache, a.device)
-        bench(name, frames.subset(range(16)), pots, a.steps, a.device)
+        bench(name, frames.subset(range(16)), pots, a.steps, a.device, a.repeats)
 
 
 if __name__ == "__main__":
