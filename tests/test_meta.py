@@ -17,7 +17,7 @@ from elmlff.data.frames import Frames
 from elmlff.errors import ElmlffError
 from elmlff.meta import build, load_model, save
 from elmlff.meta.data import MetaData, Stats, batch_from_frames
-from elmlff.meta.direct import gaussian_rbf
+from elmlff.meta.direct import CSRGraph, folded_gat_conv, gaussian_rbf
 from elmlff.meta.ensemble import ConservEnsemble, DirectEnsemble, LinearEnsemble
 from elmlff.meta.graph import neighbour_graph
 from elmlff.meta.live import base_outputs
@@ -364,6 +364,37 @@ def test_direct_meta_beats_the_plain_mean_with_a_biased_base(biased_problem, tmp
     )
     mean = data.base_forces[:, a].mean(0)
     assert _rmse(pred, test.forces) < 0.5 * _rmse(mean, test.forces)
+
+
+def test_a_meta_whose_training_loss_goes_nan_is_stopped_flagged_and_kept_at_its_best_state(
+    biased_problem, monkeypatch
+):
+    """A diverging training (here: forces that turn NaN from the 20th training batch on) stops
+    at that epoch with a DIVERGED log line and ``diverged_epoch`` in its facts, and the model
+    is its best val state, finite, not NaN weights and not a silent run to its patience."""
+    from elmlff.meta.direct import EnsembleDirect
+
+    data = biased_problem
+    fit_idx, val_idx = np.arange(160), np.arange(160, 200)
+    model = build("direct", 3, data.frames.species, Stats.fit(data.frames), {"hidden": 16})
+    forward, calls = EnsembleDirect.forward, [0]
+
+    def poisoned(self, b):
+        f = forward(self, b)
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] >= 20:  # 5 batches an epoch: the 4th epoch's last
+                return f * torch.nan
+        return f
+
+    monkeypatch.setattr(EnsembleDirect, "forward", poisoned)
+    lines: list[str] = []
+    s = TrainSettings(max_epochs=30, batch_size=32, lr=3e-3, patience=30)
+    info = fit(model, data, fit_idx, val_idx, data.models, s, log=lines.append)
+    assert info["diverged_epoch"] == 4 and info["epochs_run"] == 3
+    assert info["best_epoch"] <= 3 and np.isfinite(info["best_val_force_rmse"])
+    assert any("DIVERGED" in line for line in lines)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize(
@@ -741,6 +772,34 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
         loose = model(b)
     assert len(calls) == len(model.convs) + 1  # the first layer fell back to exact maxima
     np.testing.assert_allclose(loose.numpy(), stock_forces(), rtol=1e-9, atol=1e-11)
+
+
+def test_fused_gat_gradients_stay_finite_when_the_softmax_bound_is_far_above_an_atoms_logits():
+    """The fused layer shifts each atom's logits by an upper bound (the batch's largest sender
+    term) instead of the atom's own largest. An atom that never hears the batch's loudest
+    sender gets a softmax denominator of ~e^-55: representable in float32, but its square,
+    in the division's backward pass, is not (NaN gradients: Ensemble-direct's training on the
+    methanol/Cu slab diverged at its fourth epoch). Such a layer is recomputed with exact
+    maxima; forward and gradients then equal stock GATConv's."""
+    from torch_geometric.utils import add_self_loops
+
+    torch.manual_seed(0)
+    conv = folded_gat_conv(4, 4, heads=1, edge_dim=2, add_self_loops=False)
+    src, dst = torch.tensor([1, 0, 1]), torch.tensor([0, 1, 2])  # atom 2 sends to no one
+    attr = torch.rand(3, 2) * 0.1
+    w_src = (conv.lin.weight.view(1, 4, 4) * conv.att_src.view(1, 4, 1)).sum(1)[0].detach()
+    x = torch.randn(3, 4) * 0.1
+    x[2] = 60.0 * w_src / w_src.dot(w_src)  # atom 2's sender logit term: 60
+    x.requires_grad_(True)
+    crow = torch.tensor([0, 1, 2, 3])
+    fused = conv.fused(x, CSRGraph(crow, src, dst, attr, 3))
+    (g_fused,) = torch.autograd.grad(fused[0].sum(), x)
+    edges, loops = add_self_loops(torch.stack([src, dst]), attr, fill_value="mean", num_nodes=3)
+    stock = conv(x, edges, loops)
+    (g_stock,) = torch.autograd.grad(stock[0].sum(), x)
+    assert torch.isfinite(g_fused).all()
+    torch.testing.assert_close(fused, stock, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fused, g_stock, rtol=1e-4, atol=1e-6)
 
 
 def test_direct_fused_training_on_a_cell_with_more_edges_than_atom_pairs():

@@ -167,7 +167,9 @@ class _BlockProduct(torch.autograd.Function):
         return d_weight, d_feats, None, None
 
 
-_SOFTMAX_FLOOR = math.exp(-60.0)  # a denominator below it: the shifted weights may underflow
+# a denominator below it: the shifted weights may have underflowed, or (float32) its square in
+# the division's backward pass may (NaN gradients below ~1e-19)
+_SOFTMAX_FLOOR = math.exp(-20.0)
 
 
 def _weighted_sums(
@@ -205,7 +207,8 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
     block-diagonal adjacency of all heads, the ones column beside the features), with its
     own backward (:class:`_BlockProduct`), so no weight is normalised edge by edge and no
     (edges x channels) tensor is formed in the forward pass. Where the bound is so loose that
-    an atom's weights may have underflowed (denominator below e^-60), the layer is
+    an atom's weights may have underflowed, or its denominator's square in the backward pass
+    may (a denominator below e^-20), the layer is
     recomputed with the exact maxima. torch-geometric's edge-list path stays for groups of
     models trained under ``vmap``, which cannot batch sparse tensors.
     """

@@ -251,6 +251,7 @@ def fit_direct_group(
     best_state = {k: v.detach().clone() for k, v in params.items()}
     best_epoch, wait = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
     active, epochs_run = np.ones(n, dtype=bool), np.zeros(n, dtype=int)
+    diverged = np.zeros(n, dtype=int)  # the epoch a model's loss went non-finite (0: never)
     history: list[list[dict]] = [[] for _ in range(n)]
     log(
         f"epoch 0 (untrained: the plain mean of the bases) val force RMSE "
@@ -273,6 +274,15 @@ def fit_direct_group(
             total[act.numpy()] += loss.detach().double().cpu().numpy()
             nb += 1
         v = validate(act)
+        bad = active & ~(np.isfinite(total) & np.isfinite(v))
+        if bad.any():  # stopped at once, kept at their best val state
+            log(
+                f"epoch {epoch}: {bad.sum()} model(s) DIVERGED (non-finite training loss or val "
+                "error); stopped, each stays at its best val state"
+            )
+            diverged[bad], active = epoch, active & ~bad
+            lr[torch.as_tensor(np.flatnonzero(bad))] = 0.0
+            v = np.where(bad, np.nan, v)
         sched.step(np.where(active, v, np.inf))  # a stopped model's rate is 0 already
         better = active & (np.nan_to_num(v, nan=np.inf) < best)
         if better.any():
@@ -319,6 +329,7 @@ def fit_direct_group(
                 "best_val_force_rmse": float(best[s]),
                 "untrained_val_force_rmse": float(v0[s]),
                 "epochs_run": int(epochs_run[s]),
+                "diverged_epoch": int(diverged[s]) or None,
                 "train_seconds": seconds / n,
                 "trained_with": n,
                 "group_train_seconds": seconds,

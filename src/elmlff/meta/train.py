@@ -167,10 +167,18 @@ def run_epochs(
     v0 = validate()
     log(f"epoch 0 (untrained: {untrained}) val force RMSE {1e3 * v0:.2f} meV/Å{note}")
     best, best_state, best_epoch, wait, history = v0, copy.deepcopy(model.state_dict()), 0, 0, []
+    diverged = None
     for epoch in range(1, settings.max_epochs + 1):
         model.train()
         loss = train_epoch(opt)
         v = validate()
+        if not (np.isfinite(loss) and np.isfinite(v)):
+            diverged = epoch
+            log(
+                f"epoch {epoch}/{settings.max_epochs}: DIVERGED (non-finite training loss or val "
+                f"error); stopped, the model stays at its best val state (epoch {best_epoch})"
+            )
+            break
         sched.step(v)
         history.append({"epoch": epoch, "train_loss": loss, "val_force_rmse": v})
         better = v < best
@@ -192,6 +200,7 @@ def run_epochs(
         "best_val_force_rmse": best,
         "untrained_val_force_rmse": v0,
         "epochs_run": len(history),
+        "diverged_epoch": diverged,
         "train_seconds": time.perf_counter() - t0,
         "history": history,
     }
