@@ -360,7 +360,7 @@ class EnsembleConserv(nn.Module):
         """The fused form's matrices for the current weights: rebuilt at every call while the
         weights train, built once (without autograd to them) under :meth:`frozen` or without
         autograd."""
-        if not (self._frozen or not torch.is_grad_enabled()):
+        if not self._frozen and torch.is_grad_enabled():
             return self._build_matrices(dtype, device)
         key = (dtype, device, version_key(*self.parameters()))
         if self._matrix_cache is None or self._matrix_cache[0] != key:
@@ -377,8 +377,8 @@ class EnsembleConserv(nn.Module):
 
     @contextmanager
     def frozen(self) -> Iterator[EnsembleConserv]:
-        """Within it, the weights are constants: autograd reaches the inputs (positions, base
-        outputs) but not the weights, and the fused matrices are built once (MD, prediction)."""
+        """Within it, the fused matrices are built once for the current weights, without
+        autograd to them (MD, prediction: only the inputs' gradients are asked for)."""
         before, self._frozen = self._frozen, True
         try:
             yield self
