@@ -101,6 +101,18 @@ def test_a_base_that_learned_nothing_is_named(toy):
     assert "**`a` learned nothing (ratio 0.9)**" in " ".join(accuracy(toy, ["direct"]))
 
 
+def test_a_meta_whose_training_diverged_is_named(toy):
+    info = Path(toy.meta_model("direct")) / "meta.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"best_epoch": 3, "diverged_epoch": None}))
+    assert "diverged" not in " ".join(accuracy(toy, ["direct"]))
+    info.write_text(json.dumps({"best_epoch": 3, "diverged_epoch": 4}))
+    assert (
+        "**`direct` diverged at epoch 4 (non-finite training loss or val error); stopped there "
+        "and kept at its best val state (epoch 3).**"
+    ) in " ".join(accuracy(toy, ["direct"]))
+
+
 def test_subset_study_medians_and_the_choice_on_val(toy):
     rows = []
 
@@ -132,6 +144,13 @@ def test_subset_study_medians_and_the_choice_on_val(toy):
     assert "| 1 | 2 | 18.00 | 18.50 | `b` | 17.00 |" in text
     assert "| 2 | 1 | 13.00 | 16.50 | `a+b` | 13.00 |" in text
     assert "its error is the smaller in 1 of 2 cases" in text
+    assert "diverged" not in text
+    # a subset model whose training went non-finite is counted, once over its val/test rows
+    df = pd.read_csv(toy.subsets)
+    df["diverged_epoch"] = float("nan")
+    df.loc[(df.subset == "a+b") & (df.kind == "meta"), "diverged_epoch"] = 7
+    df.to_csv(toy.subsets, index=False)
+    assert "**1 of the 3 subset models' training diverged**" in "\n".join(subset_study(toy))
 
 
 #: a measured result: a number followed by a unit only results have (errors, times, speeds,

@@ -597,7 +597,8 @@ def test_stacked_adam_and_plateau_match_torch():
     assert lr[0].item() == lrs[0]
 
 
-def test_subsets_trained_together_equal_subsets_trained_one_by_one(biased_problem):
+def test_subsets_trained_together_equal_subsets_trained_one_by_one(biased_problem, monkeypatch):
+    from elmlff.meta import group
     from elmlff.meta.group import fit_direct_group, fit_direct_models, vmap_pays
     from elmlff.subsets import seed
 
@@ -621,10 +622,15 @@ def test_subsets_trained_together_equal_subsets_trained_one_by_one(biased_proble
     assert len({i["epochs_run"] for i in infos}) > 1
     test = data.frames.subset(np.arange(200, 240))
     a = data.frames.atom_index(np.arange(200, 240))
-    # three models on a CPU: the job trains them one after another, not as one vmapped group
-    assert not vmap_pays(3, data, s, "cpu") and vmap_pays(3, data, s, "cuda")
-    assert vmap_pays(30, data, s, "cpu")  # many models on small graphs: one group
-    assert not vmap_pays(30, data, replace(s, batch_size=10**4), "cpu")  # large batches: not
+    # small graphs: one vmapped group, however few the models; large batches on a CPU: one
+    # after another (on a GPU always a group); one model: alone
+    assert vmap_pays(3, data, s, "cpu") and vmap_pays(3, data, s, "cuda")
+    large = replace(s, batch_size=10**4)
+    assert not vmap_pays(3, data, large, "cpu") and vmap_pays(3, data, large, "cuda")
+    assert not vmap_pays(1, data, s, "cpu")
+    # the one-after-another path, forced at these settings, trains the same models
+    monkeypatch.setattr(group, "VMAP_MAX_BATCH_EDGES", 0)
+    assert not vmap_pays(3, data, s, "cpu")
     one_by_one = models()
     alone_infos = fit_direct_models(one_by_one, subsets, data, fit_idx, val_idx, s, log=quiet)
     for c, model, info, alone in zip(subsets, one_by_one, infos, alone_infos, strict=True):

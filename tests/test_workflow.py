@@ -620,9 +620,9 @@ def test_tiny_campaign_end_to_end(tmp_path):
     atoms.calc = EnsembleCalculator(load_ensemble(res, "ensemble_direct", subset=other))
     np.testing.assert_allclose(atoms.get_forces(), group["forces"][j][:5], atol=1e-4)
     info = json.loads((res / "subsets" / "ensemble_direct" / "k2" / "info.json").read_text())
-    # six models on a CPU train one after another in their job (a vmapped group pays only for
-    # many models on small graphs: elmlff.meta.group.vmap_pays)
-    assert info["subsets"][one]["trained_with"] == 1
+    # a size's models on small graphs train as one vmapped group in their job, on a CPU too
+    # (elmlff.meta.group.vmap_pays)
+    assert info["subsets"][one]["trained_with"] == len(info["subsets"]) > 1
     assert set(info["trained_on"]) == set(split["roles"]["meta"])
     # uncertainty of the bases on the test frames, and the same from an extxyz file built from
     # the store and scored by the command line

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from elmlff import meta as M
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text, read_result_csv
 from elmlff.layout import DatasetLayout
@@ -113,6 +114,11 @@ def accuracy(lay: DatasetLayout, candidates: Sequence[str]) -> list[str]:
         flagged = df[(df.split == "test") & (df.flag.fillna("") != "")]
         for m, why in dict(zip(flagged.model, flagged.flag, strict=True)).items():
             lines.append(f"**`{m}` {why}**; it stays in the mean and the study.")
+    for m in test[test.kind == "meta"].index:
+        info = Path(lay.meta_model(m)) / M.INFO_FILE
+        why = M.divergence(json.loads(info.read_text())) if info.exists() else ""
+        if why:
+            lines.append(f"**`{m}` {why}.**")
     return [" ".join(lines), ""]
 
 
@@ -151,6 +157,15 @@ def subset_study(lay: DatasetLayout) -> list[str]:
             if gain
             else ""
         )
+        bad = g[g.split == "test"]
+        bad = bad[bad.diverged_epoch.notna()].subset.nunique() if "diverged_epoch" in g else 0
+        diverged = (
+            f" **{bad} of the {test.subset.nunique()} subset models' training diverged** "
+            "(non-finite loss; each kept at its best val state, `diverged_epoch` in "
+            f"`{_name(lay.subsets)}`)."
+            if bad
+            else ""
+        )
         amortized = "method" in g and (g.method == AMORTIZED).any()
         how = (
             "one model trained over random subsets (the amortized method), evaluated on"
@@ -168,7 +183,8 @@ def subset_study(lay: DatasetLayout) -> list[str]:
             f"**Subset study** (`{_name(lay.figure('subsets_raincloud'))}`): `{meta}`, {how} "
             "every subset of the "
             f"bases, test {metric_label(METRIC)} in meV/Å by subset size k, beside the plain mean "
-            f"of the same bases; the subset of each size is chosen on val.{single}{calibrated}",
+            f"of the same bases; the subset of each size is chosen on val.{single}{calibrated}"
+            f"{diverged}",
             "",
             *rows,
             "",

@@ -228,6 +228,7 @@ def train_subsets_amortized(
             "predict_seconds": seconds,
             "best_epoch": fit_info["best_epoch"],
             "best_val_force_rmse": fit_info["best_val_force_rmse"],
+            "diverged_epoch": fit_info.get("diverged_epoch"),
             "subsets": {n: {"models": c} for n, c in zip(names, chosen, strict=True)},
         }
         (tmp / GROUP_INFO).write_text(json.dumps(info, indent=1) + "\n")
@@ -245,9 +246,11 @@ def subset_table(
     out: Path,
     dataset: str = "",
 ) -> pd.DataFrame:
-    """``subsets.csv`` (tidy: ``dataset, subset, k, models, meta, kind, split, metric, value``)
-    from the group directories of each meta (``groups``: meta name -> directories): every
-    subset's meta-model and, for the same bases, the four baselines (``kind`` baseline)."""
+    """``subsets.csv`` (tidy: ``dataset, subset, k, models, meta, kind, method,
+    diverged_epoch, split, metric, value``) from the group directories of each meta
+    (``groups``: meta name -> directories): every subset's meta-model and, for the same bases,
+    the four baselines (``kind`` baseline). ``diverged_epoch`` is set where the meta's training
+    went non-finite (it was kept at its best val state)."""
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     frames = store.frames_from_dataset(ds)
@@ -262,7 +265,7 @@ def subset_table(
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
 
-    def add(subset, models, meta, kind, role, e, f, method=""):
+    def add(subset, models, meta, kind, role, e, f, method="", diverged=None):
         b = blocks[role]
         p = per_frame(e, f, b["ref_energy"], b["ref_forces"], b["n_atoms"])
         values = metrics(p)
@@ -276,6 +279,7 @@ def subset_table(
                     "meta": meta,
                     "kind": kind,
                     "method": method,  # a meta's: dedicated | amortized; baselines: ""
+                    "diverged_epoch": diverged or np.nan,  # a meta whose training went NaN
                     "split": role,
                     "metric": metric,
                     "value": values[metric][0],
@@ -298,9 +302,11 @@ def subset_table(
             energy, forces = z["energy"], z["forces"]
             for s, subset in enumerate(z["subsets"].astype(str)):
                 models = info["subsets"][subset]["models"]
+                # dedicated: each subset's model; amortized: the one model of every subset
+                diverged = info["subsets"][subset].get("diverged_epoch", info.get("diverged_epoch"))
                 for role in roles:
                     e, f = energy[s][local[role]], forces[s][atoms[role]]
-                    add(subset, models, meta_name, "meta", role, e, f, method)
+                    add(subset, models, meta_name, "meta", role, e, f, method, diverged)
                 if subset in seen:
                     continue
                 seen.add(subset)

@@ -120,10 +120,13 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             f"| {model}{mark} | base | {pkg} | {epochs} | {train:.0f} | {ms:.2f} | "
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
+    diverged: dict[str, str] = {}
     for model, r in test[test.kind != "base"].iterrows():
-        cost, pkg = "| | | |", "elmlff"
+        cost, pkg, mark = "| | | |", "elmlff", ""
         if r.kind == "meta":
             info = meta.read_info(lay.meta_model(model))
+            if meta.divergence(info):
+                diverged[model], mark = meta.divergence(info), " **(diverged)**"
             p = np.load(lay.meta_predictions(model))
             train = bench.get(f"train_meta_{model}_all", info.get("train_seconds", 0.0))
             ms = 1e3 * float(p["seconds"]) / max(len(p["frames"]), 1)
@@ -133,7 +136,7 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             )
             pkg = info.get("package", pkg)
         rows.append(
-            f"| {model} | {r.kind} | {pkg} {cost} "
+            f"| {model}{mark} | {r.kind} | {pkg} {cost} "
             f"{1e3 * r.value:.2f} [{1e3 * r.ci_low:.2f}, {1e3 * r.ci_high:.2f}] |"
         )
     total = sum(bench.values())
@@ -148,7 +151,8 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
             *rows,
             "",
             *[f"**{m}** {why}; it stays in the mean and the study." for m, why in flagged.items()],
-            *([""] if flagged else []),
+            *[f"**{m}** {why}." for m, why in diverged.items()],
+            *([""] if flagged or diverged else []),
             *paired,
             *study,
             f"Summed time of the {len(bench)} benchmarked jobs: {total / 60:.1f} min; wall "
@@ -229,10 +233,12 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
         one = bench.get(f"train_meta_{meta_name}_all")
         ratio = f" = {sec / one:.1f}x one training on every base ({one:.0f} s)" if one else ""
         c = cal.get(meta_name)
+        why = meta.divergence(info)
         lines += [
             f"Subset study `{meta_name}`, amortized method (one model over random subsets, "
             f"every subset predicted by it): {len(info['subsets'])} subsets in {sec:.0f} s"
             f"{ratio}."
+            + (f" **Its model {why}.**" if why else "")
             + (
                 f" Test {metric_label('force_rmse_framemean')} {calibration_text(c)} "
                 "(`subsets_calibration.csv`)."
@@ -243,9 +249,11 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
         ]
     for meta_name in sorted(groups):
         rows, total, count = [], 0.0, 0
+        bad = 0
         for k, sec in sorted(groups[meta_name].items()):
-            info = Path(lay.subset_group(meta_name, k)) / GROUP_INFO
-            n = len(json.loads(info.read_text())["subsets"])
+            info = json.loads((Path(lay.subset_group(meta_name, k)) / GROUP_INFO).read_text())
+            n = len(info["subsets"])
+            bad += sum(bool(meta.divergence(i)) for i in info["subsets"].values())
             total, count = total + sec, count + n
             rows.append(f"| {k} | {n} | {sec:.0f} | {sec / n:.1f} |")
         one = bench.get(f"train_meta_{meta_name}_all")
@@ -259,7 +267,13 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
             "|---:|---:|---:|---:|",
             *rows,
             "",
-            f"{count} subset models in {total:.0f} s{ratio}.",
+            f"{count} subset models in {total:.0f} s{ratio}."
+            + (
+                f" **{bad} of them diverged** (non-finite training loss or val error; each "
+                "stopped there and kept at its best val state, `diverged_epoch` in `subsets.csv`)."
+                if bad
+                else ""
+            ),
             "",
         ]
     return lines

@@ -103,6 +103,18 @@ def read_info(outdir: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def divergence(info: dict[str, Any]) -> str:
+    """'diverged at epoch N, ...' for a meta whose training loss or val error went non-finite
+    (its facts' ``diverged_epoch``: it stopped there, kept at its best val state), else ''."""
+    epoch = info.get("diverged_epoch")
+    if not epoch:
+        return ""
+    return (
+        f"diverged at epoch {epoch} (non-finite training loss or val error); stopped there "
+        f"and kept at its best val state (epoch {info.get('best_epoch', '?')})"
+    )
+
+
 def load_subset_model(group_dir: Path, subset: str, device: str = "cpu"):
     """(meta-model, its bases) of one subset from a subset-study group directory
     (:func:`elmlff.study.train_subsets`)."""

@@ -126,24 +126,26 @@ def fold_batches(
 
 
 #: On a CPU a vmapped group beats training its models one after another (each through the
-#: fused CSR path) only for many models on small graphs; measured on 2 cores, 2 epochs, 32-frame
-#: batches: 70 methane models (~640 edges a batch) 8.6 s vmapped against 13.7 s one after
-#: another, 28 models 7.4 against 6.9 s, 3 models 3.4 against 1.0 s; 3 methanol/Cu models
-#: (~47,000 edges a batch) 6.5 against 1.1 s. On a GPU one model's step is launch-bound, so a
-#: group costs about what one model does (bench/measured/subsets_cuda_h200.md).
-VMAP_MIN_MODELS = 24
+#: fused CSR path) on small graphs, however few the models, and loses on large ones. Measured
+#: on 2 cores at 214172c, 32-frame batches, both paths warmed up and each timed twice in
+#: alternating order, seconds per epoch per model: methane (~640 edges a batch) 3 models
+#: 0.10-0.13 vmapped against 0.22-0.24 one after another, 28 models 0.07 against 0.18;
+#: methanol/Cu (~47,000 edges a batch) 3 models 2.8 against 0.9. (An earlier measurement that
+#: timed the vmapped group first, cold, over two epochs wrongly found it slower for a few
+#: methane models.) On a GPU one model's step is launch-bound, so a group costs about what one
+#: model does (bench/measured/subsets_cuda_h200.md).
 VMAP_MAX_BATCH_EDGES = 4096
 
 
 def vmap_pays(n_models: int, data: MetaData, settings: TrainSettings, device) -> bool:
     """Whether ``n_models`` models on ``data`` train faster as one vmapped group than one after
-    another (see :data:`VMAP_MIN_MODELS`)."""
+    another (see :data:`VMAP_MAX_BATCH_EDGES`)."""
     if n_models < 2:
         return False
     if torch.device(device).type == "cuda":
         return True
     batch_edges = len(data.graph) / max(len(data.frames), 1) * settings.batch_size
-    return n_models >= VMAP_MIN_MODELS and batch_edges <= VMAP_MAX_BATCH_EDGES
+    return batch_edges <= VMAP_MAX_BATCH_EDGES
 
 
 def fit_direct_models(
