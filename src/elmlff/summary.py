@@ -270,7 +270,8 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
             f"{count} subset models in {total:.0f} s{ratio}."
             + (
                 f" **{bad} of them diverged** (non-finite training loss or val error; each "
-                "stopped there and kept at its best val state, `diverged_epoch` in `subsets.csv`)."
+                "stopped there and kept at its best val state, `diverged_epoch` in "
+                f"`{Path(lay.subsets).name}`)."
                 if bad
                 else ""
             ),
