@@ -115,8 +115,8 @@ def accuracy(lay: DatasetLayout, candidates: Sequence[str]) -> list[str]:
         for m, why in dict(zip(flagged.model, flagged.flag, strict=True)).items():
             lines.append(f"**`{m}` {why}**; it stays in the mean and the study.")
     for m in test[test.kind == "meta"].index:
-        info = Path(lay.meta_model(m)) / M.INFO_FILE
-        why = M.divergence(json.loads(info.read_text())) if info.exists() else ""
+        d = lay.meta_model(m)
+        why = M.divergence(M.read_info(d)) if (Path(d) / M.INFO_FILE).exists() else ""
         if why:
             lines.append(f"**`{m}` {why}.**")
     return [" ".join(lines), ""]

@@ -125,8 +125,9 @@ def campaign_summary(dataset_dir: Path, out: Path, benchmarks: Sequence[Path]) -
         cost, pkg, mark = "| | | |", "elmlff", ""
         if r.kind == "meta":
             info = meta.read_info(lay.meta_model(model))
-            if meta.divergence(info):
-                diverged[model], mark = meta.divergence(info), " **(diverged)**"
+            why = meta.divergence(info)
+            if why:
+                diverged[model], mark = why, " **(diverged)**"
             p = np.load(lay.meta_predictions(model))
             train = bench.get(f"train_meta_{model}_all", info.get("train_seconds", 0.0))
             ms = 1e3 * float(p["seconds"]) / max(len(p["frames"]), 1)
