@@ -24,7 +24,7 @@ from elmlff.meta.live import base_outputs
 from elmlff.meta.params import TrainSettings
 from elmlff.meta.train import fit
 
-from conftest import biased_bases
+from conftest import biased_bases, random_frames
 from physics import PotentialPhysicsTests
 
 
@@ -160,6 +160,98 @@ def test_energy_only_variant_trained_from_the_store_matches_live_bases(ensemble_
     np.testing.assert_allclose(e_store.detach(), e_live.detach(), atol=1e-8)
     np.testing.assert_allclose(f_store, f_live, atol=1e-7)
     assert np.abs(f_live.numpy()).max() > 1e-2
+
+
+@pytest.mark.parametrize("case", ["methane", "mixed_sizes"])
+def test_cached_base_jacobians_give_the_live_training_step(case, ensemble_bases, methane):
+    """Eq. 6 from the bases' energies, forces and force Jacobians at the frames (computed once,
+    frames of different sizes zero-padded) gives the live bases' energy, forces and the loss's
+    gradients to θ's weights; each Jacobian is the forces' central-difference derivative."""
+    from elmlff.meta.live import LocalBases, force_jacobians
+    from elmlff.meta.train import ConservStep
+
+    if case == "methane":
+        fr, pots, species = methane.subset([1, 2, 5, 9]), ensemble_bases, [1, 6]
+    else:  # 3, 5, 2 and 4 atoms; two Morse bases of different shapes
+        fr = random_frames(4, seed=3)
+        pots, species = [MorsePotential("a"), MorsePotential("b", a=0.9, r0=1.4)], [1, 6, 8]
+    fr.pbc, fr.cell = np.zeros_like(fr.pbc), np.zeros_like(fr.cell)
+    th = theta(2, species, seed=1).train()
+    preds = [p.predict(fr) for p in pots]
+    b = batch_from_frames(fr, np.stack([e for e, _ in preds]), np.stack([f for _, f in preds]), 4.0)
+    local = LocalBases(3 * int(fr.n_atoms.max()))
+    local.add(np.arange(len(fr)), pots, b)
+    step = ConservStep(th)
+
+    def run(**where):
+        th.zero_grad()
+        e, f = step(b, create_graph=True, **where)
+        (((f - b.ref_forces) ** 2).mean() + 1e-3 * ((e - b.ref_energy) ** 2).mean()).backward()
+        return e.detach(), f.detach(), [p.grad.clone() for p in th.parameters()]
+
+    e_live, f_live, g_live = run(pots=pots)
+    e_loc, f_loc, g_loc = run(local=local)
+    torch.testing.assert_close(e_loc, e_live, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(f_loc, f_live, rtol=1e-9, atol=1e-10)
+    for a, c in zip(g_loc, g_live, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-8, atol=1e-10)
+    assert max(float(g.abs().max()) for g in g_live) > 1e-3
+    # the Jacobian of the largest frame along a random direction, by central differences
+    big = int(np.argmax(fr.n_atoms))
+    one = fr.subset([big])
+    args = B.frame_tensors(one)
+    x0 = torch.as_tensor(one.positions, dtype=torch.float64)
+    _, _, jac = force_jacobians(pots, x0, *args, rows=local.rows)
+    v = torch.as_tensor(np.random.default_rng(0).normal(size=x0.shape))
+    h = 1e-5
+    for m, p in enumerate(pots):
+        fd = (
+            B.energy_and_forces(p, (x0 + h * v).requires_grad_(True), *args)[1]
+            - B.energy_and_forces(p, (x0 - h * v).requires_grad_(True), *args)[1]
+        ) / (2 * h)
+        n3 = 3 * len(x0)
+        jv = jac[0, m, :n3, :n3] @ v.reshape(-1)
+        np.testing.assert_allclose(jv.numpy(), fd.detach().reshape(-1).numpy(), atol=1e-6)
+        assert float(jac[0, m, n3:].abs().sum() + jac[0, m, :, n3:].abs().sum()) == 0.0
+
+
+def test_conserv_training_from_cached_jacobians_repeats_live_training(methane):
+    """fit() with the bases' Jacobians cached (``bases: auto`` on small frames) runs the same
+    epochs as through the live bases at every step (``bases: live``): the same val errors."""
+    ref = MorsePotential("ref")
+    pots = [MorsePotential("good", scale=1.05), MorsePotential("biased", scale=1.6)]
+    fr = labelled(methane.subset(range(40)), ref)
+    preds = [p.predict(fr) for p in pots]
+    data = MetaData(
+        fr,
+        ["good", "biased"],
+        np.stack([e for e, _ in preds]),
+        np.stack([f for _, f in preds]),
+        cutoff=4.0,
+    )
+    fit_idx, val_idx = np.arange(30), np.arange(30, 40)
+    runs = {}
+    for bases in ["auto", "live"]:
+        model = build(
+            "conserv",
+            2,
+            fr.species,
+            Stats.fit(fr.subset(fit_idx)),
+            {"use_forces": True, "cutoff": 4.0, "scalars": 8, "vectors": 4},
+            seed=0,
+        )
+        s = TrainSettings(max_epochs=3, batch_size=8, lr=1e-2, patience=5, bases=bases)
+        runs[bases] = fit(
+            model, data, fit_idx, val_idx, data.models, s, {-1: pots}, pots, log=lambda m: None
+        )
+    assert runs["auto"]["base_jacobians"] == "cached"
+    assert runs["live"]["base_jacobians"] == "every step"
+    for key in ["untrained_val_force_rmse", "best_val_force_rmse"]:
+        assert runs["auto"][key] == pytest.approx(runs["live"][key], rel=1e-9)
+    cached = [h["val_force_rmse"] for h in runs["auto"]["history"]]
+    live = [h["val_force_rmse"] for h in runs["live"]["history"]]
+    np.testing.assert_allclose(cached, live, rtol=1e-9)
+    assert len(set(np.round(cached, 6))) > 1  # it trained
 
 
 def test_nve_with_the_ensemble_calculator_conserves_total_energy(ensemble_bases, methane):

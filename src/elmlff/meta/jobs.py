@@ -124,7 +124,10 @@ def prepare(
         else:
             job.live_fit = {-1: load_fit(basedirs, used, "full", device, offsets)}
     if spec.live_at_inference and basedirs:  # for validation, or for predicting afterwards
-        job.live_val = load_bases(basedirs, used, device, offsets)
+        if job.live_fit is not None and not split.kfold:  # the same full fits: loaded once
+            job.live_val = job.live_fit[-1]
+        else:
+            job.live_val = load_bases(basedirs, used, device, offsets)
     log(
         f"meta '{spec.name}' ({spec.kind}), k={sizes[0]}: {len(chosen)} subset(s) of {used}; "
         f"{len(fit_idx)} {spec.fit_on} training frames, {len(val_idx)} val frames, "

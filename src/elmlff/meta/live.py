@@ -102,3 +102,112 @@ def check_species(pots: Sequence[B.Potential], species: Sequence[int], numbers) 
     for p in pots:
         B.check_species(p.name, list(p.species), np.asarray(numbers))
     B.check_species("meta-model", list(species), np.asarray(numbers))
+
+
+#: Ensemble-conserv (Eq. 6) trains from the bases' force Jacobians at its frames, computed
+#: once, when no frame has more atoms than this (a block is (3n)² per base and frame; MD17's
+#: molecules and methane qualify, a slab does not). On methane (5 atoms, 8 bases, 2 CPU cores)
+#: the Jacobians of a 32-frame batch cost about 1.6 live training steps, against a live step
+#: per batch and epoch (forward, Hessian-vector product and backward through every base).
+JACOBIAN_MAX_ATOMS = 24
+JACOBIAN_MAX_BYTES = 2 * 1024**3
+
+
+def frame_columns(batch: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
+    """(A, 3): each coordinate's row (= column) in its frame's flattened block, 3·slot + axis."""
+    start = torch.cumsum(n_atoms, 0) - n_atoms
+    slot = torch.arange(len(batch), device=batch.device) - start[batch]
+    return 3 * slot[:, None] + torch.arange(3, device=batch.device)
+
+
+def force_jacobians(
+    pots: Sequence[B.Potential],
+    positions: torch.Tensor,
+    numbers: torch.Tensor,
+    n_atoms: torch.Tensor,
+    cell: torch.Tensor,
+    pbc: torch.Tensor,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every base's energy ``(F, M)``, forces ``(A, M, 3)`` and force Jacobian dF/dx per frame
+    ``(F, M, rows, rows)`` (frames are independent blocks, zero-padded to ``rows`` ≥ 3 × the
+    largest frame's atoms): one backward pass per base, vmapped over the unit directions (one
+    per row; a plain loop where a base cannot be vmapped)."""
+    n_frames, n = len(n_atoms), positions.shape[0]
+    batch = torch.repeat_interleave(torch.arange(n_frames, device=positions.device), n_atoms)
+    col = frame_columns(batch, n_atoms)
+    atom, axis = torch.arange(n)[:, None].expand(n, 3), torch.arange(3).expand(n, 3)
+    units = positions.new_zeros(rows, n, 3)
+    units[col, atom, axis] = 1.0  # units[r]: row r of every frame's block at once
+    energies, forces = [], []
+    jac = positions.new_zeros(n_frames, len(pots), rows, rows)
+    for m, pot in enumerate(pots):
+        pos = positions.detach().clone().requires_grad_(True)
+        e, f = B.energy_and_forces(pot, pos, numbers, n_atoms, cell, pbc, create_graph=True)
+        try:
+            (g,) = torch.autograd.grad(f, pos, units, retain_graph=True, is_grads_batched=True)
+        except RuntimeError:  # an operation vmap does not support
+            g = torch.stack([torch.autograd.grad(f, pos, u, retain_graph=True)[0] for u in units])
+        # g[r, a, c] = dF_(row r of a's frame) / dx_(a, c)
+        jac[batch[:, None].expand(n, 3), m, :, col] = g.permute(1, 2, 0)
+        energies.append(e.detach())
+        forces.append(f.detach())
+    return torch.stack(energies, dim=1), torch.stack(forces, dim=1), jac
+
+
+class LocalBases:
+    """The frozen bases at fixed frames, as Ensemble-conserv's training needs them: each
+    frame's energies E_m0, forces F_m0 and force Jacobians J_m = dF_m/dx from the live bases,
+    so that around the frame's positions x0
+
+        E_m(x0 + dx) = E_m0 - F_m0·dx,    F_m(x0 + dx) = F_m0 + J_m dx
+
+    have the live bases' values and first derivatives at x0. The training loss reads only
+    those (θ's forces at x0, with the Hessian-vector terms J_mᵀ dθ/dF_m), and the bases'
+    weights are constants, so the loss and its gradients to θ are the live ones (to rounding)
+    while each step runs θ alone. Conservative bases only (−dE/dx = F)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._energy: dict[int, torch.Tensor] = {}  # store frame -> (M,)
+        self._forces: dict[int, torch.Tensor] = {}  # store frame -> (n, M, 3)
+        self._jac: dict[int, torch.Tensor] = {}  # store frame -> (M, rows, rows)
+
+    @staticmethod
+    def pays(pots: Sequence[B.Potential], n_atoms: np.ndarray) -> bool:
+        """Whether the cache applies (conservative bases) and pays (small frames, bounded
+        memory: :data:`JACOBIAN_MAX_ATOMS`, :data:`JACOBIAN_MAX_BYTES`) for frames of
+        ``n_atoms`` atoms."""
+        if any(B.has_direct_forces(p) for p in pots) or not len(n_atoms):
+            return False
+        rows = 3 * int(np.max(n_atoms))
+        size = 8 * len(n_atoms) * len(pots) * rows**2
+        return int(np.max(n_atoms)) <= JACOBIAN_MAX_ATOMS and size <= JACOBIAN_MAX_BYTES
+
+    def add(self, frames: np.ndarray, pots: Sequence[B.Potential], b) -> None:
+        """Frames ``frames`` (store indices) of the :class:`~elmlff.meta.data.MetaBatch`
+        ``b``, through the live bases ``pots``."""
+        e, f, jac = force_jacobians(
+            pots, b.positions, b.numbers, b.n_atoms, b.cell, b.pbc, self.rows
+        )
+        per_frame = torch.split(f, b.n_atoms.tolist())
+        for i, fr in enumerate(frames):
+            self._energy[int(fr)], self._forces[int(fr)] = e[i], per_frame[i]
+            self._jac[int(fr)] = jac[i]
+
+    def outputs(self, b, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every base's energy ``(F, M)`` and forces ``(A, M, 3)`` on the batch ``b`` as
+        functions of ``positions`` (at ``b.positions``: the live bases' values)."""
+        frames = [int(f) for f in b.frames]
+        e0 = torch.stack([self._energy[f] for f in frames]).to(positions)
+        f0 = torch.cat([self._forces[f] for f in frames]).to(positions)
+        jac = torch.stack([self._jac[f] for f in frames]).to(positions)
+        dx = positions - b.positions
+        col = frame_columns(b.batch, b.n_atoms)
+        flat = dx.new_zeros(len(frames), self.rows).index_put(
+            (b.batch[:, None].expand_as(col), col), dx
+        )
+        moved = torch.einsum("fmrs,fs->fmr", jac, flat)[b.batch[:, None], :, col]  # (A, 3, M)
+        work = (f0 * dx[:, None, :]).sum(-1)  # (A, M)
+        em = e0 - torch.zeros_like(e0).index_add(0, b.batch, work)
+        return em, f0 + moved.permute(0, 2, 1)

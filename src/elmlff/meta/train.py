@@ -4,7 +4,10 @@ validation frames only (never the test frames), progress per epoch on stdout (th
 * Ensemble-direct learns from the stored base predictions alone (the bases never run), through
   :func:`elmlff.meta.group.fit_direct_group` (a group of one model).
 * Ensemble-conserv with base forces as inputs (Eq. 6) runs the live bases so that its forces
-  include the Hessian-vector products through them. The energy-only variant (Eq. 7) needs only
+  include the Hessian-vector products through them: on small frames through their energies,
+  forces and force Jacobians at the frames, computed once (:class:`~elmlff.meta.live.LocalBases`:
+  the same loss and gradients, each step runs θ alone), otherwise through the bases at every
+  step. The energy-only variant (Eq. 7) needs only
   E_m and F_m = -dE_m/dx at the data points, so it trains from the store exactly: E_m(x) is
   replaced by its first-order expansion E_m0 - F_m0·(x - x0), whose value and gradient at x0
   are the base's own.
@@ -25,22 +28,33 @@ from elmlff.errors import ElmlffError
 from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.group import fit_direct_group, fold_batches
-from elmlff.meta.live import base_outputs
+from elmlff.meta.live import LocalBases, base_outputs
 from elmlff.meta.params import TrainSettings
+
+#: atoms × rows of the force Jacobians computed in one vmapped backward pass (methane's 5 atoms
+#: give chunks of 218 frames, aspirin's 21 atoms chunks of 12)
+JACOBIAN_CHUNK_ROWS = 16384
 
 
 class ConservStep:
-    """Energy and forces of θ on a batch; the bases live (``pots``) or, without them, expanded
-    to first order around the batch's positions."""
+    """Energy and forces of θ on a batch; the bases live (``pots``), from their cached
+    Jacobians (``local``), or, without either, expanded to first order around the batch's
+    positions from the stored predictions (Eq. 7)."""
 
     def __init__(self, model) -> None:
         self.model = model
 
     def __call__(
-        self, b: MetaBatch, create_graph: bool, pots: Sequence[B.Potential] | None = None
+        self,
+        b: MetaBatch,
+        create_graph: bool,
+        pots: Sequence[B.Potential] | None = None,
+        local: LocalBases | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pos = b.positions.clone().requires_grad_(True)
-        if pots is not None:
+        if local is not None:
+            em, fm = local.outputs(b, pos)
+        elif pots is not None:
             em, fm = base_outputs(pots, pos, b.numbers, b.n_atoms, b.cell, b.pbc, True)
         else:
             dx = (b.base_forces * (pos - b.positions)[:, None, :]).sum(-1)  # (A, M)
@@ -95,10 +109,17 @@ def fit(
     def batches(idx, shuffle: bool):
         return fold_batches(idx, fold_of, settings.batch_size, rng, shuffle)
 
+    local = None  # the bases' Jacobians at the fit and val frames, where they pay
+    n_atoms = data.frames.n_atoms[np.concatenate([fit_idx, val_idx])]
+    if live and settings.bases == "auto" and LocalBases.pays(live_val, n_atoms):
+        local = local_bases(
+            data, fit_idx, val_idx, models, live_fit, live_val, fold_of, device, dtype, log
+        )
+
     def run(b: MetaBatch, train: bool, pots=None):
         """(predicted forces, reference forces, energy error per atom)."""
         b = b.to(device, dtype)
-        e, f = step(b, create_graph=train, pots=pots if live else None)
+        e, f = step(b, create_graph=train, pots=pots if live else None, local=local)
         return f, b.ref_forces, (e - b.ref_energy) / b.n_atoms
 
     def loss_of(f, ref, e_err):
@@ -130,8 +151,41 @@ def fit(
     return {
         "settings": asdict(settings),
         "bases_in_training": "live" if live else "stored predictions",
+        "base_jacobians": None if not live else "cached" if local else "every step",
         **facts,
     }
+
+
+def local_bases(
+    data: MetaData,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    models: Sequence[str],
+    live_fit: Mapping[int, Sequence[B.Potential]],
+    live_val: Sequence[B.Potential],
+    fold_of: np.ndarray,
+    device: torch.device,
+    dtype: torch.dtype,
+    log: Callable[[str], None] = log,
+) -> LocalBases:
+    """:class:`LocalBases` at the fit frames (each through the bases that never saw its fold)
+    and the val frames (the inference bases), in chunks of at most
+    :data:`JACOBIAN_CHUNK_ROWS` atoms × rows (the vmapped backward pass's memory)."""
+    t0 = time.perf_counter()
+    rows = 3 * int(data.frames.n_atoms[np.concatenate([fit_idx, val_idx])].max())
+    local = LocalBases(rows)
+    chunk = max(1, JACOBIAN_CHUNK_ROWS // (rows * rows // 3))  # frames
+    rng = np.random.default_rng(0)  # not drawn from: no shuffling
+    for idx, val in [(fit_idx, False), (val_idx, True)]:
+        for part in fold_batches(idx, fold_of, chunk, rng, False):
+            pots = live_val if val else live_fit[int(fold_of[part[0]])]
+            local.add(part, pots, data.batch(part, list(models)).to(device, dtype))
+    log(
+        f"bases: energies, forces and force Jacobians of {len(models)} base(s) at "
+        f"{len(fit_idx) + len(val_idx)} fit+val frames computed once "
+        f"({time.perf_counter() - t0:.0f} s); each step runs θ alone"
+    )
+    return local
 
 
 def optimize(opt: torch.optim.Optimizer, losses: Iterable[torch.Tensor]) -> float:
