@@ -285,3 +285,17 @@ def test_table1_names_run_data_sets_with_md_and_shared_downloads_agree():
         cfg["datasets"][d].update(path="nowhere/yet", download={"url": "http://x", "sha256": sha})
     with pytest.raises(ElmlffError, match="different `download` specs"):
         validate_config(cfg)
+
+
+def test_the_longest_base_trainings_get_the_higher_priority():
+    """DeePMD's 6,250 steps (batch 4) against the others' 800 (batch 32): its three bases start
+    first; a campaign whose bases all train as many steps gives none a priority."""
+    from elmlff.config import longest_trainings
+
+    cfg = validate_config(copy.deepcopy(DEFAULT))
+    assert longest_trainings(cfg, "methane") == {"dp_se_e2_a", "dp_se_e2_r", "dp_se_e3"}
+    cfg["bases"]["nequip"]["training"] = {"batch_size": 2}  # 12.5 steps a frame: the longest
+    assert longest_trainings(cfg, "methane") == {"nequip"}
+    for b in cfg["bases"].values():
+        b["training"] = {**b.get("training", {}), "batch_size": 4}
+    assert longest_trainings(cfg, "methane") == set()

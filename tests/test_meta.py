@@ -215,6 +215,33 @@ def test_cached_base_jacobians_give_the_live_training_step(case, ensemble_bases,
         assert float(jac[0, m, n3:].abs().sum() + jac[0, m, :, n3:].abs().sum()) == 0.0
 
 
+def test_force_jacobians_without_vmap_loop_over_rows(monkeypatch):
+    """A base that vmap cannot batch (here: every base, refused by a patched autograd) gets
+    its Jacobian one row at a time: the same blocks as the vmapped pass."""
+    from elmlff.meta.live import force_jacobians
+
+    fr = random_frames(3, seed=5)
+    pots = [MorsePotential("a"), MorsePotential("b", a=0.9, r0=1.4)]
+    args = B.frame_tensors(fr)
+    x0 = torch.as_tensor(fr.positions, dtype=torch.float64)
+    batched = force_jacobians(pots, x0, *args, rows=15)
+    grad = torch.autograd.grad
+    refused = []
+
+    def no_vmap(*a, is_grads_batched=False, **kw):
+        if is_grads_batched:
+            refused.append(True)
+            raise RuntimeError("vmap: not supported (test)")
+        return grad(*a, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    looped = force_jacobians(pots, x0, *args, rows=15)
+    assert len(refused) == len(pots)
+    for a, c in zip(looped, batched, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    assert float(batched[2].abs().max()) > 0.1
+
+
 def test_conserv_training_from_cached_jacobians_repeats_live_training(methane):
     """fit() with the bases' Jacobians cached (``bases: auto`` on small frames) runs the same
     epochs as through the live bases at every step (``bases: live``): the same val errors."""

@@ -496,6 +496,21 @@ def base_spec(config: MutableMapping[str, Any], name: str, dataset: str | None =
     )
 
 
+def longest_trainings(config: MutableMapping[str, Any], dataset: str) -> set[str]:
+    """The data set's bases that train the most optimizer steps (``max_epochs`` over
+    ``batch_size``, every base seeing the same training frames): their ``train`` jobs get a
+    higher priority, so that on a few cores the longest trainings start first rather than
+    last (the default campaign's DeePMD bases: 6,250 steps against 800; started after two
+    SchNets, the last of them left a core idle before the store could be merged)."""
+    steps = {}
+    for m in ensemble(config, dataset):
+        t = base_spec(config, m, dataset).training
+        if "max_epochs" in t and "batch_size" in t:
+            steps[m] = t["max_epochs"] / t["batch_size"]
+    top = max(steps.values(), default=None)
+    return {m for m, n in steps.items() if n == top} if len(set(steps.values())) > 1 else set()
+
+
 def meta_spec(config: MutableMapping[str, Any], name: str):
     """The :class:`~elmlff.meta.params.MetaSpec` of a meta-model."""
     from elmlff.meta.params import MetaSpec

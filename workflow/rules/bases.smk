@@ -30,6 +30,7 @@ for _family in families():
         conda:
             family_env(_family)
         threads: 1
+        priority: train_priority  # the longest trainings first
         resources:
             **FAMILIES[_family].train_resources.rule(),
         shell:

@@ -10,6 +10,7 @@ from elmlff.config import (
     base_spec,
     ensemble,
     left_out,
+    longest_trainings,
     md_spec,
     meta_spec,
     subset_groups,
@@ -124,6 +125,12 @@ def dataset_json(wildcards):
 def base_json(wildcards):
     """The base's spec for this data set (its per-data-set settings over its own)."""
     return spec_json(base_spec(config, wildcards.model, wildcards.dataset))
+
+
+def train_priority(wildcards):
+    """1 for the data set's bases with the longest training (elmlff.config.longest_trainings):
+    they start first when cores are few."""
+    return int(wildcards.model in longest_trainings(config, wildcards.dataset))
 
 
 def meta_json(wildcards):
