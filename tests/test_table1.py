@@ -214,7 +214,7 @@ def test_a_tiny_md17_like_campaign_makes_table1_through_the_workflow(tmp_path):
         assert row.count("[") == len(models)  # every model has a test MAE with an interval
     stab = re.findall(r"^\| \| stability \[%\] \|(.*)$", text, re.M)
     assert len(stab) == 1 and all(s.count("–") == 3 for s in stab)  # MD of three models
-    assert "1 replicas of 0.01 ps at 300 K" in text
+    assert "1 replica of 0.01 ps at 300 K" in text
     assert "ensemble_direct − best base force MAE" in text
     png = tmp_path / "results" / "figures" / "stability.png"
     assert png.read_bytes()[:4] == b"\x89PNG"

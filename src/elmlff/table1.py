@@ -131,7 +131,8 @@ def table1(dataset_dirs: Sequence[Path], models: Sequence[str], out: Path) -> st
             f"Table 1 (generated from results/): test force MAE (pooled over components, 95 % "
             f"bootstrap interval), MD stability (replicas without a bond deviation > 0.5 Å within "
             f"the horizon) and h(r) error (∫|h_MD − h_ref| dr over the stable part), from "
-            f"{'/'.join(str(x) for x in sorted(reps))} replicas of {horizon} at {temp} per model. "
+            f"{'/'.join(str(x) for x in sorted(reps))} replica{'' if reps == {1} else 's'} of "
+            f"{horizon} at {temp} per model. "
             "Bold: the best of each row. – : not run.",
             "",
             *head,

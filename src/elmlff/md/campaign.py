@@ -559,7 +559,7 @@ def summarize(
     n = per.groupby("model").replica.nunique().max()
     text = "\n".join(
         [
-            f"MD of {len(a)} models x {n} replicas of {horizon} at "
+            f"MD of {_count(len(a), 'model')} x {_count(n, 'replica')} of {horizon} at "
             f"{_known(temps, '{:g} K', 'temperature_K in md_summary.csv')}"
             f"{_data_temperature(data_temps)}{_fixed(fixed)}. "
             "h(r) error: ∫|h_MD(r) - h_test(r)| dr with h "
@@ -635,6 +635,11 @@ def _fixed(counts: set[int]) -> str:
     return f", {n} atoms held fixed (FixAtoms) where the reference frames never move them"
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 replica``, ``2 replicas``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _ps(v: float) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
@@ -689,7 +694,7 @@ def h_of_r_figure(dataset_dir: Path, models: Sequence[str], out: Path) -> None:
         h = h_of_r(np.concatenate([p for p in pos if p.shape[1:] == pos[0].shape[1:]]))
         err = h_of_r_error(h, ref_h)
         ax.plot(centres, ref_h, color="black", lw=1.2, label=f"reference ({which} frames)")
-        ax.plot(centres, h, color="#C44E52", lw=1.0, label=f"MD ({len(trajs)} replicas)")
+        ax.plot(centres, h, color="#C44E52", lw=1.0, label=f"MD ({_count(len(trajs), 'replica')})")
         ax.set_title(f"{label}: ∫|Δh| dr = {err:.3f}", fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(models) :]:
