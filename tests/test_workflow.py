@@ -116,7 +116,7 @@ def test_dry_run_lists_the_default_campaign():
         "predict_meta": "6",
         "baselines": "1",
         "evaluate": "1",
-        "train_subsets": "8",  # one job per k: the calibration sample, 3 per k (1 for k = 8)
+        "train_subsets": "8",  # one job per k: the calibration sample, 2 per k (1 for k = 8)
         "train_subsets_amortized": "1",  # one model over random subsets predicts all 255
         "subset_table": "1",
         "force_rmse_figure": "1",
@@ -132,10 +132,10 @@ def test_dry_run_lists_the_default_campaign():
         "uncertainty_figure": "1",
         "adversarial": "1",
         "select_for_labelling": "1",
-        "md_replica": "10",
+        "md_replica": "5",  # 5 models x 1 replica
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "71",
+        "total": "66",
     }
 
 
