@@ -44,6 +44,17 @@ def theta(n_models: int, species, use_forces: bool = True, seed: int = 0):
     return th.eval()
 
 
+def morse_problem(methane, n_frames: int):
+    """(frames, bases, MetaData): ``n_frames`` methane frames labelled by a Morse reference,
+    two live Morse bases, one good (x1.05) and one biased (x1.6), and their stored predictions."""
+    ref = MorsePotential("ref")
+    pots = [MorsePotential("good", scale=1.05), MorsePotential("biased", scale=1.6)]
+    fr = labelled(methane.subset(range(n_frames)), ref)
+    preds = [p.predict(fr) for p in pots]
+    e, f = np.stack([e for e, _ in preds]), np.stack([f for _, f in preds])
+    return fr, pots, MetaData(fr, ["good", "biased"], e, f, cutoff=4.0)
+
+
 @pytest.fixture(scope="module")
 def ensemble_bases(tiny_schnet):
     """A trained SchNet and an analytic Morse base, both float64."""
@@ -245,17 +256,7 @@ def test_force_jacobians_without_vmap_loop_over_rows(monkeypatch):
 def test_conserv_training_from_cached_jacobians_repeats_live_training(methane):
     """fit() with the bases' Jacobians cached (``bases: auto`` on small frames) runs the same
     epochs as through the live bases at every step (``bases: live``): the same val errors."""
-    ref = MorsePotential("ref")
-    pots = [MorsePotential("good", scale=1.05), MorsePotential("biased", scale=1.6)]
-    fr = labelled(methane.subset(range(40)), ref)
-    preds = [p.predict(fr) for p in pots]
-    data = MetaData(
-        fr,
-        ["good", "biased"],
-        np.stack([e for e, _ in preds]),
-        np.stack([f for _, f in preds]),
-        cutoff=4.0,
-    )
+    fr, pots, data = morse_problem(methane, 40)
     fit_idx, val_idx = np.arange(30), np.arange(30, 40)
     runs = {}
     for bases in ["auto", "live"]:
@@ -565,17 +566,7 @@ def test_conserv_fused_form_equals_the_e3nn_modules(mixed, use_forces, l_max, ve
 @pytest.mark.parametrize("use_forces", [True, False], ids=["eq6_live", "eq7_store"])
 def test_conserv_meta_beats_the_plain_mean_with_a_biased_base(methane, use_forces):
     """Live analytic bases (one biased) on a Morse reference: θ learns to trust the good base."""
-    ref = MorsePotential("ref")
-    pots = [MorsePotential("good", scale=1.05), MorsePotential("biased", scale=1.6)]
-    fr = labelled(methane.subset(range(120)), ref)
-    preds = [p.predict(fr) for p in pots]
-    data = MetaData(
-        fr,
-        ["good", "biased"],
-        np.stack([e for e, _ in preds]),
-        np.stack([f for _, f in preds]),
-        cutoff=4.0,
-    )
+    fr, pots, data = morse_problem(methane, 120)
     fit_idx, val_idx, test_idx = np.arange(80), np.arange(80, 100), np.arange(100, 120)
     model = build(
         "conserv",

@@ -158,6 +158,16 @@ def force_jacobians(
     return torch.stack(energies, dim=1), torch.stack(forces, dim=1), jac
 
 
+def expand_energy(
+    e0: torch.Tensor, f0: torch.Tensor, dx: torch.Tensor, batch: torch.Tensor
+) -> torch.Tensor:
+    """Every base's energy ``(F, M)`` to first order around the frames' positions,
+    E_m0 - F_m0·dx (``f0`` ``(A, M, 3)``, ``dx`` ``(A, 3)``, ``batch`` each atom's frame): the
+    value and the gradient at dx = 0 of a base whose forces are ``f0``."""
+    work = (f0 * dx[:, None, :]).sum(-1)  # (A, M)
+    return e0 - torch.zeros_like(e0).index_add(0, batch, work)
+
+
 class LocalBases:
     """The frozen bases at fixed frames, as Ensemble-conserv's training needs them: each
     frame's energies E_m0, forces F_m0 and force Jacobians J_m = dF_m/dx from the live bases,
@@ -168,13 +178,14 @@ class LocalBases:
     have the live bases' values and first derivatives at x0. The training loss reads only
     those (θ's forces at x0, with the Hessian-vector terms J_mᵀ dθ/dF_m), and the bases'
     weights are constants, so the loss and its gradients to θ are the live ones (to rounding)
-    while each step runs θ alone. Conservative bases only (−dE/dx = F)."""
+    while each step runs θ alone. Conservative bases only (−dE/dx = F). Stored per frame,
+    zero-padded to the largest frame, so a batch is gathered by index."""
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
-        self._energy: dict[int, torch.Tensor] = {}  # store frame -> (M,)
-        self._forces: dict[int, torch.Tensor] = {}  # store frame -> (n, M, 3)
-        self._jac: dict[int, torch.Tensor] = {}  # store frame -> (M, rows, rows)
+        self._row: dict[int, int] = {}  # store frame -> row of the tensors below
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def pays(pots: Sequence[B.Potential], n_atoms: np.ndarray) -> bool:
@@ -193,24 +204,26 @@ class LocalBases:
         e, f, jac = force_jacobians(
             pots, b.positions, b.numbers, b.n_atoms, b.cell, b.pbc, self.rows
         )
-        per_frame = torch.split(f, b.n_atoms.tolist())
-        for i, fr in enumerate(frames):
-            self._energy[int(fr)], self._forces[int(fr)] = e[i], per_frame[i]
-            self._jac[int(fr)] = jac[i]
+        slot = frame_columns(b.batch, b.n_atoms)[:, 0] // 3
+        padded = f.new_zeros(len(frames), self.rows // 3, *f.shape[1:])  # (F, n, M, 3)
+        padded[b.batch, slot] = f
+        start = len(self._row)
+        self._row.update({int(fr): start + i for i, fr in enumerate(frames)})
+        self._parts.append((e, padded, jac))
+        self._tensors = None
 
     def outputs(self, b, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every base's energy ``(F, M)`` and forces ``(A, M, 3)`` on the batch ``b`` as
         functions of ``positions`` (at ``b.positions``: the live bases' values)."""
-        frames = [int(f) for f in b.frames]
-        e0 = torch.stack([self._energy[f] for f in frames]).to(positions)
-        f0 = torch.cat([self._forces[f] for f in frames]).to(positions)
-        jac = torch.stack([self._jac[f] for f in frames]).to(positions)
-        dx = positions - b.positions
+        if self._tensors is None:
+            self._tensors = tuple(torch.cat(t) for t in zip(*self._parts, strict=True))
+        energy, forces, jacobians = (t.to(positions) for t in self._tensors)
+        rows = torch.as_tensor([self._row[int(f)] for f in b.frames], device=positions.device)
         col = frame_columns(b.batch, b.n_atoms)
-        flat = dx.new_zeros(len(frames), self.rows).index_put(
+        f0 = forces[rows[b.batch], col[:, 0] // 3]  # (A, M, 3)
+        dx = positions - b.positions
+        flat = dx.new_zeros(len(rows), self.rows).index_put(
             (b.batch[:, None].expand_as(col), col), dx
         )
-        moved = torch.einsum("fmrs,fs->fmr", jac, flat)[b.batch[:, None], :, col]  # (A, 3, M)
-        work = (f0 * dx[:, None, :]).sum(-1)  # (A, M)
-        em = e0 - torch.zeros_like(e0).index_add(0, b.batch, work)
-        return em, f0 + moved.permute(0, 2, 1)
+        moved = torch.einsum("fmrs,fs->fmr", jacobians[rows], flat)[b.batch[:, None], :, col]
+        return expand_energy(energy[rows], f0, dx, b.batch), f0 + moved.permute(0, 2, 1)

@@ -28,7 +28,7 @@ from elmlff.errors import ElmlffError
 from elmlff.log import log
 from elmlff.meta.data import MetaBatch, MetaData
 from elmlff.meta.group import fit_direct_group, fold_batches
-from elmlff.meta.live import LocalBases, base_outputs
+from elmlff.meta.live import LocalBases, base_outputs, expand_energy
 from elmlff.meta.params import TrainSettings
 
 #: atoms × rows of the force Jacobians computed in one vmapped backward pass (methane's 5 atoms
@@ -57,8 +57,7 @@ class ConservStep:
         elif pots is not None:
             em, fm = base_outputs(pots, pos, b.numbers, b.n_atoms, b.cell, b.pbc, True)
         else:
-            dx = (b.base_forces * (pos - b.positions)[:, None, :]).sum(-1)  # (A, M)
-            em = b.base_energy - torch.zeros_like(b.base_energy).index_add(0, b.batch, dx)
+            em = expand_energy(b.base_energy, b.base_forces, pos - b.positions, b.batch)
             fm = b.base_forces
         e = self.model(b, pos, em, fm)
         (g,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
