@@ -22,8 +22,11 @@ floor; the gather, scatter and elementwise work of the attention comes on top.
 
 Base predictions come from ``results/methane/predictions.zarr`` when a campaign made it;
 otherwise they are synthetic (the reference forces plus per-base noise and bias): the cost does
-not depend on how good the bases are. A benchmark printing ratios measured in one run, not a
-test: ``python bench/subsets.py [--epochs N] [--sizes 1 2 ...] [--device cuda]``.
+not depend on how good the bases are. Another campaign's data set (its first ``run`` entry),
+from a campaign's store, with ``--config``: the methanol/Cu slab's amortized study is
+``--config config/campaigns/methanol_cu.yaml --results <its results/> --method amortized``.
+A benchmark printing ratios measured in one run, not a test:
+``python bench/subsets.py [--epochs N] [--sizes 1 2 ...] [--device cuda] [--config F]``.
 """
 
 from __future__ import annotations
@@ -42,22 +45,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def metadata(cfg: dict, cutoff: float):
-    """(MetaData of the methane frames, fit frames, val frames, ensemble, predicted frames)."""
+def metadata(cfg: dict, cutoff: float, dataset: str, results: Path):
+    """(MetaData of the data set's frames, fit frames, val frames, ensemble, predicted
+    frames)."""
     from elmlff import store
     from elmlff.config import ensemble
     from elmlff.data.split import Split
     from elmlff.meta.data import MetaData
     from elmlff.pipeline import load_dataset
 
-    models = ensemble(cfg, "methane")
-    res = ROOT / "results" / "methane"
+    models = ensemble(cfg, dataset)
+    res = results / dataset
     if (res / "predictions.zarr").exists() and (res / "split.json").exists():
         split = Split.load(res / "split.json")
         data = MetaData.from_store(store.open_store(res / "predictions.zarr"), cutoff, models)
         print(f"base predictions: {res / 'predictions.zarr'}")
         pred = np.sort(np.concatenate([split.roles["val"], split.roles["test"]]))
         return data, split.meta_fit(), split.roles["val"], models, pred
+    if dataset != "methane":
+        raise SystemExit(f"no campaign store at {res}: run the campaign, or give --results")
     frames, _ = load_dataset("methane", cfg["datasets"]["methane"])
     sizes = cfg["datasets"]["methane"]["split"]["sizes"]
     n_fit, n_val = sizes["meta"], sizes["val"]
@@ -84,6 +90,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="k to run (default all)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--method", choices=["dedicated", "amortized", "both"], default="both")
+    ap.add_argument("--config", type=Path, default=None, help="a campaign over config.yaml")
+    ap.add_argument("--results", type=Path, default=ROOT / "results", help="a campaign's results")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -94,12 +102,13 @@ def main() -> None:
     from elmlff.subsets import choose, resolve
     from elmlff.subsets import seed as subset_seed
 
-    cfg = load_config(ROOT / "config" / "config.yaml")
+    cfg = load_config(ROOT / "config" / "config.yaml", *([a.config] if a.config else []))
+    dataset = cfg["run"][0]
     spec = meta_spec(cfg, "ensemble_direct")
     params = spec.params
     settings = replace(spec.settings, max_epochs=a.epochs, patience=a.epochs + 1)
     t0 = time.perf_counter()
-    data, fit_idx, val_idx, ens, pred_idx = metadata(cfg, spec.cutoff)
+    data, fit_idx, val_idx, ens, pred_idx = metadata(cfg, spec.cutoff, dataset, a.results)
     t_setup = time.perf_counter() - t0
     stats = Stats.fit(data.frames.subset(fit_idx))
     quiet = lambda m: None  # noqa: E731
@@ -119,7 +128,7 @@ def main() -> None:
         return time.perf_counter() - t
 
     print(
-        f"methane: {len(fit_idx)} fit + {len(val_idx)} val frames, {len(ens)} bases, "
+        f"{dataset}: {len(fit_idx)} fit + {len(val_idx)} val frames, {len(ens)} bases, "
         f"{settings.max_epochs} epochs each; data + graphs {t_setup:.1f} s; "
         f"{torch.get_num_threads()} threads"
     )

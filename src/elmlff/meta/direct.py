@@ -72,13 +72,11 @@ class CSRGraph:
 
     def attention_logits(
         self, convs: Sequence[nn.Module]
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per layer of ``convs``, the edge-attention logits' edge terms: (H, E) of the edges,
-        (H, N) of the self-loops and (H, 1) the largest of them (a constant for autograd: the
-        softmax does not depend on it); one product for all layers. The self-loop's term is
-        the layer's folded edge weights on :meth:`mean_attr` (linear: the mean of the atom's
-        edge terms). Without autograd they are cached while the layers' weights are
-        unchanged."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer of ``convs``, the edge-attention logits' edge terms: (H, E) of the edges
+        and (H, N) of the self-loops; one product for all layers. The self-loop's term is the
+        layer's folded edge weights on :meth:`mean_attr` (linear: the mean of the atom's edge
+        terms). Without autograd they are cached while the layers' weights are unchanged."""
         key = tuple(version_key(c.lin_edge.weight, c.att_edge) for c in convs)
         slot = ("logits", *convs)  # keyed by the layers themselves (kept alive: no id reuse)
         hit = self.cache.get(slot)
@@ -87,10 +85,8 @@ class CSRGraph:
         fold = torch.cat([c.edge_fold() for c in convs])  # (L * H, F)
         edge = fold @ self.edge_attr.T  # (L * H, E)
         loop = fold @ self.mean_attr().T  # (L * H, N)
-        with torch.no_grad():
-            top = torch.maximum(edge.amax(1, keepdim=True), loop.amax(1, keepdim=True))
         sizes = [c.heads for c in convs]
-        out = list(zip(edge.split(sizes), loop.split(sizes), top.split(sizes), strict=True))
+        out = list(zip(edge.split(sizes), loop.split(sizes), strict=True))
         if not torch.is_grad_enabled():
             self.cache[slot] = (key, out)
         return out
@@ -104,7 +100,7 @@ class CSRGraph:
             crow = torch.cat([(self.crow[:-1] + e * k[:, None]).view(-1), self.crow[-1:] * heads])
             col = (self.col + self.n * k[:, None]).view(-1)
             row = (self.row + self.n * k[:, None]).view(-1)
-            self.cache["blocks", heads] = (crow, col, row)
+            self.cache["blocks", heads] = (_index(crow), _index(col), row)
         return self.cache["blocks", heads]
 
     def transposed_blocks(self, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,11 +113,17 @@ class CSRGraph:
             crow[1:] = torch.cumsum(torch.bincount(self.col, minlength=self.n), 0)
             k = torch.arange(heads, device=dev)[:, None]
             self.cache["transposed", heads] = (
-                torch.cat([(crow[:-1] + e * k).view(-1), crow[-1:] * heads]),
-                (self.row[order] + self.n * k).view(-1),
+                _index(torch.cat([(crow[:-1] + e * k).view(-1), crow[-1:] * heads])),
+                _index((self.row[order] + self.n * k).view(-1)),
                 (order + e * k).view(-1),
             )
         return self.cache["transposed", heads]
+
+
+def _index(t: torch.Tensor) -> torch.Tensor:
+    """Sparse-matrix indices as int32 where they fit: the CPU's sparse product converts int64
+    indices on every call (a copy as large as the values)."""
+    return t.to(torch.int32) if len(t) == 0 or int(t.max()) < 2**31 - 1 else t
 
 
 def _csr(
@@ -167,9 +169,16 @@ class _BlockProduct(torch.autograd.Function):
         return d_weight, d_feats, None, None
 
 
-# a denominator below it: the shifted weights may have underflowed, or (float32) its square in
-# the division's backward pass may (NaN gradients below ~1e-19)
-_SOFTMAX_FLOOR = math.exp(-20.0)
+@torch.no_grad()
+def _largest(g: CSRGraph, z: torch.Tensor, z_loop: torch.Tensor) -> torch.Tensor:
+    """(H, N) each atom's largest attention logit over its edges and its self-loop: the
+    softmax's shift (a constant for autograd, as the softmax does not depend on it). A shared
+    upper bound instead would skip this segment max, but on a large batch some atom's weights
+    then underflow (and, in float32, its denominator's square in the backward pass: NaN
+    gradients), which costs a second pass; bench/meta_inference.py times the layer."""
+    offsets = g.crow.expand(len(z), -1)
+    top = torch.segment_reduce(z, "max", offsets=offsets, axis=1, initial=-math.inf)
+    return torch.maximum(top, z_loop)
 
 
 def _weighted_sums(
@@ -179,7 +188,7 @@ def _weighted_sums(
     exp(logit - top) times the sender's features (their last, a one: the softmax's
     denominator); one sparse-dense product for all heads (block-diagonal adjacency)."""
     h, n = z_loop.shape
-    weight = (z - top.index_select(1, g.row)).exp()  # (H, E)
+    weight = (z - top.index_select(1, g.row)).exp_()  # (H, E)
     sums = _BlockProduct.apply(weight.view(-1), feats.view(h * n, -1), g, h).view(h, n, -1)
     return torch.addcmul(sums, (z_loop - top).exp()[..., None], feats)
 
@@ -199,18 +208,13 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
     logits come from the graph (every layer's in one product, cached there without
     autograd), the self-loops are added per atom; one product of the node features gives
     the projected features, a column of ones and both attention terms (``att_src`` and
-    ``att_dst`` folded into ``lin``; cached without autograd); the softmax subtracts,
-    instead of each atom's exact largest logit (a segment max and a gather), an upper bound
-    of it (the leaky ReLU is monotonic: the atom's own target term plus the batch's largest
-    sender and edge terms; a constant for autograd, as the softmax does not depend on it);
-    the attention-weighted sum and the softmax's denominator are one sparse-dense product (a
-    block-diagonal adjacency of all heads, the ones column beside the features), with its
-    own backward (:class:`_BlockProduct`), so no weight is normalised edge by edge and no
-    (edges x channels) tensor is formed in the forward pass. Where the bound is so loose that
-    an atom's weights may have underflowed, or its denominator's square in the backward pass
-    may (a denominator below e^-20), the layer is
-    recomputed with the exact maxima. torch-geometric's edge-list path stays for groups of
-    models trained under ``vmap``, which cannot batch sparse tensors.
+    ``att_dst`` folded into ``lin``; cached without autograd); the softmax subtracts each
+    atom's largest logit (:func:`_largest`); the attention-weighted sum and the softmax's
+    denominator are one sparse-dense product (a block-diagonal adjacency of all heads, the
+    ones column beside the features), with its own backward (:class:`_BlockProduct`), so no
+    weight is normalised edge by edge and no (edges x channels) tensor is formed in the
+    forward pass. torch-geometric's edge-list path stays for groups of models trained under
+    ``vmap``, which cannot batch sparse tensors.
     """
     from torch_geometric.nn import GATConv
     from torch_geometric.utils import softmax
@@ -259,7 +263,7 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             self,
             x: torch.Tensor,
             g: CSRGraph,
-            logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+            logits: tuple[torch.Tensor, torch.Tensor] | None = None,
         ) -> torch.Tensor:
             """The layer's output (N, heads * channels) on graph ``g``; ``logits``: its edge
             terms from :meth:`CSRGraph.attention_logits` (computed here if not given)."""
@@ -269,7 +273,7 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
                     "and no attention dropout"
                 )
             h, c, slope = self.heads, self.out_channels, self.negative_slope
-            e_edge, e_loop, e_top = logits or g.attention_logits([self])[0]
+            e_edge, e_loop = logits or g.attention_logits([self])[0]
             w, b = self.node_weights()
             y = torch.addmm(b, x, w.T)  # (N, H (C + 1) + 2 H)
             feats = y[:, : h * (c + 1)].view(-1, h, c + 1).transpose(0, 1).contiguous()
@@ -278,21 +282,26 @@ def folded_gat_conv(*args, **kwargs) -> nn.Module:
             z = a_src.index_select(1, g.col).add_(e_edge).add_(a_dst.index_select(1, g.row))
             z = F.leaky_relu(z, slope, inplace=True)  # (H, E): the edges' attention logits
             z_loop = F.leaky_relu(a_src + e_loop + a_dst, slope)  # (H, N): the self-loops'
-            with torch.no_grad():  # >= every logit of the atom (the leaky ReLU is monotonic)
-                top = F.leaky_relu(a_dst + (a_src.amax(dim=1, keepdim=True) + e_top), slope)
-            sums = _weighted_sums(g, z, z_loop, top, feats)  # (H, N, C + 1)
-            if not bool((sums[..., c] >= _SOFTMAX_FLOOR).all()):  # the bound was too loose
-                with torch.no_grad():
-                    offsets = g.crow.expand(h, -1)
-                    top = torch.segment_reduce(z, "max", offsets=offsets, axis=1, initial=-math.inf)
-                    top = torch.maximum(top, z_loop)
-                sums = _weighted_sums(g, z, z_loop, top, feats)
+            sums = _weighted_sums(g, z, z_loop, _largest(g, z, z_loop), feats)  # (H, N, C + 1)
             num, den = sums[..., :c].transpose(0, 1), sums[..., c:].transpose(0, 1)
             if self.bias is None:
                 return (num / den).reshape(-1, h * c)
             return torch.addcdiv(self.bias.view(h, c), num, den).reshape(-1, h * c)
 
     return _FoldedGATConv(*args, **kwargs)
+
+
+def _linear_of_parts(linear: nn.Linear, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``linear(torch.cat(parts, dim=1))`` as one product per part with its block of the
+    weights: the same numbers without writing and reading the concatenation (on a CPU the
+    (atoms x 256) one before the head cost as much as the head itself)."""
+    w, out, start = linear.weight, linear.bias, 0
+    for p in parts:  # out of place: vmap (a group of models) has no batching rule for addmm_
+        out = torch.addmm(out, p, w[:, start : start + p.shape[1]].T)
+        start += p.shape[1]
+    if start != w.shape[1]:
+        raise ValueError(f"parts of {start} features for a layer of {w.shape[1]} inputs")
+    return out
 
 
 def gaussian_rbf(d: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
@@ -351,12 +360,9 @@ class EnsembleDirect(nn.Module):
             m_atom = present[b.batch].to(f.dtype)  # (A, M)
             f, e = f * m_atom[..., None], e * present.to(e.dtype)
             extra = [m_atom]
-        x = torch.cat(
-            [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z), *extra],
-            dim=1,
-        )
+        parts = [f.reshape(len(f), -1), self.energy_embed(e)[b.batch], self.species_embed(z)]
         graph = b.extra.get("edges") or self.edges(b, sparse=True)
-        h = self.inp(x)
+        h = _linear_of_parts(self.inp, [*parts, *extra])
         outs = [h]
         if isinstance(graph, CSRGraph):  # every layer's edge terms in one product
             for conv, logits in zip(self.convs, graph.attention_logits(self.convs), strict=True):
@@ -366,7 +372,7 @@ class EnsembleDirect(nn.Module):
             for conv in self.convs:
                 h = h + nn.functional.silu(conv(h, *graph))
                 outs.append(h)
-        corr = self.head(torch.cat(outs, dim=1))
+        corr = self.head[2](self.head[1](_linear_of_parts(self.head[0], outs)))
         if self.amortized and self.params["blend"]:  # softmax over the present bases
             w = torch.softmax(self.blend.masked_fill(~present, float("-inf")), dim=1)  # (F, M)
             mixed = torch.einsum("am,amk->ak", w[b.batch], b.base_forces)
