@@ -810,8 +810,9 @@ def test_direct_is_stock_gatconv_with_folded_edge_attention_and_self_loops_added
     layers that add their own self-loops gives the same forces, and training through the
     fused path (its own sparse backward) the same gradients as torch-geometric's message
     passing. Attention logits spread hundreds apart still agree (the softmax subtracts each
-    atom's own largest logit), and a graph's cached edge logits follow the weights. The frames: molecules, a slab whose atom pairs recur
-    through several images, and a small bulk cell where atoms see their own images."""
+    atom's own largest logit), and a graph's cached edge logits follow the weights. The
+    frames: molecules, a slab whose atom pairs recur through several images, and a small bulk
+    cell where atoms see their own images."""
     from torch_geometric.nn import GATConv
 
     from elmlff.meta import direct
