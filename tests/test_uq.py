@@ -19,6 +19,7 @@ from elmlff.uq.metrics import (
     inverse_rmse_weights,
     spearman,
     threshold_curve,
+    weighted_uncertainty,
 )
 
 
@@ -45,6 +46,10 @@ def test_u0_u1_u2_and_baselines_equal_hand_computed_values(two_frames):
     t = ensemble_uncertainty(f, n, w, ref)
     np.testing.assert_allclose(t.U0, [np.sqrt(2 / 3), np.sqrt(2)])
     np.testing.assert_allclose(t.U1, [np.sqrt(6 / 7), np.sqrt(10 / 7)])
+    # the MD calculator's per-step U1, without the table
+    np.testing.assert_allclose(weighted_uncertainty(f, n, w), [np.sqrt(6 / 7), np.sqrt(10 / 7)])
+    with pytest.raises(ElmlffError, match="weights"):
+        weighted_uncertainty(f, n, [0.5, 0.3, 0.1])
     # U2, frame A: weighted mean (2/7, 0, 0); deviations 5/7, 9/7, 2/7
     u2a = np.sqrt((4 * 25 + 2 * 81 + 4) / 343)
     # frame B: weighted mean of atom 1 (0, 3/7, 0); deviations 3/7, 3/7, 18/7

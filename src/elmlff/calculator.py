@@ -12,7 +12,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from elmlff import bases as B
 from elmlff.data.frames import Frames
 from elmlff.meta.ensemble import DirectEnsemble, LinearEnsemble
-from elmlff.uq.metrics import ensemble_uncertainty, force_std
+from elmlff.uq.metrics import force_std, weighted_uncertainty
 
 
 class EnsembleCalculator(Calculator):
@@ -80,8 +80,8 @@ class EnsembleCalculator(Calculator):
         m = len(p.base_forces)
         if m >= 2:
             w = np.full(m, 1.0 / m) if self.uq_weights is None else self.uq_weights
-            u = ensemble_uncertainty(p.base_forces, fr.n_atoms, w)
-            self.results["uncertainty"] = float(u.U1.iloc[0])
+            u = weighted_uncertainty(p.base_forces, fr.n_atoms, w)
+            self.results["uncertainty"] = float(u[0])
         elif self.delta_base is not None:  # U_Δ: direct forces vs −dE/dx of its energy head
             u, _ = self.delta_base.force_delta(fr, direct=p.base_forces[0])  # reuse the step's
             self.results["uncertainty"] = float(u[0])

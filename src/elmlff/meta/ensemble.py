@@ -32,6 +32,9 @@ class Prediction:
 
 
 def _batched(frames: Frames, batch_size: int):
+    if len(frames) <= batch_size:  # one MD step: no copy
+        yield frames
+        return
     for s in range(0, len(frames), batch_size):
         yield frames.subset(np.arange(s, min(s + batch_size, len(frames))))
 

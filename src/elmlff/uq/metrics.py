@@ -104,6 +104,31 @@ def force_std(forces: np.ndarray, n_atoms: np.ndarray) -> tuple[np.ndarray, np.n
     return _mean_per_frame(sigma, n_atoms), _max_per_frame(sigma, n_atoms)
 
 
+def _worst_deviation(f: np.ndarray, center: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """(M, F): per model and frame, the largest ‖F_jk − center_j‖ over the frame's atoms."""
+    return _max_per_frame(np.linalg.norm(f - center, axis=2), n_atoms)
+
+
+def check_weights(weights: np.ndarray, m: int) -> np.ndarray:
+    """U1/U2's weights as floats: M of them, non-negative, summing to one."""
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (m,) or abs(w.sum() - 1.0) > 1e-5 or (w < 0).any():
+        raise ElmlffError(f"weights {w.tolist()} for {m} models", "pass M weights summing to 1")
+    return w
+
+
+def weighted_uncertainty(
+    forces: np.ndarray, n_atoms: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """U1 per frame (eV/Å) as :func:`ensemble_uncertainty` gives it, without its table (a
+    pandas frame costs ten times the arithmetic on one small frame): an MD calculator's
+    per-step path."""
+    f = np.asarray(forces, dtype=float)
+    w = check_weights(weights, len(f))
+    worst = _worst_deviation(f, f.mean(axis=0), np.asarray(n_atoms, dtype=np.int64))
+    return np.sqrt(w @ worst**2)
+
+
 def ensemble_uncertainty(
     forces: np.ndarray,
     n_atoms: np.ndarray,
@@ -116,16 +141,11 @@ def ensemble_uncertainty(
     f = np.asarray(forces, dtype=float)
     n_atoms = np.asarray(n_atoms, dtype=np.int64)
     check_forces(f, n_atoms)
-    m = f.shape[0]
-    w = np.asarray(weights, dtype=float)
-    if w.shape != (m,) or not np.isclose(w.sum(), 1.0) or (w < 0).any():
-        raise ElmlffError(f"weights {w.tolist()} for {m} models", "pass M weights summing to 1")
+    w = check_weights(weights, f.shape[0])
     mean = f.mean(axis=0)  # (A, 3)
     wmean = np.tensordot(w, f, axes=1)
-    dev = np.linalg.norm(f - mean, axis=2)  # (M, A)
-    dev_w = np.linalg.norm(f - wmean, axis=2)
-    worst = _max_per_frame(dev, n_atoms)  # (M, F)
-    worst_w = _max_per_frame(dev_w, n_atoms)
+    worst = _worst_deviation(f, mean, n_atoms)  # (M, F)
+    worst_w = _worst_deviation(f, wmean, n_atoms)
     std_mean, std_max = force_std(f, n_atoms)
     out = pd.DataFrame(
         {
