@@ -121,9 +121,11 @@ class CSRGraph:
 
 
 def _index(t: torch.Tensor) -> torch.Tensor:
-    """Sparse-matrix indices as int32 where they fit: the CPU's sparse product converts int64
-    indices on every call (a copy as large as the values)."""
-    return t.to(torch.int32) if len(t) == 0 or int(t.max()) < 2**31 - 1 else t
+    """Sparse-matrix indices as int32 on a CPU where they fit: its sparse product converts
+    int64 indices on every call (a copy as large as the values). Other devices keep int64."""
+    if t.device.type != "cpu" or (len(t) and int(t.max()) >= 2**31 - 1):
+        return t
+    return t.to(torch.int32)
 
 
 def _csr(
