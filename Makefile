@@ -41,6 +41,7 @@ readme-table: setup
 	$(PY) -m elmlff splice bench/measured/subsets_cuda_h200.md --into README.md --marker bench:subsets-cuda
 	$(PY) -m elmlff splice bench/measured/md_steps_cpu.md --into README.md --marker bench:md-steps
 	$(PY) -m elmlff splice bench/measured/meta_inference_cpu.md --into README.md --marker bench:meta-inference
+	$(PY) -m elmlff splice bench/measured/subsets_amortized_methanol_cu_cpu.md --into README.md --marker bench:subsets-amortized-slab
 
 # the MD17 laptop campaign's Table 1 and figures (config/campaigns/md17_laptop.yaml; needs
 # the rMD17 split files) into README.md and docs/md17/
