@@ -11,8 +11,9 @@ trainings, each building its own graphs, estimated from one).
 
 The amortized method (the default campaign's) is timed as the campaign runs it, with the
 config's epochs and early stopping: one model trained over random subsets, then every one of
-the 255 subsets predicted on the val + test frames, against one eight-base training with the
-same settings (target <= 3x).
+the 255 subsets predicted on the val + test frames (on a CPU, subsets side by side on as many
+worker threads as torch has threads), against one eight-base training with the same settings
+(target <= 3x).
 
 On a CPU it then prints the floor this machine sets on that ratio: the matrix-product FLOPs of
 one model-epoch (counted with ``torch.utils.flop_counter``) times 255, at the rate the CPU reaches

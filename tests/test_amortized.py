@@ -135,6 +135,26 @@ def test_one_amortized_model_serves_every_subset(trained):
     assert err["good"] < err["noisy"]
 
 
+def test_subsets_predicted_side_by_side_on_worker_threads_match_one_by_one(trained):
+    """With several torch threads, predict_subsets spreads the subsets over worker threads
+    that share the graphs' caches: each subset's forces are still that subset's forward."""
+    data, model, _ = trained
+    test = np.arange(200, 240)
+    subsets = [list(c) for k in (1, 2, 3) for c in combinations(data.models, k)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pred = predict_subsets(model, data, test, subsets, batch_size=16)  # 3 batches
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    b = data.batch(test).to("cpu", torch.float32)
+    with torch.no_grad():
+        for c, p in zip(subsets, pred, strict=True):
+            b.extra["mask"] = torch.as_tensor(S.mask(c, data.models))
+            np.testing.assert_allclose(p, model(b).numpy(), atol=1e-5, err_msg=str(c))
+
+
 def test_dropping_a_base_at_deployment_uses_only_the_present_ones(trained):
     """DirectEnsemble over the amortized model with two of its three bases gives what
     predict_subsets gives for that subset; a base it was not trained over is refused."""

@@ -97,15 +97,23 @@ def test_amortized_subset_study_takes_direct_metas_only_and_samples_per_k():
     msg = bad(lambda c: c["subsets"].update(metas=["ensemble_direct", "ensemble_conserv"]))
     assert "subsets.method amortized trains Ensemble-direct only" in msg
     assert "['ensemble_conserv']" in msg and "fix:" in msg
-    from elmlff.config import subset_groups, subset_study
+    from elmlff.config import dedicated_subsets, subset_groups, subset_study
 
     cfg = validate_config(copy.deepcopy(DEFAULT))
     every = subset_study(cfg, "methane")
     sample = subset_groups(cfg, "methane")  # the dedicated calibration models
     assert sum(map(len, every.values())) == 255
     n = cfg["subsets"]["calibrate"]
-    assert n == 2 and {k: len(v) for k, v in sample.items()} == {k: n for k in range(1, 8)} | {8: 1}
+    assert n == 3 and {k: len(v) for k, v in sample.items()} == {k: n for k in range(1, 8)} | {8: 1}
     assert all(set(sample[k]) <= set(every[k]) for k in sample)
+    # the full set's dedicated model is train_meta's: no train_subsets job of size 8 for a
+    # meta the campaign trains, one for a meta it does not
+    assert "ensemble_direct" in cfg["run_metas"] and sample[8] == ["all"]
+    assert dedicated_subsets(cfg, "methane", "ensemble_direct") == {
+        k: sample[k] for k in range(1, 8)
+    }
+    cfg["run_metas"] = ["ensemble_conserv"]
+    assert dedicated_subsets(cfg, "methane", "ensemble_direct") == sample
 
 
 def test_unknown_meta_parameter_for_its_kind():

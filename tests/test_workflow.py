@@ -116,7 +116,7 @@ def test_dry_run_lists_the_default_campaign():
         "predict_meta": "6",
         "baselines": "1",
         "evaluate": "1",
-        "train_subsets": "8",  # one job per k: the calibration sample, 2 per k (1 for k = 8)
+        "train_subsets": "7",  # one per k: the calibration sample, 3 per k (k = 8: train_meta's)
         "train_subsets_amortized": "1",  # one model over random subsets predicts all 255
         "subset_table": "1",
         "force_rmse_figure": "1",
@@ -135,7 +135,7 @@ def test_dry_run_lists_the_default_campaign():
         "md_replica": "5",  # 5 models x 1 replica
         "md_summary": "1",
         "md_hr_figure": "1",
-        "total": "66",
+        "total": "65",
     }
 
 
@@ -232,7 +232,8 @@ def test_paper_scale_dry_run_lists_the_same_stages():
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M))
     assert counts["train_schnetpack"] == "4" and counts["train_deepmd"] == "3"
     assert counts["train_nequip"] == "1" and counts["md_replica"] == str(14 * 5)
-    assert counts["train_subsets"] == "8" and counts["total"] == "130"
+    # one job per k of every subset; the full set (k = 8) is train_meta's model
+    assert counts["train_subsets"] == "7" and counts["total"] == "129"
 
 
 @pytest.mark.skipif(
@@ -248,7 +249,8 @@ def test_md17_dry_run_lists_every_job(overlay):
     for family in ("deepmd", "dimenet", "nequip", "orb_direct"):
         assert counts[f"train_{family}"] == "4" and counts[f"predict_{family}"] == "4"
     assert counts["train_schnetpack"] == "8" and counts["train_meta"] == "8"
-    assert counts["train_subsets"] == "24" and counts["table1"] == "1"
+    # per molecule one job per k below 6: the full set's model is train_meta's
+    assert counts["train_subsets"] == "20" and counts["table1"] == "1"
     replicas = {"md17": 5, "md17_laptop": 2}[overlay]
     models = {"md17": 10, "md17_laptop": 8}[overlay]  # laptop: bases and metas only
     assert counts["md_replica"] == str(4 * models * replicas)
@@ -692,7 +694,8 @@ def test_tiny_campaign_end_to_end(tmp_path):
         assert f.stat().st_size > 10_000 and f.read_bytes()[:4] == b"\x89PNG", f
     for f in tables:
         assert "<table>" in f.read_text(), f
-    assert "Subset study `ensemble_direct`" in summary and "15 subset models in" in summary
+    assert "Subset study `ensemble_direct`" in summary and "14 subset models in" in summary
+    assert "The full set's model is `train_meta`'s" in summary  # the 15th
     for f in [*figures, *tables]:
         f.unlink()
     (res / "figures").rmdir()
@@ -810,11 +813,28 @@ def test_tiny_kfold_campaign_learns_from_out_of_fold_predictions(tmp_path):
     assert mi["bases_in_training"] == "live"
     df = pd.read_csv(res / "metrics.csv")
     assert {"ensemble_direct", "ensemble_conserv"} <= set(df[df.split == "test"].model)
-    # the subset study's conserv model (trained in its group job) is train_meta's model
+    # the subset study's one subset (the full set) takes train_meta's models: no group job
     sub = pd.read_csv(res / "subsets.csv")
     assert set(sub[sub.kind == "meta"].meta) == {"ensemble_direct", "ensemble_conserv"}
-    group = np.load(res / "subsets" / "ensemble_conserv" / "k1" / "predictions.npz")
+    assert not (res / "subsets").exists()
+    mine = sub[(sub.kind == "meta") & (sub.split == "test") & (sub.metric == "force_rmse")]
     alone = np.load(res / "metas" / "ensemble_conserv" / "all" / "predictions.npz")
+    test = np.isin(alone["frames"], split["roles"]["test"])
+    f = alone["forces"][
+        store.frames_from_dataset(ds, alone["frames"]).atom_index(np.flatnonzero(test))
+    ]
+    ref = store.frames_from_dataset(ds, alone["frames"][test]).forces
+    rmse = float(np.sqrt(((f - ref) ** 2).mean()))
+    assert mine.set_index("meta").value["ensemble_conserv"] == pytest.approx(rmse, rel=1e-5)
+    # ... the same model its group job trains (through the fold's live bases), where the
+    # campaign does not train it
+    alt = yaml.safe_load(cfg.read_text())
+    alt["run_metas"] = ["ensemble_direct"]
+    cfg_alt = tmp_path / "no_conserv.yaml"
+    cfg_alt.write_text(yaml.safe_dump(alt))
+    target = "results/methane/subsets/ensemble_conserv/k1"
+    smk("--configfile", str(cfg_alt), "--directory", str(tmp_path), "--cores", "2", target)
+    group = np.load(tmp_path / target / "predictions.npz")
     assert np.isfinite(group["energy"]).all()
     np.testing.assert_allclose(group["forces"][0], alone["forces"], atol=1e-5)
     np.testing.assert_allclose(group["energy"][0], alone["energy"], atol=1e-5)

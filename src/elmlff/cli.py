@@ -152,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True, type=Path)
 
     s = sub.add_parser("subset-table", help="subsets.csv from the subset study's groups")
-    s.add_argument("groups", nargs="+", help="META=group directory")
+    s.add_argument("groups", nargs="*", help="META=group directory")
+    s.add_argument(
+        "--full",
+        action="append",
+        default=[],
+        help="META=MODEL_DIR,PREDICTIONS: the full set's model is train_meta's",
+    )
     s.add_argument("--store", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--dataset", default="")
@@ -428,7 +434,14 @@ def _run(a: argparse.Namespace) -> int:
         for item in a.groups:
             k, v = _keyvalue(item)
             groups.setdefault(k, []).append(v)
-        subset_table(groups, a.store, a.split, a.out, a.dataset)
+        full = {}
+        for item in a.full:
+            k, v = _keyvalue(item)
+            model_dir, _, pred = str(v).partition(",")
+            if not pred:
+                raise ElmlffError(f"bad --full {item!r}", "write META=MODEL_DIR,PREDICTIONS")
+            full[k] = (Path(model_dir), Path(pred))
+        subset_table(groups, a.store, a.split, a.out, a.dataset, full)
         if a.calibration:
             from elmlff.study import calibration
 

@@ -546,6 +546,30 @@ def subset_groups(config: MutableMapping[str, Any], dataset: str) -> dict[int, l
     return sample(groups, per_k, int(config["datasets"][dataset].get("split", {}).get("seed", 0)))
 
 
+def reuses_full_set(config: MutableMapping[str, Any], dataset: str, meta: str) -> bool:
+    """Whether the subset study takes the dedicated model of the full set of bases (``all``)
+    from ``train_meta``: the campaign trains that meta on every base anyway, with the same
+    spec, seed and frames (the same model)."""
+    from elmlff.subsets import ALL
+
+    study = subset_groups(config, dataset)
+    return meta in config.get("run_metas", []) and any(ALL in names for names in study.values())
+
+
+def dedicated_subsets(
+    config: MutableMapping[str, Any], dataset: str, meta: str
+) -> dict[int, list[str]]:
+    """The subsets the study's ``train_subsets`` jobs train for ``meta``, by size k:
+    :func:`subset_groups` without the full set where :func:`reuses_full_set`."""
+    from elmlff.subsets import ALL
+
+    groups = subset_groups(config, dataset)
+    if not reuses_full_set(config, dataset, meta):
+        return groups
+    out = {k: [n for n in names if n != ALL] for k, names in groups.items()}
+    return {k: names for k, names in out.items() if names}
+
+
 def md_spec(config: MutableMapping[str, Any], dataset: str) -> dict[str, Any]:
     """A data set's MD protocol: the top-level ``md`` with the data set's ``md`` over it."""
     top = dict(config.get("md", {}))

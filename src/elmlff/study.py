@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -239,18 +239,51 @@ def train_subsets_amortized(
     )
 
 
+def _group_sources(
+    groups: Mapping[str, Sequence[Path]], full: Mapping[str, tuple[Path, Path]]
+) -> Iterator[tuple[str, Any, dict]]:
+    """(meta, predictions as a group directory's ``predictions.npz``, its ``info.json``) of
+    every group directory, and of every meta whose full-set model is ``train_meta``'s
+    (``full``: meta -> (model directory, predictions file)) as a group of that one subset."""
+    for meta_name, dirs in groups.items():
+        for d in dirs:
+            pred = Path(d) / GROUP_PREDICTIONS
+            if not pred.exists():
+                raise ElmlffError(f"{pred} not found", "run the train_subsets rule")
+            yield meta_name, np.load(pred), json.loads((Path(d) / GROUP_INFO).read_text())
+    from elmlff.meta import read_info
+
+    for meta_name, (model_dir, pred) in full.items():
+        info = read_info(model_dir)
+        z = np.load(pred)
+        one = {"diverged_epoch": info.get("diverged_epoch"), "models": info["models"]}
+        yield (
+            meta_name,
+            {
+                "subsets": np.array([S.ALL]),
+                "frames": z["frames"],
+                "energy": z["energy"][None],
+                "forces": z["forces"][None],
+            },
+            {"method": DEDICATED, "subsets": {S.ALL: one}},
+        )
+
+
 def subset_table(
     groups: Mapping[str, Sequence[Path]],
     store_path: Path,
     split_path: Path,
     out: Path,
     dataset: str = "",
+    full: Mapping[str, tuple[Path, Path]] | None = None,
 ) -> pd.DataFrame:
     """``subsets.csv`` (tidy: ``dataset, subset, k, models, meta, kind, method,
     diverged_epoch, split, metric, value``) from the group directories of each meta
-    (``groups``: meta name -> directories): every subset's meta-model and, for the same bases,
-    the four baselines (``kind`` baseline). ``diverged_epoch`` is set where the meta's training
-    went non-finite (it was kept at its best val state)."""
+    (``groups``: meta name -> directories) and the full-set models taken from ``train_meta``
+    (``full``: meta name -> (its model directory, its predictions)): every subset's
+    meta-model and, for the same bases, the four baselines (``kind`` baseline).
+    ``diverged_epoch`` is set where the meta's training went non-finite (it was kept at its
+    best val state)."""
     ds = store.open_store(store_path)
     split = Split.load(split_path)
     frames = store.frames_from_dataset(ds)
@@ -286,37 +319,31 @@ def subset_table(
                 }
             )
 
-    for meta_name, dirs in groups.items():
-        for d in dirs:
-            pred = Path(d) / GROUP_PREDICTIONS
-            if not pred.exists():
-                raise ElmlffError(f"{pred} not found", "run the train_subsets rule")
-            z = np.load(pred)
-            info = json.loads((Path(d) / GROUP_INFO).read_text())
-            method = info.get("method", DEDICATED)
-            # each role's frames and atoms within the group's predictions (same for every subset)
-            where = {int(f): i for i, f in enumerate(z["frames"])}
-            atoms_of = frames.subset(z["frames"])
-            local = {r: np.array([where[int(f)] for f in idx]) for r, idx in roles.items()}
-            atoms = {r: atoms_of.atom_index(i) for r, i in local.items()}
-            energy, forces = z["energy"], z["forces"]
-            for s, subset in enumerate(z["subsets"].astype(str)):
-                models = info["subsets"][subset]["models"]
-                # dedicated: each subset's model; amortized: the one model of every subset
-                diverged = info["subsets"][subset].get("diverged_epoch", info.get("diverged_epoch"))
+    for meta_name, z, info in _group_sources(groups, full or {}):
+        method = info.get("method", DEDICATED)
+        # each role's frames and atoms within the group's predictions (same for every subset)
+        where = {int(f): i for i, f in enumerate(z["frames"])}
+        atoms_of = frames.subset(z["frames"])
+        local = {r: np.array([where[int(f)] for f in idx]) for r, idx in roles.items()}
+        atoms = {r: atoms_of.atom_index(i) for r, i in local.items()}
+        energy, forces = z["energy"], z["forces"]
+        for s, subset in enumerate(z["subsets"].astype(str)):
+            models = info["subsets"][subset]["models"]
+            # dedicated: each subset's model; amortized: the one model of every subset
+            diverged = info["subsets"][subset].get("diverged_epoch", info.get("diverged_epoch"))
+            for role in roles:
+                e, f = energy[s][local[role]], forces[s][atoms[role]]
+                add(subset, models, meta_name, "meta", role, e, f, method, diverged)
+            if subset in seen:
+                continue
+            seen.add(subset)
+            m = [ensemble.index(x) for x in models]
+            # as baselines.fit_baselines: fitted on the meta frames, best base chosen on val
+            for c in fit_all(models, of(fit_block, m), of(blocks["val"], m)):
                 for role in roles:
-                    e, f = energy[s][local[role]], forces[s][atoms[role]]
-                    add(subset, models, meta_name, "meta", role, e, f, method, diverged)
-                if subset in seen:
-                    continue
-                seen.add(subset)
-                m = [ensemble.index(x) for x in models]
-                # as baselines.fit_baselines: fitted on the meta frames, best base chosen on val
-                for c in fit_all(models, of(fit_block, m), of(blocks["val"], m)):
-                    for role in roles:
-                        b = blocks[role]
-                        e, f = c.apply(b["energy"][m], b["forces"][m], b["n_atoms"], b["numbers"])
-                        add(subset, models, c.name, "baseline", role, e, f)
+                    b = blocks[role]
+                    e, f = c.apply(b["energy"][m], b["forces"][m], b["n_atoms"], b["numbers"])
+                    add(subset, models, c.name, "baseline", role, e, f)
     df = pd.DataFrame(rows)
     if df.empty:
         raise ElmlffError("no subset results to tabulate", "run train_subsets for some k first")

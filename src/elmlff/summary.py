@@ -18,6 +18,7 @@ from elmlff import meta, store
 from elmlff.errors import ElmlffError
 from elmlff.io import atomic_write_text
 from elmlff.layout import GROUP_INFO, DatasetLayout
+from elmlff.subsets import ALL
 
 
 def benchmark_seconds(files: Sequence[Path]) -> dict[str, float]:
@@ -250,10 +251,11 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
         ]
     for meta_name in sorted(groups):
         rows, total, count = [], 0.0, 0
-        bad = 0
+        bad, names = 0, set()
         for k, sec in sorted(groups[meta_name].items()):
             info = json.loads((Path(lay.subset_group(meta_name, k)) / GROUP_INFO).read_text())
             n = len(info["subsets"])
+            names |= set(info["subsets"])
             bad += sum(bool(meta.divergence(i)) for i in info["subsets"].values())
             total, count = total + sec, count + n
             rows.append(f"| {k} | {n} | {sec:.0f} | {sec / n:.1f} |")
@@ -269,6 +271,12 @@ def subset_costs(lay: DatasetLayout, bench: dict[str, float]) -> list[str]:
             *rows,
             "",
             f"{count} subset models in {total:.0f} s{ratio}."
+            + (
+                " The full set's model is `train_meta`'s (the same spec, seed and frames), "
+                "not counted here."
+                if ALL not in names and Path(lay.meta_model(meta_name)).exists()
+                else ""
+            )
             + (
                 f" **{bad} of them diverged** (non-finite training loss or val error; each "
                 "stopped there and kept at its best val state, `diverged_epoch` in "

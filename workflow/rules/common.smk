@@ -13,7 +13,8 @@ from elmlff.config import (
     longest_trainings,
     md_spec,
     meta_spec,
-    subset_groups,
+    dedicated_subsets,
+    reuses_full_set,
     subset_study,
     validate_config,
 )
@@ -263,8 +264,8 @@ def select_args(wildcards):
 
 
 def subset_names(wildcards):
-    """The study's subset names of size k for this data set."""
-    return subset_groups(config, wildcards.dataset)[int(wildcards.k)]
+    """The subset names of size k this meta's train_subsets job trains for this data set."""
+    return dedicated_subsets(config, wildcards.dataset, wildcards.meta)[int(wildcards.k)]
 
 
 def subset_group_dirs(wildcards):
@@ -273,10 +274,21 @@ def subset_group_dirs(wildcards):
     amortized method, each meta's one model over random subsets."""
     d = wildcards.dataset
     metas = config["subsets"]["metas"]
-    out = {lay(d).subset_group(m, k): m for m in metas for k in subset_groups(config, d)}
+    out = {lay(d).subset_group(m, k): m for m in metas for k in dedicated_subsets(config, d, m)}
     if amortized_study(config) and subset_study(config, d):
         out.update({lay(d).subset_amortized(m): m for m in metas})
     return out
+
+
+def subset_full_set(wildcards):
+    """{meta: [its train_meta model, predictions]} for the study's metas whose full-set model
+    is train_meta's (elmlff.config.reuses_full_set)."""
+    d = wildcards.dataset
+    return {
+        m: [lay(d).meta_model(m), lay(d).meta_predictions(m)]
+        for m in config["subsets"]["metas"]
+        if reuses_full_set(config, d, m)
+    }
 
 
 def subset_all_names(wildcards):
@@ -419,7 +431,8 @@ def benchmark_files(wildcards):
     for m in config["run_metas"]:
         out += [lay(d).benchmark(f"{job}_meta_{m}_all") for job in ("train", "predict")]
     for m in config["subsets"]["metas"]:
-        out += [lay(d).benchmark(f"train_subsets_{m}_k{k}") for k in subset_groups(config, d)]
+        groups = dedicated_subsets(config, d, m)
+        out += [lay(d).benchmark(f"train_subsets_{m}_k{k}") for k in groups]
         if amortized_study(config) and subset_study(config, d):
             out += [lay(d).benchmark(f"train_subsets_amortized_{m}")]
     if has_uncertainty(d) and config["uncertainty"]["adversarial"]["starts"]:

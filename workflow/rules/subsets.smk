@@ -1,7 +1,8 @@
 # The subset study (Fig. 3a): a meta-model on every chosen k-subset of the bases. Dedicated
 # method: one job per meta and size k trains all that size's subsets together (elmlff.study).
 # Amortized method: one job per meta trains one model over random subsets and predicts every
-# subset; the dedicated jobs then train only a calibration sample. One table at the end.
+# subset; the dedicated jobs then train only a calibration sample. The full set's dedicated
+# model is train_meta's where the campaign trains that meta (the same model). One table at the end.
 
 
 rule train_subsets:
@@ -77,10 +78,12 @@ rule subset_table:
         store=L.store,
         split=L.split,
         groups=lambda w: list(subset_group_dirs(w)),
+        full=lambda w: [p for pair in subset_full_set(w).values() for p in pair],
     output:
         **subset_table_outputs(),
     params:
         groups=lambda w: " ".join(f"{m}={d}" for d, m in subset_group_dirs(w).items()),
+        full=lambda w: " ".join(f"--full {m}={','.join(p)}" for m, p in subset_full_set(w).items()),
         calibration=lambda w, output: (
             f"--calibration {output.calibration}" if "calibration" in output.keys() else ""
         ),
@@ -91,4 +94,4 @@ rule subset_table:
     shell:
         "python -m elmlff subset-table {params.groups} --store {input.store}"
         " --split {input.split} --dataset {wildcards.dataset} --out {output.table}"
-        " {params.calibration} > {log} 2>&1"
+        " {params.full} {params.calibration} > {log} 2>&1"
