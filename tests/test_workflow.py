@@ -199,7 +199,7 @@ def test_settings_reach_only_the_rules_they_steer(tmp_path):
 
     amortized = [spec(c) for c in shells if "train-subsets --amortized" in c]
     dedicated = [spec(c) for c in shells if "train-subsets --spec" in c]
-    assert len(amortized) == 1 and len(dedicated) == 8
+    assert len(amortized) == 1 and len(dedicated) == 7  # k = 1..7; the full set is train_meta's
     assert amortized[0]["training"]["max_epochs"] == 7 and amortized[0]["training"]["patience"] == 3
     assert {d["training"]["max_epochs"] for d in dedicated} == {200}
     plots = [c for c in shells if "plot-rmse" in c]
