@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -80,6 +81,32 @@ def test_deepmd_checkpoint_is_chosen_on_validation(deepmd_dir):
     scores = info["val_force_rmse_per_checkpoint"]
     assert len(scores) == 2 and info["best_checkpoint"] == min(scores, key=scores.get)
     assert info["type_map"] == ["H", "C"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to differ")
+def test_deepmd_model_does_not_depend_on_the_cpus_it_may_use(
+    deepmd_dir, methane, frames, tmp_path_factory
+):
+    """The same seed and data give the same DeePMD model on one CPU as on all of them (its
+    data loader once took a worker process per CPU, up to four, which changed the batches)."""
+    info = B.read_info(deepmd_dir)
+    if info["params"]["descriptor"] != "se_e2_a":
+        pytest.skip("one descriptor shows it")
+    every = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(every)})  # the training's subprocess inherits it
+    try:
+        one = _train(
+            "deepmd", "dp_one_cpu", info["params"], info["training"], methane, tmp_path_factory
+        )
+    finally:
+        os.sched_setaffinity(0, every)
+    assert (
+        B.read_info(one)["val_force_rmse_per_checkpoint"] == info["val_force_rmse_per_checkpoint"]
+    )
+    e1, f1 = B.load(deepmd_dir).predict(frames)
+    e2, f2 = B.load(one).predict(frames)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(e1, e2)
 
 
 @pytest.mark.parametrize("which", ["deepmd", "nequip"])

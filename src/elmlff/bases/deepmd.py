@@ -148,6 +148,10 @@ class DeePMDFamily:
                 **os.environ,
                 "DP_INTRA_OP_PARALLELISM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
                 "DP_INTER_OP_PARALLELISM_THREADS": "1",
+                # deepmd-kit's data loader otherwise takes min(4, CPUs) worker processes, and
+                # the batches it draws depend on that number: the same seed gave another model
+                # on a machine with more cores (the loading is not what a step costs here)
+                "NUM_WORKERS": "0",
             }
             t0 = time.perf_counter()
             steps = inp["training"]["numb_steps"]
