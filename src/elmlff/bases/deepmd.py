@@ -150,8 +150,9 @@ class DeePMDFamily:
                 "DP_INTER_OP_PARALLELISM_THREADS": "1",
                 # deepmd-kit's data loader otherwise takes min(4, CPUs) worker processes, and
                 # the batches it draws depend on that number: the same seed gave another model
-                # on a machine with more cores (the loading is not what a step costs here)
-                "NUM_WORKERS": "0",
+                # on a machine with more cores. Two, fixed: what a 2-core laptop got anyway
+                # (the README's runs), and loading beside the steps (none: a tenth slower)
+                "NUM_WORKERS": "2",
             }
             t0 = time.perf_counter()
             steps = inp["training"]["numb_steps"]
