@@ -151,7 +151,8 @@ class DeePMDFamily:
                 # deepmd-kit's data loader otherwise takes min(4, CPUs) worker processes, and
                 # the batches it draws depend on that number: the same seed gave another model
                 # on a machine with more cores. Two, fixed: what a 2-core laptop got anyway
-                # (the README's runs), and loading beside the steps (none: a tenth slower)
+                # (the README's runs), and loading beside the steps (0 made the methane
+                # trainings a tenth to a third slower)
                 "NUM_WORKERS": "2",
             }
             t0 = time.perf_counter()
