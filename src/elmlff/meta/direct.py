@@ -82,7 +82,7 @@ class CSRGraph:
         hit = self.cache.get(slot)
         if hit is not None and hit[0] == key and not torch.is_grad_enabled():
             return hit[1]
-        fold = torch.cat([c.edge_fold() for c in convs])  # (L * H, F)
+        fold = _edge_folds(convs, key)  # (L * H, F)
         edge = fold @ self.edge_attr.T  # (L * H, E)
         loop = fold @ self.mean_attr().T  # (L * H, N)
         sizes = [c.heads for c in convs]
@@ -120,6 +120,18 @@ class CSRGraph:
         return self.cache["transposed", heads]
 
 
+def _edge_folds(convs: Sequence[nn.Module], key: tuple) -> torch.Tensor:
+    """(L * H, F) every layer's folded edge weights (``edge_fold``) stacked; cached on the
+    first layer without autograd while ``key`` (the layers' weights' versions) is unchanged."""
+    hit = getattr(convs[0], "_edge_folds", None)
+    if hit is not None and hit[0] == key and not torch.is_grad_enabled():
+        return hit[1]
+    fold = torch.cat([c.edge_fold() for c in convs])
+    if not torch.is_grad_enabled():
+        convs[0]._edge_folds = (key, fold)
+    return fold
+
+
 def _index(t: torch.Tensor) -> torch.Tensor:
     """Sparse-matrix indices as int32 on a CPU where they fit: its sparse product converts
     int64 indices on every call (a copy as large as the values). Other devices keep int64."""
@@ -132,10 +144,18 @@ def _csr(
     crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int, m: int | None = None
 ) -> torch.Tensor:
     """The (n, m) (default square) CSR matrix of the given structure and values."""
+    global _CSR_WARNED
+    shape = (n, n if m is None else m)
+    if _CSR_WARNED:  # torch warns once per process: later calls skip the (slow) filter
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is stable
         warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
-        shape = (n, n if m is None else m)
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+        out = torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    _CSR_WARNED = True
+    return out
+
+
+_CSR_WARNED = False
 
 
 class _BlockProduct(torch.autograd.Function):
@@ -191,7 +211,13 @@ def _weighted_sums(
     denominator); one sparse-dense product for all heads (block-diagonal adjacency)."""
     h, n = z_loop.shape
     weight = (z - top.index_select(1, g.row)).exp_()  # (H, E)
-    sums = _BlockProduct.apply(weight.view(-1), feats.view(h * n, -1), g, h).view(h, n, -1)
+    w, x = weight.view(-1), feats.view(h * n, -1)
+    if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
+        sums = _BlockProduct.apply(w, x, g, h)
+    else:  # inference: the product alone, without an autograd node
+        crow, col, _ = g.blocks(h)
+        sums = _csr(crow, col, w, h * n) @ x
+    sums = sums.view(h, n, -1)
     return torch.addcmul(sums, (z_loop - top).exp()[..., None], feats)
 
 

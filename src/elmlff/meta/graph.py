@@ -52,6 +52,8 @@ def _minimum_image_ok(frames: Frames, cutoff: float) -> np.ndarray:
     """(F,) frames where the minimum image is the only image within the cutoff: no periodic
     direction, or an orthorhombic cell at least 2 x cutoff wide along every periodic one."""
     cell, pbc = frames.cell, frames.pbc.astype(bool)
+    if not pbc.any():  # molecules
+        return np.ones(len(frames), dtype=bool)
     diag = np.einsum("fii->fi", cell)
     ortho = np.abs(cell - diag[:, :, None] * np.eye(3)).max(axis=(1, 2)) < 1e-12
     wide = np.where(pbc, np.abs(diag) >= 2 * cutoff, True).all(axis=1)
