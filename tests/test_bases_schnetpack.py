@@ -89,3 +89,53 @@ def test_unknown_architecture_and_family():
         build_model({"architecture": "dimenet"})
     with pytest.raises(ElmlffError, match="unknown base family 'mace'"):
         B.get_family("mace")
+
+
+def _random_potential(architecture: str, cutoff: float, seed: int):
+    from elmlff.bases.schnetpack import SchNetPackPotential, build_model
+
+    torch.manual_seed(seed)
+    params = {
+        "architecture": architecture,
+        "n_rbf": 6,
+        "n_atom_basis": 8,
+        "n_interactions": 2,
+        "cutoff": cutoff,
+    }
+    model = build_model(params, "float64")
+    info = {"species": [1, 6], "params": params, "training": {"dtype": "float64"}}
+    return SchNetPackPotential(f"{architecture}_{seed}", model, info)
+
+
+class _CountingConverter:
+    def __init__(self, converter) -> None:
+        self.converter, self.calls = converter, 0
+
+    def __call__(self, atoms):
+        self.calls += 1
+        return self.converter(atoms)
+
+
+def test_bases_at_one_cutoff_convert_each_structure_once_and_keep_their_own_forces(frames):
+    """An ensemble step runs every base on one structure: schnetpack's input conversion (the
+    neighbour list) runs once per structure and cutoff, and each base's energy and forces
+    through the shared inputs are those of its own ``predict``."""
+    pots = [
+        _random_potential("schnet", 4.0, 0),
+        _random_potential("painn", 4.0, 1),
+        _random_potential("schnet", 3.0, 2),
+    ]
+    for p in pots:
+        p.converter = _CountingConverter(p.converter)
+    total = lambda: sum(p.converter.calls for p in pots)  # noqa: E731
+    for step, fr in enumerate([frames.subset([0]), frames.subset([1]), frames.subset([1, 2])]):
+        before = total()
+        rest = B.frame_tensors(fr)
+        for p in pots:
+            pos = torch.as_tensor(fr.positions).requires_grad_(True)
+            e, f = B.energy_and_forces(p, pos, *rest)
+            e_ref, f_ref = p.predict(fr)
+            assert torch.allclose(e, torch.as_tensor(e_ref), rtol=0, atol=1e-10), (step, p.name)
+            assert torch.allclose(f, torch.as_tensor(f_ref), rtol=0, atol=1e-10), (step, p.name)
+        # predict() converts for itself (one call per base); energy() once per cutoff
+        assert total() - before == len(pots) + 2, step

@@ -235,8 +235,17 @@ class SchNetPackFamily:
         return SchNetPackPotential(info["name"], model, info, device)
 
 
+#: per (cutoff, dtype, device): the last structure's key and schnetpack's inputs for it
+_SHARED_INPUTS: dict[tuple, tuple[tuple, dict[str, torch.Tensor]]] = {}
+
+
 class SchNetPackPotential:
-    """A trained schnetpack model behind the :class:`~elmlff.bases.Potential` Protocol."""
+    """A trained schnetpack model behind the :class:`~elmlff.bases.Potential` Protocol.
+
+    In an ensemble step every base sees the same structure, so :meth:`energy` converts it
+    (neighbour list included) once per cutoff, dtype and device for all schnetpack bases (the
+    default ensemble's three SchNets and PaiNN) and gives each base its own copy of the
+    inputs' dict with its own positions tensor (gradients stay per base)."""
 
     family = "schnetpack"
 
@@ -255,6 +264,17 @@ class SchNetPackPotential:
             dtype=self.dtype,
         )
 
+    def _inputs(self, frames: Frames) -> dict[str, torch.Tensor]:
+        """schnetpack's inputs for ``frames`` (a fresh dict; its tensors are shared with the
+        other bases of this cutoff, dtype and device until the structure changes)."""
+        slot = (self.cutoff, self.dtype, str(self.device))
+        arrays = (frames.positions, frames.numbers, frames.n_atoms, frames.cell, frames.pbc)
+        key = tuple(a.tobytes() for a in arrays)
+        hit = _SHARED_INPUTS.get(slot)
+        if hit is None or hit[0] != key:
+            hit = _SHARED_INPUTS[slot] = (key, self.converter(frames.to_atoms()))
+        return dict(hit[1])
+
     def predict(self, frames: Frames, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         check_species(self.name, self.species, frames.numbers)
         atoms = frames.to_atoms()
@@ -269,7 +289,7 @@ class SchNetPackPotential:
     def energy(self, positions, numbers, n_atoms, cell, pbc) -> torch.Tensor:
         frames = frames_from_tensors(positions, numbers, n_atoms, cell, pbc, self.name)
         check_species(self.name, self.species, frames.numbers)
-        inputs = self.converter(frames.to_atoms())  # neighbour list from the current geometry
+        inputs = self._inputs(frames)  # neighbour list from the current geometry
         inputs["_positions"] = positions.to(self.device, self.dtype)
         m = self.model
         for mod in m.input_modules:

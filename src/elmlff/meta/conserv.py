@@ -138,13 +138,17 @@ class _TPPlan:
 @dataclass
 class FusedInteraction:
     """An :class:`Interaction`'s linear maps as matrices (``self_lin`` and ``down`` with
-    their columns in the gate's order, ``down`` divided by the neighbour normalisation) and
-    what its tensor product and gate need."""
+    their columns in the gate's order, ``down`` divided by the neighbour normalisation and
+    with its rows in the order of :meth:`tensor_product`'s columns) and what its tensor
+    product and gate need: the radial network's hidden layers, and per input irrep its last
+    layer's matrix with the columns that irrep's paths read (so no column is gathered per
+    edge)."""
 
     up: torch.Tensor
     self_lin: torch.Tensor
     down: torch.Tensor
-    radial: nn.Module
+    radial_hidden: list[nn.Module]
+    radial_out: list[torch.Tensor]
     plan: _TPPlan
     gate_module: nn.Module
     n_scalars: int
@@ -153,17 +157,21 @@ class FusedInteraction:
 
     def tensor_product(self, x1: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor):
         """(E, out): e3nn's channel-wise tensor product of the senders' features ``x1`` with
-        the edge harmonics ``sh``, weighted per edge by the radial network; per input irrep
-        one product with the harmonics, one batched product over channels, one weighting."""
-        w = self.radial(radial)
+        the edge harmonics ``sh``, weighted per edge by the radial network, its columns per
+        input irrep (``plan.order`` maps e3nn's output columns to them; ``down`` reads them
+        in this order); per input irrep one product with the harmonics, one batched product
+        over channels, one product of the radial network's last hidden layer, one weighting."""
+        hid = radial
+        for layer in self.radial_hidden:
+            hid = layer(hid)
         e = len(x1)
         parts = []
-        for s in self.plan.slots:
+        for s, w in zip(self.plan.slots, self.radial_out, strict=True):
             a = torch.mm(sh, s.coef).view(e, s.dim, -1)  # (E, i, P)
             x = x1[:, s.start : s.start + s.mul * s.dim].view(e, s.mul, s.dim)
             z = torch.bmm(x, a)  # (E, u, P)
-            parts.append((z * w.index_select(1, s.wcol).view(e, s.mul, -1)).view(e, -1))
-        return torch.cat(parts, dim=1).index_select(1, self.plan.order)
+            parts.append((z * torch.mm(hid, w).view(e, s.mul, -1)).view(e, -1))
+        return torch.cat(parts, dim=1)
 
     def gate(self, y: torch.Tensor) -> torch.Tensor:
         """e3nn's gate on ``y`` whose columns are scalars, gates, gated vectors in that order."""
@@ -255,12 +263,18 @@ class Interaction(nn.Module):
         if plan is None:
             plan = self._plan[dtype, device] = _TPPlan.of(self.tp, dtype, device)
         cols = self._gate_columns.to(device)
-        down = dense(self.lin_down, dtype, device) / self.avg_neighbors
+        down = (dense(self.lin_down, dtype, device) / self.avg_neighbors).index_select(1, cols)
+        width = sum(len(s.wcol) for s in plan.slots)  # the tensor product's columns
+        *hidden, last = self.radial.children()  # e3nn's FullyConnectedNet layers
+        if last.act is not None:
+            raise NotImplementedError("fused form: a radial network with a linear last layer")
+        w_last = last.weight / (last.h_in * last.var_in / last.var_out) ** 0.5  # as e3nn's
         return FusedInteraction(
             up=dense(self.lin_up, dtype, device),
             self_lin=dense(self.self_lin, dtype, device).index_select(1, cols),
-            down=down.index_select(1, cols),
-            radial=self.radial,
+            down=down.new_zeros(width, down.shape[1]).index_copy(0, plan.order, down),
+            radial_hidden=hidden,
+            radial_out=[w_last.to(dtype).index_select(1, s.wcol) for s in plan.slots],
             plan=plan,
             gate_module=self.gate,
             n_scalars=self._gate_sizes[0],
