@@ -25,6 +25,23 @@ def frames(methane):
     return methane.subset([100, 101, 102])
 
 
+def _random_potential(architecture: str, cutoff: float, seed: int, name: str | None = None):
+    """A float64 schnetpack model of ``architecture`` with random weights (seeded)."""
+    from elmlff.bases.schnetpack import SchNetPackPotential, build_model
+
+    torch.manual_seed(seed)
+    params = {
+        "architecture": architecture,
+        "n_rbf": 6,
+        "n_atom_basis": 8,
+        "n_interactions": 2,
+        "cutoff": cutoff,
+    }
+    model = build_model(params, "float64")
+    info = {"species": [1, 6], "params": params, "training": {"dtype": "float64"}}
+    return SchNetPackPotential(name or f"{architecture}_{seed}", model, info)
+
+
 class TestSchNetPhysics(PotentialPhysicsTests):
     pass
 
@@ -48,20 +65,7 @@ class TestPaiNNPhysics(PotentialPhysicsTests):
 
     @pytest.fixture(scope="class")
     def potential(self):
-        from elmlff.bases.schnetpack import SchNetPackPotential, build_model
-
-        torch.manual_seed(0)
-        params = {
-            "architecture": "painn",
-            "n_rbf": 6,
-            "n_atom_basis": 8,
-            "n_interactions": 2,
-            "cutoff": 4.0,
-        }
-        model = build_model(params, "float64")
-        return SchNetPackPotential(
-            "painn", model, {"species": [1, 6], "params": params, "training": {"dtype": "float64"}}
-        )
+        return _random_potential("painn", 4.0, seed=0, name="painn")
 
 
 def test_unseen_element_is_a_clear_error(potential, frames):
@@ -91,22 +95,6 @@ def test_unknown_architecture_and_family():
         B.get_family("mace")
 
 
-def _random_potential(architecture: str, cutoff: float, seed: int):
-    from elmlff.bases.schnetpack import SchNetPackPotential, build_model
-
-    torch.manual_seed(seed)
-    params = {
-        "architecture": architecture,
-        "n_rbf": 6,
-        "n_atom_basis": 8,
-        "n_interactions": 2,
-        "cutoff": cutoff,
-    }
-    model = build_model(params, "float64")
-    info = {"species": [1, 6], "params": params, "training": {"dtype": "float64"}}
-    return SchNetPackPotential(f"{architecture}_{seed}", model, info)
-
-
 class _CountingConverter:
     def __init__(self, converter) -> None:
         self.converter, self.calls = converter, 0
@@ -116,10 +104,15 @@ class _CountingConverter:
         return self.converter(atoms)
 
 
-def test_bases_at_one_cutoff_convert_each_structure_once_and_keep_their_own_forces(frames):
+def test_bases_at_one_cutoff_convert_each_structure_once_and_keep_their_own_forces(
+    frames, monkeypatch
+):
     """An ensemble step runs every base on one structure: schnetpack's input conversion (the
     neighbour list) runs once per structure and cutoff, and each base's energy and forces
     through the shared inputs are those of its own ``predict``."""
+    from elmlff.bases import schnetpack
+
+    monkeypatch.setattr(schnetpack, "_SHARED_INPUTS", {})  # nothing left by other tests
     pots = [
         _random_potential("schnet", 4.0, 0),
         _random_potential("painn", 4.0, 1),
