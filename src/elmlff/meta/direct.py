@@ -166,9 +166,14 @@ class _BlockProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, feats, g: CSRGraph, heads: int):
-        crow, col, _ = g.blocks(heads)
         ctx.save_for_backward(weight, feats)
         ctx.g, ctx.heads = g, heads
+        return _BlockProduct.product(weight, feats, g, heads)
+
+    @staticmethod
+    def product(weight, feats, g: CSRGraph, heads: int) -> torch.Tensor:
+        """The product itself (inference calls it without an autograd node)."""
+        crow, col, _ = g.blocks(heads)
         return _csr(crow, col, weight, len(feats)) @ feats
 
     @staticmethod
@@ -215,8 +220,7 @@ def _weighted_sums(
     if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
         sums = _BlockProduct.apply(w, x, g, h)
     else:  # inference: the product alone, without an autograd node
-        crow, col, _ = g.blocks(h)
-        sums = _csr(crow, col, w, h * n) @ x
+        sums = _BlockProduct.product(w, x, g, h)
     sums = sums.view(h, n, -1)
     return torch.addcmul(sums, (z_loop - top).exp()[..., None], feats)
 
